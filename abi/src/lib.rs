@@ -1,0 +1,532 @@
+//! The contract between the ipivirt VMM and its guest micro-kernel.
+//!
+//! Both sides compile this crate: the guest (`no_std`, for the host target)
+//! and the VMM. Nothing here is redefined anywhere else: guest-physical
+//! layout, I/O ports, the status codes written to the status port, and the
+//! shared control/results page.
+//!
+//! The shared page is plain `#[repr(C)]` data made only of integers and
+//! arrays of integers, so every bit pattern is a valid value ([`Pod`]).
+//! The VMM treats everything the guest wrote as untrusted: it copies the
+//! page out and checks it with the validation helpers here before using any
+//! count or length in it.
+#![cfg_attr(not(test), no_std)]
+
+use core::mem::size_of;
+
+/// Version of this contract; bumped on every layout change. The VMM writes
+/// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
+/// it in [`Results::abi_version`].
+pub const ABI_VERSION: u32 = 1;
+
+/// [`Control::magic`]: "IPIVCTRL".
+pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
+
+/// [`Results::magic`]: "IPIVRSLT", written by the guest with its results.
+pub const RESULTS_MAGIC: u64 = u64::from_le_bytes(*b"IPIVRSLT");
+
+/// The most vCPUs a guest can have (bounded by the per-vCPU status table
+/// and the boot stacks).
+pub const MAX_VCPUS: usize = 1024;
+
+/// Guest-physical memory layout. Everything below 4 GiB is identity-mapped
+/// with 2 MiB pages by the VMM before the first instruction runs.
+pub mod layout {
+    use super::{SharedPage, MAX_VCPUS};
+
+    /// The boot GDT the VMM builds (null, 64-bit code, data).
+    pub const GDT_ADDR: u64 = 0x1000;
+    /// PML4 of the identity map.
+    pub const PML4_ADDR: u64 = 0x2000;
+    /// The single PDPT of the identity map.
+    pub const PDPT_ADDR: u64 = 0x3000;
+    /// Four page directories (one per GiB), 2 MiB pages.
+    pub const PD_ADDR: u64 = 0x4000;
+    /// How much the identity map covers.
+    pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+    /// The shared control/results area ([`SharedPage`]).
+    pub const SHARED_ADDR: u64 = 0x10_0000;
+    /// Size of [`SharedPage`].
+    pub const SHARED_SIZE: u64 = core::mem::size_of::<SharedPage>() as u64;
+    /// Where the guest image is linked (2 MiB aligned, see guest/link.ld).
+    pub const IMAGE_ADDR: u64 = 0x20_0000;
+    /// The guest image must end below this address.
+    pub const IMAGE_LIMIT: u64 = BOOT_STACKS_ADDR;
+    /// Per-vCPU boot stacks: vCPU `i` starts with `rsp = boot_stack_top(i)`.
+    pub const BOOT_STACKS_ADDR: u64 = 0x100_0000;
+    /// Size of one boot stack.
+    pub const BOOT_STACK_SIZE: u64 = 0x4000;
+    /// First byte after the boot stacks: free memory (heap) starts here.
+    pub const FREE_MEM_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
+
+    /// Initial stack pointer of vCPU `index` (16-byte aligned).
+    pub const fn boot_stack_top(index: u32) -> u64 {
+        BOOT_STACKS_ADDR + (index as u64 + 1) * BOOT_STACK_SIZE
+    }
+
+    const _: () = assert!(SHARED_ADDR + SHARED_SIZE <= IMAGE_ADDR);
+}
+
+/// I/O ports the guest writes to. The discriminants are the port numbers.
+#[repr(u16)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Console: bytes of text (`out` or `rep outsb`), printed by the VMM
+    /// line by line with a vCPU prefix.
+    Console = 0x3f8,
+    /// Status: a 32-bit [`GuestStatus`] code.
+    Status = 0xf4,
+}
+
+impl TryFrom<u16> for Port {
+    type Error = u16;
+    fn try_from(port: u16) -> Result<Self, u16> {
+        match port {
+            0x3f8 => Ok(Port::Console),
+            0xf4 => Ok(Port::Status),
+            other => Err(other),
+        }
+    }
+}
+
+/// What a 32-bit write to [`Port::Status`] means.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStatus {
+    /// Every vCPU is online; the guest goes on (boot-time mark).
+    AllOnline = 1,
+    /// Results are in the shared page; the guest has finished.
+    Done = 2,
+    /// A Rust panic; [`Results::panic`] says where and why.
+    Panic = 3,
+}
+
+impl TryFrom<u32> for GuestStatus {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        match code {
+            1 => Ok(GuestStatus::AllOnline),
+            2 => Ok(GuestStatus::Done),
+            3 => Ok(GuestStatus::Panic),
+            other => Err(other),
+        }
+    }
+}
+
+/// Hidden fault injection into the guest, so tests can prove that the VMM
+/// handles each failure mode ([`Control::test_hook`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHook {
+    /// Normal run.
+    None = 0,
+    /// The hooked vCPU panics after boot.
+    Panic = 1,
+    /// The hooked vCPU triple-faults (an exception with no usable IDT).
+    TripleFault = 2,
+    /// The hooked vCPU spins forever with interrupts off: the watchdog fires.
+    Hang = 3,
+    /// The guest writes a wrong [`Results::magic`].
+    BadResultsMagic = 4,
+    /// The guest reports more vCPUs online than exist.
+    BadOnlineCount = 5,
+}
+
+impl TryFrom<u32> for TestHook {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        Ok(match code {
+            0 => TestHook::None,
+            1 => TestHook::Panic,
+            2 => TestHook::TripleFault,
+            3 => TestHook::Hang,
+            4 => TestHook::BadResultsMagic,
+            5 => TestHook::BadOnlineCount,
+            other => return Err(other),
+        })
+    }
+}
+
+/// [`PanicRecord::state`] values. The guest writes the location first and
+/// formats the message after, so a vCPU that dies while formatting still
+/// leaves the location behind.
+pub mod panic_state {
+    /// No panic.
+    pub const NONE: u32 = 0;
+    /// vcpu, file, line and column are valid; the message may not be.
+    pub const LOCATION: u32 = 1;
+    /// Everything is valid.
+    pub const COMPLETE: u32 = 2;
+}
+
+/// [`VcpuStatus::state`] values.
+pub mod vcpu_state {
+    /// Not started (or never reached its entry point).
+    pub const OFFLINE: u32 = 0;
+    /// Reached `rust_entry` and set itself up.
+    pub const ONLINE: u32 = 1;
+}
+
+/// Written by the VMM before the first vCPU runs; read-only for the guest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Control {
+    /// [`CONTROL_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Number of vCPUs the VMM created (`nr_cpu_ids` of the guest).
+    pub nr_vcpus: u32,
+    /// Seeds every random choice of the guest.
+    pub seed: u64,
+    /// TSC frequency in kHz as KVM reports it (0 if unknown).
+    pub tsc_khz: u64,
+    /// Guest RAM size in bytes, starting at guest-physical 0.
+    pub mem_size: u64,
+    /// A [`TestHook`] code.
+    pub test_hook: u32,
+    /// The vCPU the test hook fires on.
+    pub test_hook_vcpu: u32,
+    /// Room for later scenario fields; zero.
+    pub reserved: [u64; 58],
+}
+
+/// Where and why the guest panicked.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PanicRecord {
+    /// vCPU that panicked.
+    pub vcpu: u32,
+    /// Source line.
+    pub line: u32,
+    /// Source column.
+    pub column: u32,
+    /// Valid bytes in `file`.
+    pub file_len: u32,
+    /// Valid bytes in `message`.
+    pub message_len: u32,
+    /// A [`panic_state`] value: how far the record got.
+    pub state: u32,
+    /// Source file (UTF-8, truncated).
+    pub file: [u8; 128],
+    /// Formatted panic message (UTF-8, truncated).
+    pub message: [u8; 512],
+}
+
+/// Written by the guest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Results {
+    /// [`RESULTS_MAGIC`] once the results are complete.
+    pub magic: u64,
+    /// The [`ABI_VERSION`] the guest was built with.
+    pub abi_version: u32,
+    /// vCPUs that came online.
+    pub nr_online: u32,
+    /// BSP's TSC when it entered Rust.
+    pub boot_tsc: u64,
+    /// BSP's TSC when it saw the last vCPU online.
+    pub all_online_tsc: u64,
+    /// Filled on [`GuestStatus::Panic`].
+    pub panic: PanicRecord,
+    /// Room for later results; zero.
+    pub reserved: [u64; 420],
+}
+
+/// One vCPU's status, written by that vCPU.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuStatus {
+    /// A [`vcpu_state`] value.
+    pub state: u32,
+    /// x2APIC id read from CPUID leaf 0xB.
+    pub apic_id: u32,
+    /// TSC when the vCPU came online.
+    pub online_tsc: u64,
+    /// Room for later counters; zero.
+    pub reserved: [u64; 6],
+}
+
+/// The shared area at [`layout::SHARED_ADDR`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SharedPage {
+    /// Scenario, VMM → guest.
+    pub control: Control,
+    /// Results, guest → VMM.
+    pub results: Results,
+    /// Per-vCPU status, indexed by vCPU number.
+    pub vcpus: [VcpuStatus; MAX_VCPUS],
+}
+
+const _: () = assert!(size_of::<Control>() == 512);
+const _: () = assert!(size_of::<PanicRecord>() == 664);
+const _: () = assert!(size_of::<Results>() == 4056);
+const _: () = assert!(size_of::<VcpuStatus>() == 64);
+
+/// Plain old data: `#[repr(C)]`, only integers and arrays of integers, no
+/// padding. Any byte string of the right length is a valid value.
+///
+/// # Safety
+/// Implement only for types that satisfy exactly that.
+pub unsafe trait Pod: Copy + 'static {
+    /// Copies a value out of the front of `bytes` (no alignment needed), or
+    /// `None` if `bytes` is too short.
+    fn read_from(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked above, `read_unaligned` has no
+        // alignment requirement, and the trait's contract says every bit
+        // pattern is a valid `Self`.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The bytes of `self`.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Self` has no padding (trait contract), so all
+        // `size_of::<Self>()` bytes behind `self` are initialised.
+        unsafe {
+            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>())
+        }
+    }
+
+    /// The all-zero value.
+    fn zeroed() -> Self {
+        // SAFETY: the trait contract says every bit pattern is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+// SAFETY: each is #[repr(C)] of u32/u64 fields and u8/u64 arrays, laid out
+// without padding (the size asserts above pin the layout).
+unsafe impl Pod for Control {}
+// SAFETY: as above.
+unsafe impl Pod for PanicRecord {}
+// SAFETY: as above.
+unsafe impl Pod for Results {}
+// SAFETY: as above.
+unsafe impl Pod for VcpuStatus {}
+// SAFETY: as above; a struct of Pod members with no padding between them.
+unsafe impl Pod for SharedPage {}
+
+/// A value the guest wrote that breaks the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the offending field, e.g. `results.nr_online`.
+    pub field: &'static str,
+    /// The value found.
+    pub found: u64,
+    /// What was expected, in words.
+    pub expected: &'static str,
+}
+
+impl core::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} = {:#x}, expected {}",
+            self.field, self.found, self.expected
+        )
+    }
+}
+
+fn check(
+    ok: bool,
+    field: &'static str,
+    found: u64,
+    expected: &'static str,
+) -> Result<(), FieldError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError {
+            field,
+            found,
+            expected,
+        })
+    }
+}
+
+impl Control {
+    /// A control block for `nr_vcpus` vCPUs; the other fields zero.
+    pub fn new(nr_vcpus: u32) -> Self {
+        Control {
+            magic: CONTROL_MAGIC,
+            abi_version: ABI_VERSION,
+            nr_vcpus,
+            ..Pod::zeroed()
+        }
+    }
+
+    /// What the guest checks before trusting the block.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check(
+            self.magic == CONTROL_MAGIC,
+            "control.magic",
+            self.magic,
+            "CONTROL_MAGIC",
+        )?;
+        check(
+            self.abi_version == ABI_VERSION,
+            "control.abi_version",
+            self.abi_version.into(),
+            "ABI_VERSION",
+        )?;
+        check(
+            (1..=MAX_VCPUS as u32).contains(&self.nr_vcpus),
+            "control.nr_vcpus",
+            self.nr_vcpus.into(),
+            "1..=MAX_VCPUS",
+        )
+    }
+}
+
+impl PanicRecord {
+    /// The file name, bounded by `file_len` and the buffer (lossy UTF-8
+    /// is the caller's business: this only bounds it).
+    pub fn file_bytes(&self) -> &[u8] {
+        bounded(&self.file, self.file_len)
+    }
+
+    /// The message bytes, bounded like [`PanicRecord::file_bytes`].
+    pub fn message_bytes(&self) -> &[u8] {
+        bounded(&self.message, self.message_len)
+    }
+}
+
+fn bounded(buf: &[u8], len: u32) -> &[u8] {
+    &buf[..(len as usize).min(buf.len())]
+}
+
+impl Results {
+    /// Checks the header of results the guest says are complete, for a
+    /// guest of `nr_vcpus` vCPUs.
+    pub fn validate(&self, nr_vcpus: u32) -> Result<(), FieldError> {
+        check(
+            self.magic == RESULTS_MAGIC,
+            "results.magic",
+            self.magic,
+            "RESULTS_MAGIC",
+        )?;
+        check(
+            self.abi_version == ABI_VERSION,
+            "results.abi_version",
+            self.abi_version.into(),
+            "ABI_VERSION",
+        )?;
+        check(
+            self.nr_online <= nr_vcpus,
+            "results.nr_online",
+            self.nr_online.into(),
+            "at most control.nr_vcpus",
+        )?;
+        check(
+            self.all_online_tsc >= self.boot_tsc,
+            "results.all_online_tsc",
+            self.all_online_tsc,
+            "not before results.boot_tsc",
+        )
+    }
+}
+
+impl VcpuStatus {
+    /// Checks one vCPU's status entry (`index` is its vCPU number).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check(
+            self.state == vcpu_state::OFFLINE || self.state == vcpu_state::ONLINE,
+            "vcpus[].state",
+            self.state.into(),
+            "OFFLINE or ONLINE",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_layout_shared_page_fits_below_image() {
+        assert_eq!(layout::SHARED_ADDR % 4096, 0);
+        assert_eq!(layout::boot_stack_top(0) % 16, 0);
+        assert_eq!(
+            layout::boot_stack_top(MAX_VCPUS as u32 - 1),
+            layout::FREE_MEM_ADDR
+        );
+    }
+
+    #[test]
+    fn test_port_roundtrip() {
+        for port in [Port::Console, Port::Status] {
+            assert_eq!(Port::try_from(port as u16), Ok(port));
+        }
+        assert_eq!(Port::try_from(0x80), Err(0x80));
+    }
+
+    #[test]
+    fn test_status_and_hook_roundtrip() {
+        for s in [
+            GuestStatus::AllOnline,
+            GuestStatus::Done,
+            GuestStatus::Panic,
+        ] {
+            assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
+        }
+        assert_eq!(GuestStatus::try_from(0), Err(0));
+        for h in 0..=5 {
+            assert_eq!(TestHook::try_from(h).map(|h| h as u32), Ok(h));
+        }
+        assert_eq!(TestHook::try_from(6), Err(6));
+    }
+
+    #[test]
+    fn test_pod_read_from_short_buffer_is_none() {
+        assert!(Results::read_from(&[0u8; 16]).is_none());
+        let r = Results::read_from(&[0xffu8; size_of::<Results>()]).unwrap();
+        assert_eq!(r.magic, u64::MAX);
+    }
+
+    #[test]
+    fn test_control_validate() {
+        assert!(Control::new(4).validate().is_ok());
+        let mut c = Control::new(0);
+        assert_eq!(c.validate().unwrap_err().field, "control.nr_vcpus");
+        c = Control::new(4);
+        c.magic = 0;
+        assert_eq!(c.validate().unwrap_err().field, "control.magic");
+    }
+
+    #[test]
+    fn test_results_validate_rejects_garbage() {
+        let mut r = Results::zeroed();
+        assert_eq!(r.validate(4).unwrap_err().field, "results.magic");
+        r.magic = RESULTS_MAGIC;
+        r.abi_version = ABI_VERSION;
+        r.nr_online = 4;
+        assert!(r.validate(4).is_ok());
+        r.nr_online = 5;
+        let err = r.validate(4).unwrap_err();
+        assert_eq!((err.field, err.found), ("results.nr_online", 5));
+        r.nr_online = 4;
+        r.boot_tsc = 10;
+        assert_eq!(r.validate(4).unwrap_err().field, "results.all_online_tsc");
+    }
+
+    #[test]
+    fn test_panic_record_lengths_are_bounded() {
+        let mut p = PanicRecord::zeroed();
+        p.file_len = u32::MAX;
+        p.message_len = 3;
+        assert_eq!(p.file_bytes().len(), 128);
+        assert_eq!(p.message_bytes().len(), 3);
+    }
+
+    #[test]
+    fn test_vcpu_status_validate() {
+        let mut v = VcpuStatus::zeroed();
+        assert!(v.validate().is_ok());
+        v.state = 7;
+        assert_eq!(v.validate().unwrap_err().found, 7);
+    }
+}

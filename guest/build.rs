@@ -1,0 +1,7 @@
+//! Passes the linker script by absolute path (the linker's working
+//! directory is not ours to rely on).
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
+    println!("cargo:rerun-if-changed=link.ld");
+}

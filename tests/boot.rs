@@ -1,0 +1,90 @@
+//! Booting real VMs: vCPU counts on both sides of the 64-CPU word boundary
+//! and up to 256, and the `boot` command's output.
+
+mod common;
+
+use std::time::Duration;
+
+use ipivirt::{boot, ConsoleMode, MachineConfig};
+
+fn boot_n(vcpus: u32) {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let mut cfg = MachineConfig::new(vcpus);
+    cfg.timeout = Duration::from_secs(60);
+    cfg.console = ConsoleMode::Capture;
+    let report = boot(&cfg).unwrap_or_else(|e| panic!("boot of {vcpus} vCPUs failed: {e}"));
+    assert_eq!((report.vcpus, report.online), (vcpus, vcpus));
+    assert!(
+        report.boot_time > Duration::ZERO && report.boot_time < cfg.timeout,
+        "{:?}",
+        report.boot_time
+    );
+    assert!(
+        report
+            .console_tail
+            .iter()
+            .any(|l| l.contains(&format!("ipivirt guest: abi v1, {vcpus} vCPUs"))),
+        "{:?}",
+        report.console_tail
+    );
+}
+
+#[test]
+fn test_boot_1_vcpu() {
+    boot_n(1);
+}
+
+#[test]
+fn test_boot_4_vcpus() {
+    boot_n(4);
+}
+
+#[test]
+fn test_boot_65_vcpus() {
+    boot_n(65);
+}
+
+#[test]
+fn test_boot_256_vcpus() {
+    boot_n(256);
+}
+
+#[test]
+fn test_boot_1024_vcpus_formats_large_numbers() {
+    // 1024 takes core's 4-digit integer formatting path, which KVM cannot
+    // emulate: the guest must use its own formatting (guest/src/fmt.rs).
+    boot_n(1024);
+}
+
+#[test]
+fn test_cli_boot_prints_online_line() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let out = common::ipivirt(&["boot", "--vcpus", "4", "--quiet"]);
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = stdout.lines().next().unwrap_or_default();
+    let ms: f64 = line
+        .strip_prefix("online 4/4 vCPUs in ")
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+    assert!(ms > 0.0, "{line}");
+}
+
+#[test]
+fn test_cli_console_has_vcpu_prefix() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let out = common::ipivirt(&["boot", "--vcpus", "2"]);
+    let (_, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[vcpu 0] ipivirt guest: abi v1, 2 vCPUs, x2APIC id 0"),
+        "{stderr}"
+    );
+}

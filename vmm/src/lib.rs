@@ -1,0 +1,109 @@
+//! ipivirt's VMM as a library: boot the ipivirt guest micro-kernel on KVM,
+//! run it under a watchdog, and read back what it reported.
+//!
+//! ```no_run
+//! use ipivirt_vmm::{boot, MachineConfig};
+//!
+//! let report = boot(&MachineConfig::new(4)).expect("a KVM host");
+//! println!("online {}/{} vCPUs in {:?}", report.online, report.vcpus, report.boot_time);
+//! ```
+//!
+//! Errors say what went wrong and map to the CLI's exit codes
+//! ([`Error::exit_code`]).
+
+pub mod cli;
+pub mod console;
+pub mod loader;
+pub mod machine;
+pub mod memory;
+pub mod results;
+pub mod vcpu;
+pub mod vm;
+
+pub use abi::TestHook;
+pub use console::ConsoleMode;
+pub use machine::{boot, BootReport, MachineConfig};
+
+/// Exit codes of the `ipivirt` binary (the interface contract).
+pub mod exit_code {
+    /// Ran; no invariant violation in a design expected to be safe.
+    pub const OK: u8 = 0;
+    /// An invariant violation in a design expected to be safe.
+    pub const VIOLATION: u8 = 1;
+    /// Bad command line or scenario.
+    pub const USAGE: u8 = 2;
+    /// The guest crashed (exception, triple fault, panic) or broke the
+    /// results contract.
+    pub const GUEST_CRASH: u8 = 3;
+    /// The watchdog fired.
+    pub const WATCHDOG: u8 = 4;
+    /// KVM is unusable (`/dev/kvm` missing or not permitted, or a KVM call
+    /// the VM needs failed).
+    pub const KVM_UNUSABLE: u8 = 5;
+    /// Another host-side failure (memory, threads).
+    pub const HOST_FAILURE: u8 = 6;
+}
+
+/// Everything that can end a run early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` cannot be used.
+    #[error(transparent)]
+    KvmUnavailable(#[from] vm::KvmUnavailable),
+    /// The scenario is invalid on this host.
+    #[error("invalid scenario: {0}")]
+    Scenario(String),
+    /// A KVM call failed while building the VM.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    /// Guest memory could not be set up or read.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// The guest image could not be loaded.
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    /// A vCPU thread could not be started.
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+    /// The guest crashed or reported garbage.
+    #[error("{0}")]
+    Guest(Box<results::GuestFailure>),
+    /// The guest did not finish in time.
+    #[error("{0}")]
+    Watchdog(results::WatchdogReport),
+}
+
+impl Error {
+    /// The CLI exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::KvmUnavailable(_) => exit_code::KVM_UNUSABLE,
+            Error::Vm(vm::VmError::TooManyVcpus { .. }) | Error::Scenario(_) => exit_code::USAGE,
+            Error::Vm(_) => exit_code::KVM_UNUSABLE,
+            Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
+            Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
+            Error::Watchdog(_) => exit_code::WATCHDOG,
+        }
+    }
+
+    /// The vCPUs the error is about (their registers are printed in full).
+    pub fn focus_vcpus(&self) -> Vec<u32> {
+        match self {
+            Error::Guest(g) => match &g.kind {
+                results::FailureKind::Panic(Some(p)) => vec![p.vcpu],
+                results::FailureKind::Fault { vcpu, .. } => vec![*vcpu],
+                _ => vec![0],
+            },
+            _ => vec![0],
+        }
+    }
+
+    /// vCPU register dumps attached to the error, if any.
+    pub fn register_dumps(&self) -> &[vcpu::RegisterDump] {
+        match self {
+            Error::Guest(g) => &g.dumps,
+            Error::Watchdog(w) => &w.dumps,
+            _ => &[],
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One guest run, end to end: build the VM, start the vCPU threads, wait
+//! for the guest under a watchdog, stop every thread, read and validate the
+//! results.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use abi::{Control, GuestStatus, TestHook};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::console::{Console, ConsoleMode};
+use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
+use crate::vcpu::{self, RegisterDump, RunControl, VcpuEvent, VcpuHandle};
+use crate::{loader, memory, vm, Error};
+
+/// How long stopped vCPU threads get to leave KVM_RUN after a kick.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The default KVM device.
+pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
+
+/// Everything one guest run needs to know.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Seed for the guest's random choices.
+    pub seed: u64,
+    /// Watchdog for the whole run.
+    pub timeout: Duration,
+    /// KVM device node (the `IPIVIRT_KVM_PATH` variable overrides it in the CLI).
+    pub kvm_path: PathBuf,
+    /// Where the guest console goes.
+    pub console: ConsoleMode,
+    /// Fault injection into the guest (tests).
+    pub test_hook: TestHook,
+    /// vCPU the hook acts on.
+    pub test_hook_vcpu: u32,
+}
+
+impl MachineConfig {
+    /// A config for `vcpus` vCPUs with defaults for the rest.
+    pub fn new(vcpus: u32) -> Self {
+        MachineConfig {
+            vcpus,
+            seed: 1,
+            timeout: Duration::from_secs(120),
+            kvm_path: PathBuf::from(DEFAULT_KVM_PATH),
+            console: ConsoleMode::Capture,
+            test_hook: TestHook::None,
+            test_hook_vcpu: 0,
+        }
+    }
+}
+
+/// What a successful boot reports.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// vCPUs created.
+    pub vcpus: u32,
+    /// vCPUs the guest reported online.
+    pub online: u32,
+    /// From VM creation until the guest reported every vCPU online.
+    pub boot_time: Duration,
+    /// Guest TSC frequency (kHz) as KVM reports it.
+    pub tsc_khz: u64,
+    /// Guest-measured time from BSP entry to all online, in TSC cycles.
+    pub guest_boot_cycles: u64,
+    /// The last console lines.
+    pub console_tail: Vec<String>,
+}
+
+/// A VM with its memory and vCPU threads.
+struct Machine {
+    // Field order is drop order: threads are joined explicitly before, and
+    // the VM must go before the memory it maps.
+    _vm: VmFd,
+    mem: GuestMemoryMmap,
+    _kvm: Kvm,
+    vcpus: Vec<VcpuHandle>,
+    control: Arc<RunControl>,
+    console: Arc<Console>,
+    events: mpsc::Receiver<VcpuEvent>,
+    /// Kept so that `events` never disconnects, even if every thread ends.
+    _events_tx: mpsc::Sender<VcpuEvent>,
+    created: Instant,
+    tsc_khz: u64,
+}
+
+/// Boots the guest, waits until it reports done, and returns what it
+/// reported. Every failure (guest crash, hang, bad results, host problem)
+/// is an [`Error`] that says what happened.
+pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
+    let mut machine = Machine::create(config)?;
+    let outcome = machine.wait(config.timeout);
+    let dumps = machine.stop();
+    let page = memory::read_shared(&machine.mem)?;
+    match outcome {
+        Wait::Done { all_online } => results::boot_report(
+            config,
+            &page,
+            machine.tsc_khz,
+            all_online.map(|t| t - machine.created),
+        )
+        .map(|mut r| {
+            r.console_tail = machine.console.tail();
+            r
+        })
+        .map_err(|kind| machine.failure(kind, dumps)),
+        Wait::Failed(kind) => Err(machine.failure(results::explain(kind, &page), dumps)),
+        Wait::TimedOut => Err(Error::Watchdog(WatchdogReport {
+            timeout: config.timeout,
+            online: page.results.nr_online.min(config.vcpus),
+            vcpus: config.vcpus,
+            dumps,
+            console_tail: machine.console.tail(),
+        })),
+    }
+}
+
+enum Wait {
+    Done { all_online: Option<Instant> },
+    Failed(FailureKind),
+    TimedOut,
+}
+
+impl Machine {
+    fn create(config: &MachineConfig) -> Result<Self, Error> {
+        let kvm = vm::open_kvm(&config.kvm_path)?;
+        let max = vm::max_vcpus(&kvm);
+        if config.vcpus == 0 || config.vcpus > max {
+            return Err(Error::Scenario(format!(
+                "--vcpus {} is out of range: this host allows 1..={max}",
+                config.vcpus
+            )));
+        }
+        if config.test_hook_vcpu >= config.vcpus {
+            return Err(Error::Scenario(format!(
+                "test hook vCPU {} does not exist (vCPUs 0..{})",
+                config.test_hook_vcpu, config.vcpus
+            )));
+        }
+        let created = Instant::now();
+        let mem = memory::allocate(memory::ram_size(config.vcpus))?;
+        memory::write_page_tables(&mem)?;
+        memory::write_gdt(&mem)?;
+        let entry = loader::load(&mem, loader::GUEST_ELF)?;
+        let vm_fd = vm::create_vm(&kvm, &mem, config.vcpus)?;
+        let cpuid = vm::supported_cpuid(&kvm)?;
+        let fds = (0..config.vcpus)
+            .map(|id| vm::create_vcpu(&vm_fd, &cpuid, id, config.vcpus, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tsc_khz = fds[0].get_tsc_khz().map(u64::from).unwrap_or(0);
+
+        let mut control = Control::new(config.vcpus);
+        control.seed = config.seed;
+        control.tsc_khz = tsc_khz;
+        control.mem_size = memory::ram_size(config.vcpus);
+        control.test_hook = config.test_hook as u32;
+        control.test_hook_vcpu = config.test_hook_vcpu;
+        memory::write_control(&mem, &control)?;
+
+        let console = Arc::new(Console::new(config.vcpus, config.console));
+        let run_control = Arc::new(RunControl::default());
+        let (tx, rx) = mpsc::channel();
+        let mut machine = Machine {
+            _vm: vm_fd,
+            mem,
+            _kvm: kvm,
+            vcpus: Vec::with_capacity(fds.len()),
+            control: run_control,
+            console,
+            events: rx,
+            _events_tx: tx.clone(),
+            created,
+            tsc_khz,
+        };
+        for (id, fd) in (0..).zip(fds) {
+            match vcpu::spawn(
+                id,
+                fd,
+                machine.console.clone(),
+                machine.control.clone(),
+                tx.clone(),
+            ) {
+                Ok(handle) => machine.vcpus.push(handle),
+                Err(e) => {
+                    machine.stop();
+                    return Err(Error::Thread(e));
+                }
+            }
+        }
+        Ok(machine)
+    }
+
+    /// Waits for the guest's verdict until the watchdog deadline.
+    fn wait(&mut self, timeout: Duration) -> Wait {
+        let deadline = self.created + timeout;
+        let mut all_online = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(VcpuEvent::Status {
+                    status: GuestStatus::AllOnline,
+                    at,
+                    ..
+                }) => all_online = Some(at),
+                Ok(VcpuEvent::Status {
+                    status: GuestStatus::Done,
+                    ..
+                }) => return Wait::Done { all_online },
+                Ok(VcpuEvent::Status {
+                    status: GuestStatus::Panic,
+                    ..
+                }) => return Wait::Failed(FailureKind::Panic(None)),
+                Ok(VcpuEvent::Fault { vcpu, fault }) => {
+                    return Wait::Failed(FailureKind::Fault { vcpu, fault })
+                }
+                Ok(VcpuEvent::Exited(dump)) => {
+                    // A thread left its loop without a fault (cannot happen
+                    // before stop); keep waiting for the others.
+                    let _ = dump;
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    return Wait::TimedOut
+                }
+            }
+        }
+    }
+
+    /// Stops every vCPU thread (kick + stop flag) and returns their final
+    /// registers, by vCPU. Threads that do not leave KVM_RUN within
+    /// [`STOP_GRACE`] are reported and left behind rather than waited on.
+    fn stop(&mut self) -> Vec<RegisterDump> {
+        self.control.stop.store(true, Ordering::SeqCst);
+        for v in &self.vcpus {
+            v.kicker.kick();
+        }
+        let mut dumps: Vec<Option<RegisterDump>> = vec![None; self.vcpus.len()];
+        let mut left = self.vcpus.len() - dumps.iter().filter(|d| d.is_some()).count();
+        let deadline = Instant::now() + STOP_GRACE;
+        while left > 0 {
+            match self
+                .events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(VcpuEvent::Exited(dump)) => {
+                    let i = dump.vcpu as usize;
+                    if dumps[i].replace(*dump).is_none() {
+                        left -= 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for v in std::mem::take(&mut self.vcpus) {
+            if dumps[v.index as usize].is_some() || v.is_finished() {
+                v.join();
+            } else {
+                eprintln!(
+                    "ipivirt: vCPU {} thread did not stop within {STOP_GRACE:?}; leaving it",
+                    v.index
+                );
+                std::mem::forget(v);
+            }
+        }
+        self.console.flush();
+        dumps.into_iter().flatten().collect()
+    }
+
+    fn failure(&self, kind: FailureKind, dumps: Vec<RegisterDump>) -> Error {
+        Error::Guest(Box::new(GuestFailure {
+            kind,
+            dumps,
+            console_tail: self.console.tail(),
+        }))
+    }
+}

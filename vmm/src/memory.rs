@@ -1,0 +1,162 @@
+//! Guest RAM (vm-memory) and what the VMM writes into it before the first
+//! instruction: the identity page tables, the boot GDT and the control
+//! block. Addresses come from [`abi::layout`].
+
+use abi::layout::{GDT_ADDR, IDENTITY_MAP_SIZE, PDPT_ADDR, PD_ADDR, PML4_ADDR, SHARED_ADDR};
+use abi::{Control, Pod, SharedPage};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Page-table entry bits.
+const PTE_PRESENT: u64 = 1 << 0;
+const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_HUGE: u64 = 1 << 7;
+const TWO_MIB: u64 = 2 << 20;
+
+/// Boot GDT selectors (see [`write_gdt`]).
+pub const CODE_SELECTOR: u16 = 0x08;
+/// Data selector of the boot GDT.
+pub const DATA_SELECTOR: u16 = 0x10;
+/// Limit of the boot GDT (3 descriptors).
+pub const GDT_LIMIT: u16 = 3 * 8 - 1;
+
+/// The boot GDT: null, 64-bit code (DPL0), data (DPL0).
+const GDT: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
+
+/// Errors setting up guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// mmap of guest RAM failed.
+    #[error("failed to allocate {size} bytes of guest memory: {source}")]
+    Allocate {
+        /// Requested size.
+        size: u64,
+        /// Cause.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// A write into guest RAM failed (address outside RAM).
+    #[error("failed to write {what} at guest address {addr:#x}: {source}")]
+    Write {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// Cause.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A read of guest RAM failed.
+    #[error("failed to read {what} at guest address {addr:#x}: {source}")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// Cause.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// Guest RAM size for `vcpus` vCPUs: the fixed layout (boot stacks end at
+/// 32 MiB) plus room for the guest heap.
+pub fn ram_size(vcpus: u32) -> u64 {
+    abi::layout::FREE_MEM_ADDR + (32 << 20) + u64::from(vcpus) * (256 << 10)
+}
+
+/// Allocates `size` bytes of guest RAM at guest-physical 0.
+pub fn allocate(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let len = usize::try_from(size).expect("guest RAM size fits usize on x86_64");
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)])
+        .map_err(|source| MemoryError::Allocate { size, source })
+}
+
+fn write(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    addr: u64,
+    bytes: &[u8],
+) -> Result<(), MemoryError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|source| MemoryError::Write { what, addr, source })
+}
+
+/// Identity-maps the first 4 GiB with 2 MiB pages: one PML4 entry, one
+/// PDPT with four entries, four page directories.
+pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    write(
+        mem,
+        "PML4",
+        PML4_ADDR,
+        &(PDPT_ADDR | PTE_PRESENT | PTE_WRITABLE).to_le_bytes(),
+    )?;
+    let gibs = IDENTITY_MAP_SIZE >> 30;
+    for gib in 0..gibs {
+        let pd = PD_ADDR + gib * 4096;
+        write(
+            mem,
+            "PDPT",
+            PDPT_ADDR + gib * 8,
+            &(pd | PTE_PRESENT | PTE_WRITABLE).to_le_bytes(),
+        )?;
+        let mut table = [0u8; 4096];
+        for (i, entry) in table.chunks_exact_mut(8).enumerate() {
+            let phys = (gib << 30) + i as u64 * TWO_MIB;
+            entry.copy_from_slice(&(phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE).to_le_bytes());
+        }
+        write(mem, "page directory", pd, &table)?;
+    }
+    Ok(())
+}
+
+/// Writes the boot GDT at [`GDT_ADDR`].
+pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    let bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    write(mem, "GDT", GDT_ADDR, &bytes)
+}
+
+/// Writes the control block at the start of the shared page.
+pub fn write_control(mem: &GuestMemoryMmap, control: &Control) -> Result<(), MemoryError> {
+    write(mem, "control block", SHARED_ADDR, control.as_bytes())
+}
+
+/// Copies the whole shared page out of guest memory. The copy is untrusted
+/// data: validate before use (see [`crate::results`]).
+pub fn read_shared(mem: &GuestMemoryMmap) -> Result<Box<SharedPage>, MemoryError> {
+    let mut bytes = vec![0u8; std::mem::size_of::<SharedPage>()];
+    mem.read_slice(&mut bytes, GuestAddress(SHARED_ADDR))
+        .map_err(|source| MemoryError::Read {
+            what: "shared page",
+            addr: SHARED_ADDR,
+            source,
+        })?;
+    let page = SharedPage::read_from(&bytes).expect("buffer has the size of SharedPage");
+    Ok(Box::new(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_page_tables_identity_map() {
+        let mem = allocate(ram_size(1)).unwrap();
+        write_page_tables(&mem).unwrap();
+        let pml4: u64 = mem.read_obj(GuestAddress(PML4_ADDR)).unwrap();
+        assert_eq!(pml4 & !0xfff, PDPT_ADDR);
+        let pdpt3: u64 = mem.read_obj(GuestAddress(PDPT_ADDR + 24)).unwrap();
+        assert_eq!(pdpt3 & !0xfff, PD_ADDR + 3 * 4096);
+        // The 2 MiB page that holds 3 GiB + 6 MiB.
+        let pde: u64 = mem
+            .read_obj(GuestAddress(PD_ADDR + 3 * 4096 + 3 * 8))
+            .unwrap();
+        assert_eq!(pde & !0xfff, (3 << 30) + 3 * TWO_MIB);
+        assert_ne!(pde & PTE_HUGE, 0);
+    }
+
+    #[test]
+    fn test_control_roundtrip() {
+        let mem = allocate(ram_size(4)).unwrap();
+        write_control(&mem, &Control::new(4)).unwrap();
+        let page = read_shared(&mem).unwrap();
+        assert!(page.control.validate().is_ok());
+        assert_eq!(page.control.nr_vcpus, 4);
+    }
+}
