@@ -17,7 +17,7 @@ use core::mem::size_of;
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
@@ -187,8 +187,53 @@ pub struct Control {
     pub test_hook: u32,
     /// The vCPU the test hook fires on.
     pub test_hook_vcpu: u32,
+    /// A [`Workload`] code: what the guest runs after boot.
+    pub workload: u32,
+    /// [`pv_flags`] bits: paravirtual features the guest enables.
+    pub pv_flags: u32,
+    /// Measured time of the workload, in microseconds.
+    pub duration_us: u64,
+    /// Scheduler tick in Hz (0: the guest picks one from its calibration).
+    pub tick_hz: u32,
+    /// Latency probe period in microseconds (0: no probe).
+    pub probe_period_us: u32,
+    /// Forced task migration: chance per tick, in 1/65536 (0: off).
+    pub forced_migration: u32,
+    /// Padding; zero.
+    pub pad0: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 58],
+    pub reserved: [u64; 54],
+}
+
+/// What the guest runs after every vCPU is online ([`Control::workload`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Nothing: report the boot and finish.
+    None = 0,
+    /// Only the scheduler and its latency probe, for `duration_us`.
+    Idle = 1,
+    /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
+    /// gap it saw and its steal time: makes host-side preemption visible.
+    Spin = 2,
+}
+
+impl TryFrom<u32> for Workload {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        Ok(match code {
+            0 => Workload::None,
+            1 => Workload::Idle,
+            2 => Workload::Spin,
+            other => return Err(other),
+        })
+    }
+}
+
+/// [`Control::pv_flags`] bits.
+pub mod pv_flags {
+    /// Register KVM steal time (MSR_KVM_STEAL_TIME) on every vCPU.
+    pub const STEAL_TIME: u32 = 1 << 0;
 }
 
 /// Where and why the guest panicked.
@@ -243,8 +288,26 @@ pub struct VcpuStatus {
     pub apic_id: u32,
     /// TSC when the vCPU came online.
     pub online_tsc: u64,
+    /// Context switches on this vCPU.
+    pub context_switches: u64,
+    /// Involuntary switches (a task preempted on return from interrupt).
+    pub preemptions: u64,
+    /// Tasks that migrated to this vCPU.
+    pub migrations_in: u64,
+    /// Scheduler timer ticks handled.
+    pub ticks: u64,
+    /// IPIs this vCPU sent.
+    pub ipis_sent: u64,
+    /// IPIs this vCPU received.
+    pub ipis_received: u64,
+    /// Steal time (ns) KVM reported for this vCPU during the workload.
+    pub steal_ns: u64,
+    /// How often the guest saw KVM's `preempted` flag set for this vCPU.
+    pub preempted_seen: u64,
+    /// Largest gap between consecutive TSC reads in a busy loop, in cycles.
+    pub max_gap_cycles: u64,
     /// Room for later counters; zero.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
 }
 
 /// The shared area at [`layout::SHARED_ADDR`].
@@ -262,7 +325,7 @@ pub struct SharedPage {
 const _: () = assert!(size_of::<Control>() == 512);
 const _: () = assert!(size_of::<PanicRecord>() == 664);
 const _: () = assert!(size_of::<Results>() == 4056);
-const _: () = assert!(size_of::<VcpuStatus>() == 64);
+const _: () = assert!(size_of::<VcpuStatus>() == 128);
 
 /// Plain old data: `#[repr(C)]`, only integers and arrays of integers, no
 /// padding. Any byte string of the right length is a valid value.
@@ -485,6 +548,14 @@ mod tests {
         assert!(Results::read_from(&[0u8; 16]).is_none());
         let r = Results::read_from(&[0xffu8; size_of::<Results>()]).unwrap();
         assert_eq!(r.magic, u64::MAX);
+    }
+
+    #[test]
+    fn test_workload_roundtrip() {
+        for w in [Workload::None, Workload::Idle, Workload::Spin] {
+            assert_eq!(Workload::try_from(w as u32), Ok(w));
+        }
+        assert_eq!(Workload::try_from(99), Err(99));
     }
 
     #[test]
