@@ -1,4 +1,5 @@
 //! Boot time: from VM creation until the guest reports every vCPU online,
+#![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
 //! for 1, 4 and 64 vCPUs. Measured by the VMM around real boots (the
 //! figure `ipivirt boot` prints), so it includes KVM vCPU creation.
 use std::time::Duration;
