@@ -1,7 +1,8 @@
 //! Boot time: from VM creation until the guest reports every vCPU online,
-#![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
 //! for 1, 4 and 64 vCPUs. Measured by the VMM around real boots (the
 //! figure `ipivirt boot` prints), so it includes KVM vCPU creation.
+#![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
