@@ -14,10 +14,13 @@
 
 use core::mem::size_of;
 
+pub mod hist;
+pub use hist::Histogram;
+
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
@@ -56,8 +59,27 @@ pub mod layout {
     pub const BOOT_STACKS_ADDR: u64 = 0x100_0000;
     /// Size of one boot stack.
     pub const BOOT_STACK_SIZE: u64 = 0x4000;
-    /// First byte after the boot stacks: free memory (heap) starts here.
-    pub const FREE_MEM_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
+    /// Per-vCPU results ([`VcpuResults`]), vCPU `i` at
+    /// `VCPU_RESULTS_ADDR + i * size_of::<VcpuResults>()`.
+    pub const VCPU_RESULTS_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
+    /// Room reserved for the per-vCPU results.
+    pub const VCPU_RESULTS_SIZE: u64 = 8 << 20;
+    /// The user window: 2 MiB pages the VMM maps user-accessible (with the
+    /// guest image, whose code user tasks run), for user-mode task stacks.
+    pub const USER_WINDOW_ADDR: u64 = VCPU_RESULTS_ADDR + VCPU_RESULTS_SIZE;
+    /// Size of the user window.
+    pub const USER_WINDOW_SIZE: u64 = 32 << 20;
+    /// First byte after the fixed layout: the guest heap starts here.
+    pub const FREE_MEM_ADDR: u64 = USER_WINDOW_ADDR + USER_WINDOW_SIZE;
+
+    /// Guest-physical address of vCPU `index`'s results.
+    pub const fn vcpu_results_addr(index: u32) -> u64 {
+        VCPU_RESULTS_ADDR + index as u64 * core::mem::size_of::<super::VcpuResults>() as u64
+    }
+
+    const _: () = assert!(
+        MAX_VCPUS as u64 * core::mem::size_of::<super::VcpuResults>() as u64 <= VCPU_RESULTS_SIZE
+    );
 
     /// Initial stack pointer of vCPU `index` (16-byte aligned).
     pub const fn boot_stack_top(index: u32) -> u64 {
@@ -65,6 +87,46 @@ pub mod layout {
     }
 
     const _: () = assert!(SHARED_ADDR + SHARED_SIZE <= IMAGE_ADDR);
+}
+
+/// Interrupt vectors the guest uses (the VMM sends some with KVM_SIGNAL_MSI).
+pub mod vector {
+    /// Local APIC timer: the scheduler tick and sleeper wake-ups.
+    pub const TIMER: u8 = 0xf0;
+    /// Reschedule IPI: look at the run queue (a task was queued or
+    /// migrated here).
+    pub const RESCHEDULE: u8 = 0xf1;
+    /// Cross-call IPI: run the queued call_single_data callbacks.
+    pub const CALL_FUNCTION: u8 = 0xf2;
+    /// Spurious interrupt vector (SVR).
+    pub const SPURIOUS: u8 = 0xff;
+}
+
+/// System call numbers (rax at `syscall`; arguments in rdi, rsi, rdx).
+pub mod syscall {
+    /// Give up the CPU.
+    pub const YIELD: u64 = 0;
+    /// End the calling task.
+    pub const EXIT: u64 = 1;
+    /// Sleep rdi microseconds.
+    pub const SLEEP_US: u64 = 2;
+    /// Returns the vCPU the task runs on.
+    pub const GETCPU: u64 = 3;
+    /// Reports a CPL3 calibration result (rdi = cycles per 1024 iterations).
+    pub const CALIBRATION: u64 = 4;
+    /// Returns the TSC deadline at which the workload ends.
+    pub const WORKLOAD_END: u64 = 5;
+}
+
+/// The host kind as the guest's calibration sees it.
+pub mod verdict {
+    /// Not measured.
+    pub const UNKNOWN: u32 = 0;
+    /// Kernel code runs at hardware speed.
+    pub const HARDWARE: u32 = 1;
+    /// Kernel (CPL0) code is emulated: absolute latencies are not
+    /// representative.
+    pub const CPL0_EMULATED: u32 = 2;
 }
 
 /// I/O ports the guest writes to. The discriminants are the port numbers.
@@ -274,8 +336,28 @@ pub struct Results {
     pub all_online_tsc: u64,
     /// Filled on [`GuestStatus::Panic`].
     pub panic: PanicRecord,
+    /// Calibration: TSC cycles per 1024 iterations of `dec; jnz` at CPL0.
+    pub cpl0_cycles_per_kiter: u64,
+    /// The same loop at CPL3 (0 if user mode did not run).
+    pub cpl3_cycles_per_kiter: u64,
+    /// A [`verdict`] value.
+    pub verdict: u32,
+    /// Scheduler tick the guest used, in Hz.
+    pub tick_hz: u32,
+    /// Tasks created, over the whole run.
+    pub tasks_created: u64,
+    /// Tasks that exited and were freed.
+    pub tasks_freed: u64,
+    /// Heap bytes in use when the workload ended.
+    pub heap_used: u64,
+    /// Heap bytes in use before any task was created.
+    pub heap_baseline: u64,
+    /// TSC at the start of the workload.
+    pub workload_start_tsc: u64,
+    /// TSC at its end.
+    pub workload_end_tsc: u64,
     /// Room for later results; zero.
-    pub reserved: [u64; 420],
+    pub reserved: [u64; 411],
 }
 
 /// One vCPU's status, written by that vCPU.
@@ -309,6 +391,18 @@ pub struct VcpuStatus {
     /// Room for later counters; zero.
     pub reserved: [u64; 5],
 }
+
+/// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuResults {
+    /// Latency probe: how late (TSC cycles) the periodic high-priority
+    /// task ran versus its deadline.
+    pub probe: Histogram,
+}
+
+// SAFETY: a single Pod member.
+unsafe impl Pod for VcpuResults {}
 
 /// The shared area at [`layout::SHARED_ADDR`].
 #[repr(C)]
@@ -515,8 +609,10 @@ mod tests {
         assert_eq!(layout::boot_stack_top(0) % 16, 0);
         assert_eq!(
             layout::boot_stack_top(MAX_VCPUS as u32 - 1),
-            layout::FREE_MEM_ADDR
+            layout::VCPU_RESULTS_ADDR
         );
+        assert_eq!(layout::USER_WINDOW_ADDR % (2 << 20), 0);
+        assert_eq!(layout::FREE_MEM_ADDR % (2 << 20), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// Page-table entry bits.
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_USER: u64 = 1 << 2;
 const PTE_HUGE: u64 = 1 << 7;
 const TWO_MIB: u64 = 2 << 20;
 
@@ -55,10 +56,10 @@ pub enum MemoryError {
     },
 }
 
-/// Guest RAM size for `vcpus` vCPUs: the fixed layout (boot stacks end at
-/// 32 MiB) plus room for the guest heap.
+/// Guest RAM size for `vcpus` vCPUs: the fixed layout plus room for the
+/// guest heap (task stacks, run queues, per-task masks).
 pub fn ram_size(vcpus: u32) -> u64 {
-    abi::layout::FREE_MEM_ADDR + (32 << 20) + u64::from(vcpus) * (256 << 10)
+    abi::layout::FREE_MEM_ADDR + (64 << 20) + u64::from(vcpus) * (512 << 10)
 }
 
 /// Allocates `size` bytes of guest RAM at guest-physical 0.
@@ -78,14 +79,25 @@ fn write(
         .map_err(|source| MemoryError::Write { what, addr, source })
 }
 
+/// Whether the 2 MiB page at `phys` is user-accessible: the guest image
+/// (user tasks run its code and read its constants) and the user window
+/// (user stacks). The rest is kernel-only.
+fn is_user_page(phys: u64) -> bool {
+    use abi::layout::{IMAGE_ADDR, IMAGE_LIMIT, USER_WINDOW_ADDR, USER_WINDOW_SIZE};
+    (IMAGE_ADDR..IMAGE_LIMIT).contains(&phys)
+        || (USER_WINDOW_ADDR..USER_WINDOW_ADDR + USER_WINDOW_SIZE).contains(&phys)
+}
+
 /// Identity-maps the first 4 GiB with 2 MiB pages: one PML4 entry, one
-/// PDPT with four entries, four page directories.
+/// PDPT with four entries, four page directories. The upper levels allow
+/// user access; the 2 MiB entries decide (see [`is_user_page`]).
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    let table_bits = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
     write(
         mem,
         "PML4",
         PML4_ADDR,
-        &(PDPT_ADDR | PTE_PRESENT | PTE_WRITABLE).to_le_bytes(),
+        &(PDPT_ADDR | table_bits).to_le_bytes(),
     )?;
     let gibs = IDENTITY_MAP_SIZE >> 30;
     for gib in 0..gibs {
@@ -94,12 +106,15 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
             mem,
             "PDPT",
             PDPT_ADDR + gib * 8,
-            &(pd | PTE_PRESENT | PTE_WRITABLE).to_le_bytes(),
+            &(pd | table_bits).to_le_bytes(),
         )?;
         let mut table = [0u8; 4096];
         for (i, entry) in table.chunks_exact_mut(8).enumerate() {
             let phys = (gib << 30) + i as u64 * TWO_MIB;
-            entry.copy_from_slice(&(phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE).to_le_bytes());
+            let user = if is_user_page(phys) { PTE_USER } else { 0 };
+            entry.copy_from_slice(
+                &(phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE | user).to_le_bytes(),
+            );
         }
         write(mem, "page directory", pd, &table)?;
     }
@@ -149,6 +164,14 @@ mod tests {
             .unwrap();
         assert_eq!(pde & !0xfff, (3 << 30) + 3 * TWO_MIB);
         assert_ne!(pde & PTE_HUGE, 0);
+        assert_eq!(pde & PTE_USER, 0, "kernel memory is not user-accessible");
+        let image: u64 = mem.read_obj(GuestAddress(PD_ADDR + 8)).unwrap();
+        assert_ne!(image & PTE_USER, 0, "the image (2 MiB) is user-accessible");
+        let window = abi::layout::USER_WINDOW_ADDR;
+        let pde: u64 = mem
+            .read_obj(GuestAddress(PD_ADDR + window / TWO_MIB * 8))
+            .unwrap();
+        assert_ne!(pde & PTE_USER, 0, "the user window is user-accessible");
     }
 
     #[test]

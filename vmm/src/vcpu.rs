@@ -137,18 +137,28 @@ impl fmt::Display for VcpuFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VcpuFault::Shutdown => write!(f, "triple fault (KVM_EXIT_SHUTDOWN)"),
-            VcpuFault::InternalError { suberror: KVM_INTERNAL_ERROR_EMULATION, data } => write!(
+            VcpuFault::InternalError {
+                suberror: KVM_INTERNAL_ERROR_EMULATION,
+                data,
+            } => write!(
                 f,
                 "emulation failure (KVM_EXIT_INTERNAL_ERROR): KVM's instruction emulator cannot execute the \
                  instruction at RIP (hosts that emulate guest kernel code, such as nested ones, support only a \
                  subset of x86; SSE beyond plain moves is the usual culprit); data {data:x?}"
             ),
             VcpuFault::InternalError { suberror, data } => {
-                write!(f, "KVM internal error (KVM_EXIT_INTERNAL_ERROR), suberror {suberror}, data {data:x?}")
+                write!(
+                    f,
+                    "KVM internal error (KVM_EXIT_INTERNAL_ERROR), suberror {suberror}, data {data:x?}"
+                )
             }
             VcpuFault::FailEntry(r) => write!(f, "VM entry failed, hardware reason {r:#x}"),
             VcpuFault::UnknownPort { port, write } => {
-                write!(f, "{} of unknown I/O port {port:#x}", if *write { "write" } else { "read" })
+                write!(
+                    f,
+                    "{} of unknown I/O port {port:#x}",
+                    if *write { "write" } else { "read" }
+                )
             }
             VcpuFault::BadStatus(data) => write!(f, "bad write to the status port: {data:02x?}"),
             VcpuFault::Mmio(addr) => write!(f, "access to unbacked guest-physical address {addr:#x}"),
