@@ -161,6 +161,10 @@ pub enum GuestStatus {
     Done = 2,
     /// A Rust panic; [`Results::panic`] says where and why.
     Panic = 3,
+    /// A CPU exception; [`Results::exception`] says which and where.
+    Exception = 4,
+    /// The BSP has set up what every CPU shares (heap, IDT): start the APs.
+    StartAps = 5,
 }
 
 impl TryFrom<u32> for GuestStatus {
@@ -170,6 +174,8 @@ impl TryFrom<u32> for GuestStatus {
             1 => Ok(GuestStatus::AllOnline),
             2 => Ok(GuestStatus::Done),
             3 => Ok(GuestStatus::Panic),
+            4 => Ok(GuestStatus::Exception),
+            5 => Ok(GuestStatus::StartAps),
             other => Err(other),
         }
     }
@@ -192,6 +198,8 @@ pub enum TestHook {
     BadResultsMagic = 4,
     /// The guest reports more vCPUs online than exist.
     BadOnlineCount = 5,
+    /// A user task reads kernel-only memory (a page fault from CPL3).
+    UserFault = 6,
 }
 
 impl TryFrom<u32> for TestHook {
@@ -204,6 +212,7 @@ impl TryFrom<u32> for TestHook {
             3 => TestHook::Hang,
             4 => TestHook::BadResultsMagic,
             5 => TestHook::BadOnlineCount,
+            6 => TestHook::UserFault,
             other => return Err(other),
         })
     }
@@ -261,8 +270,8 @@ pub struct Control {
     pub probe_period_us: u32,
     /// Forced task migration: chance per tick, in 1/65536 (0: off).
     pub forced_migration: u32,
-    /// Padding; zero.
-    pub pad0: u32,
+    /// Workload tasks per vCPU.
+    pub tasks_per_cpu: u32,
     /// Room for later scenario fields; zero.
     pub reserved: [u64; 54],
 }
@@ -278,6 +287,11 @@ pub enum Workload {
     /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
     /// gap it saw and its steal time: makes host-side preemption visible.
     Spin = 2,
+    /// `tasks_per_cpu` CPU-bound user tasks per vCPU, preempted by the
+    /// tick, with the probe; [`Results::hogs`] reports their progress.
+    Hogs = 3,
+    /// Kernel tasks created and exiting in a loop (memory accounting).
+    Churn = 4,
 }
 
 impl TryFrom<u32> for Workload {
@@ -287,6 +301,8 @@ impl TryFrom<u32> for Workload {
             0 => Workload::None,
             1 => Workload::Idle,
             2 => Workload::Spin,
+            3 => Workload::Hogs,
+            4 => Workload::Churn,
             other => return Err(other),
         })
     }
@@ -318,6 +334,40 @@ pub struct PanicRecord {
     pub file: [u8; 128],
     /// Formatted panic message (UTF-8, truncated).
     pub message: [u8; 512],
+}
+
+/// A CPU exception the guest could not handle.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ExceptionRecord {
+    /// Non-zero once written.
+    pub valid: u32,
+    /// vCPU it happened on.
+    pub vcpu: u32,
+    /// Exception vector (0..32).
+    pub vector: u64,
+    /// Error code (0 if the vector has none).
+    pub error_code: u64,
+    /// Faulting instruction.
+    pub rip: u64,
+    /// CR2 (page faults).
+    pub cr2: u64,
+    /// CS at the fault (its low bits are the privilege level).
+    pub cs: u64,
+    /// Id of the running task (0: none yet).
+    pub task_id: u64,
+    /// Name of the running task (UTF-8, NUL-padded).
+    pub task_name: [u8; 16],
+}
+
+/// Progress of one workload task.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TaskProgress {
+    /// Loop iterations done (0: no such task).
+    pub iterations: u64,
+    /// Bit `c` set: the task was seen running on vCPU `c` (c < 64).
+    pub cpus_mask: u64,
 }
 
 /// Written by the guest.
@@ -356,8 +406,14 @@ pub struct Results {
     pub workload_start_tsc: u64,
     /// TSC at its end.
     pub workload_end_tsc: u64,
+    /// Filled on [`GuestStatus::Exception`].
+    pub exception: ExceptionRecord,
+    /// Task create/exit pairs completed by the churn workload.
+    pub churn_cycles: u64,
+    /// Per-task progress of the hog workload (first 64 tasks).
+    pub hogs: [TaskProgress; 64],
     /// Room for later results; zero.
-    pub reserved: [u64; 411],
+    pub reserved: [u64; 273],
 }
 
 /// One vCPU's status, written by that vCPU.
@@ -462,6 +518,10 @@ unsafe impl Pod for Control {}
 unsafe impl Pod for PanicRecord {}
 // SAFETY: as above.
 unsafe impl Pod for Results {}
+// SAFETY: as above.
+unsafe impl Pod for ExceptionRecord {}
+// SAFETY: as above.
+unsafe impl Pod for TaskProgress {}
 // SAFETY: as above.
 unsafe impl Pod for VcpuStatus {}
 // SAFETY: as above; a struct of Pod members with no padding between them.
@@ -633,10 +693,10 @@ mod tests {
             assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
         }
         assert_eq!(GuestStatus::try_from(0), Err(0));
-        for h in 0..=5 {
+        for h in 0..=6 {
             assert_eq!(TestHook::try_from(h).map(|h| h as u32), Ok(h));
         }
-        assert_eq!(TestHook::try_from(6), Err(6));
+        assert_eq!(TestHook::try_from(7), Err(7));
     }
 
     #[test]
@@ -648,7 +708,13 @@ mod tests {
 
     #[test]
     fn test_workload_roundtrip() {
-        for w in [Workload::None, Workload::Idle, Workload::Spin] {
+        for w in [
+            Workload::None,
+            Workload::Idle,
+            Workload::Spin,
+            Workload::Hogs,
+            Workload::Churn,
+        ] {
             assert_eq!(Workload::try_from(w as u32), Ok(w));
         }
         assert_eq!(Workload::try_from(99), Err(99));

@@ -2,17 +2,21 @@
 //! `_start` with paging on (identity map), interrupts off, `rdi` = vCPU
 //! index and `rsp` = its boot stack ([`abi::layout::boot_stack_top`]).
 //!
-//! vCPU 0 (the BSP) checks the control block, waits for every other vCPU
-//! (AP) to come online, writes the results and reports `Done`; APs mark
-//! themselves online and halt.
+//! vCPU 0 (the BSP) checks the control block, sets up what all CPUs share
+//! (heap, IDT, scheduler parameters) and its own CPU, then asks the VMM to
+//! start the APs (`StartAps`: the APs never spin in emulated code waiting
+//! for it). Each AP sets up its CPU, marks itself online and becomes its
+//! CPU's idle task; the last one wakes the BSP, which reports `AllOnline`,
+//! calibrates, runs the workload and reports `Done`.
 
+use core::ptr::addr_of_mut;
 use core::sync::atomic::Ordering;
 
-use abi::{vcpu_state, GuestStatus, Port, TestHook, ABI_VERSION, RESULTS_MAGIC};
+use abi::{layout, vcpu_state, GuestStatus, Port, TestHook, ABI_VERSION, RESULTS_MAGIC};
 
 use crate::console::println;
 use crate::fmt::{Dec, Hex};
-use crate::{cpu, shared};
+use crate::{apic, cpu, heap, percpu, sched, shared, trap, workload};
 
 // SSE must be on before any Rust code runs: the prebuilt `core` uses SSE
 // registers freely (the VMM already sets these bits; setting them here
@@ -48,20 +52,35 @@ extern "C" fn rust_entry(index: u32) -> ! {
     }
 }
 
-/// Marks vCPU `index` online and counts it.
-fn come_online(index: u32) {
+fn online_counter() -> &'static core::sync::atomic::AtomicU32 {
+    // SAFETY: an aligned u32 field of the shared page.
+    unsafe { shared::atomic_u32(addr_of_mut!((*shared::results()).nr_online)) }
+}
+
+/// Marks vCPU `index` online; the last one wakes the BSP.
+fn come_online(index: u32, nr_vcpus: u32) {
     let status = shared::vcpu(index);
     // SAFETY: `status` points into the shared page; this vCPU is the only
-    // writer of its own entry; the counter is updated atomically by all.
+    // writer of its own entry.
     unsafe {
         (*status).apic_id = cpu::x2apic_id();
         (*status).online_tsc = cpu::rdtsc();
-        shared::atomic_u32(core::ptr::addr_of_mut!((*status).state))
+        shared::atomic_u32(addr_of_mut!((*status).state))
             .store(vcpu_state::ONLINE, Ordering::Release);
-        // Release: this vCPU's status entry before the count the BSP polls.
-        shared::atomic_u32(core::ptr::addr_of_mut!((*shared::results()).nr_online))
-            .fetch_add(1, Ordering::Release);
     }
+    // Release: this vCPU's status entry before the count the BSP reads.
+    let now = online_counter().fetch_add(1, Ordering::Release) + 1;
+    if now == nr_vcpus && index != 0 {
+        apic::send_ipi(0, abi::vector::RESCHEDULE);
+    }
+}
+
+/// Per-CPU set-up, on the CPU itself.
+fn init_cpu(index: u32, seed: u64) {
+    percpu::init(index);
+    trap::init_cpu();
+    apic::init();
+    percpu::seed(seed);
 }
 
 fn bsp_main() -> ! {
@@ -89,43 +108,81 @@ fn bsp_main() -> ! {
         Dec(control.nr_vcpus),
         Dec(cpu::x2apic_id())
     );
-    come_online(0);
+    heap::init(layout::FREE_MEM_ADDR, control.mem_size);
+    trap::init_idt();
+    let cycles_per_us = (control.tsc_khz / 1000).max(1);
+    sched::PARAMS
+        .cycles_per_us
+        .store(cycles_per_us, Ordering::Relaxed);
+    sched::PARAMS
+        .nr_cpus
+        .store(control.nr_vcpus, Ordering::Relaxed);
+    sched::PARAMS
+        .forced_migration
+        .store(control.forced_migration, Ordering::Relaxed);
+    // A provisional tick until the calibration picks the real one.
+    sched::PARAMS
+        .tick_cycles
+        .store(cycles_per_us * 10_000, Ordering::Relaxed);
+    init_cpu(0, control.seed);
+    sched::start_cpu(true);
+    cpu::outl(Port::Status as u16, GuestStatus::StartAps as u32);
+    come_online(0, control.nr_vcpus);
 
-    // SAFETY: an aligned u32 field of the shared page.
-    let online = unsafe { shared::atomic_u32(core::ptr::addr_of_mut!((*results).nr_online)) };
-    // Acquire: pairs with the Release increments in `come_online`.
-    while online.load(Ordering::Acquire) < control.nr_vcpus {
-        cpu::pause();
+    // Sleep until the last AP's IPI (no emulated spinning).
+    loop {
+        cpu::cli();
+        if online_counter().load(Ordering::Acquire) >= control.nr_vcpus {
+            break;
+        }
+        // SAFETY: IDT, APIC and scheduler are set up on this CPU.
+        unsafe { cpu::sti_hlt() };
     }
-    // SAFETY: as above, BSP-only field.
+    // SAFETY: BSP-only field.
     unsafe { (*results).all_online_tsc = cpu::rdtsc() };
     cpu::outl(Port::Status as u16, GuestStatus::AllOnline as u32);
-
     run_test_hook(&control, 0);
+    // SAFETY: the scheduler runs from here on.
+    unsafe { cpu::sti() };
+
+    if control.workload != abi::Workload::None as u32
+        || control.test_hook == TestHook::UserFault as u32
+    {
+        let tick_hz = workload::calibrate(&control);
+        sched::PARAMS.tick_cycles.store(
+            control.tsc_khz * 1000 / u64::from(tick_hz),
+            Ordering::Relaxed,
+        );
+        workload::run(&control);
+    }
+    cpu::cli();
+    workload::write_counters(control.nr_vcpus);
     // SAFETY: BSP-only fields of the shared page; the magic is written last
     // (Release) so the VMM never sees a half-written block as complete.
     unsafe {
         if control.test_hook == TestHook::BadOnlineCount as u32 {
-            online.store(control.nr_vcpus + 100, Ordering::Relaxed);
+            online_counter().store(control.nr_vcpus + 100, Ordering::Relaxed);
         }
         let magic = if control.test_hook == TestHook::BadResultsMagic as u32 {
             0xbad_c0de
         } else {
             RESULTS_MAGIC
         };
-        shared::atomic_u64(core::ptr::addr_of_mut!((*results).magic))
-            .store(magic, Ordering::Release);
+        shared::atomic_u64(addr_of_mut!((*results).magic)).store(magic, Ordering::Release);
     }
     cpu::outl(Port::Status as u16, GuestStatus::Done as u32);
     cpu::halt_forever()
 }
 
 fn ap_main(index: u32) -> ! {
+    let control = shared::control();
     // Hooks fire before the AP counts itself online, so the BSP can never
     // report Done ahead of the failure it is meant to expose.
-    run_test_hook(&shared::control(), index);
-    come_online(index);
-    cpu::halt_forever()
+    run_test_hook(&control, index);
+    init_cpu(index, control.seed);
+    sched::start_cpu(false);
+    come_online(index, control.nr_vcpus);
+    sched::idle_loop()
 }
 
 /// Fires the failure hooks that act on a vCPU, if this is the hooked one.

@@ -92,3 +92,145 @@ pub fn triple_fault() -> ! {
     // guest runs after it.
     unsafe { asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn, nostack)) }
 }
+
+/// Model-specific registers the kernel touches.
+pub mod msr {
+    /// IA32_APIC_BASE.
+    pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_TSC_DEADLINE.
+    pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// IA32_GS_BASE.
+    pub const GS_BASE: u32 = 0xc000_0101;
+}
+
+/// Reads an MSR.
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the kernel only reads MSRs that exist on every x86_64 CPU
+    // KVM exposes (the constants in `msr` and the x2APIC range).
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Writes an MSR.
+///
+/// # Safety
+/// The write must keep the machine consistent (the caller knows what the
+/// MSR controls: EFER, syscall entry, GS base, APIC registers).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: delegated to the caller.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags))
+    };
+}
+
+/// RFLAGS.IF.
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// Reads RFLAGS.
+pub fn rflags() -> u64 {
+    let r: u64;
+    // SAFETY: pushfq/pop only touch the stack slot they use.
+    unsafe { asm!("pushfq", "pop {}", out(reg) r, options(nomem, preserves_flags)) };
+    r
+}
+
+/// Enables interrupts.
+///
+/// # Safety
+/// The IDT and the interrupt stacks must be set up.
+pub unsafe fn sti() {
+    // SAFETY: delegated to the caller.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Disables interrupts.
+pub fn cli() {
+    // SAFETY: masking interrupts is always safe.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
+/// Disables interrupts and returns whether they were enabled.
+pub fn irq_save() -> bool {
+    let was = rflags() & RFLAGS_IF != 0;
+    cli();
+    was
+}
+
+/// Re-enables interrupts if `was` says they were enabled.
+pub fn irq_restore(was: bool) {
+    if was {
+        // SAFETY: interrupts were enabled before irq_save, so the machine
+        // was already set up for them.
+        unsafe { sti() };
+    }
+}
+
+/// Atomically enables interrupts and halts until one arrives (the
+/// one-instruction interrupt shadow of `sti` closes the wake-up race).
+///
+/// # Safety
+/// As [`sti`].
+pub unsafe fn sti_hlt() {
+    // SAFETY: delegated to the caller.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Reads CR2 (the faulting address of the last page fault).
+pub fn cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effect.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// A `#[repr(C, packed)]` operand of lgdt/lidt.
+#[repr(C, packed)]
+pub struct DescriptorTablePointer {
+    /// Size in bytes minus one.
+    pub limit: u16,
+    /// Linear address.
+    pub base: u64,
+}
+
+/// Loads the GDT, reloads CS and the data segments, and loads TR.
+///
+/// # Safety
+/// `gdt` must stay valid and hold a 64-bit code descriptor at `code`, a
+/// data descriptor at `data` and a TSS descriptor at `tss`.
+pub unsafe fn load_gdt(gdt: &DescriptorTablePointer, code: u16, data: u16, tss: u16) {
+    // SAFETY: delegated to the caller; the far return reloads CS with a
+    // descriptor the caller vouches for. GS is not reloaded (its base is
+    // the per-CPU pointer, set with wrmsr afterwards).
+    unsafe {
+        asm!(
+            "lgdt [{gdt}]",
+            "push {code}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ds, {data:x}",
+            "mov es, {data:x}",
+            "mov ss, {data:x}",
+            "ltr {tss:x}",
+            gdt = in(reg) gdt,
+            code = in(reg) u64::from(code),
+            data = in(reg) u64::from(data),
+            tss = in(reg) u64::from(tss),
+            tmp = out(reg) _,
+        )
+    };
+}
+
+/// Loads the IDT.
+///
+/// # Safety
+/// `idt` must stay valid for as long as interrupts can arrive.
+pub unsafe fn load_idt(idt: &DescriptorTablePointer) {
+    // SAFETY: delegated to the caller.
+    unsafe { asm!("lidt [{}]", in(reg) idt, options(readonly, nostack, preserves_flags)) };
+}

@@ -6,10 +6,21 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+mod apic;
 mod boot;
 mod console;
 mod cpu;
 mod fmt;
+mod heap;
 mod mem;
 mod panic;
+mod percpu;
+mod sched;
 mod shared;
+mod sync;
+mod syscall;
+mod trap;
+mod user;
+mod workload;

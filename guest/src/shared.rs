@@ -6,7 +6,7 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use abi::{Control, PanicRecord, Results, SharedPage, VcpuStatus};
+use abi::{Control, ExceptionRecord, PanicRecord, Results, SharedPage, VcpuStatus};
 
 fn page() -> *mut SharedPage {
     abi::layout::SHARED_ADDR as *mut SharedPage
@@ -30,6 +30,12 @@ pub fn results() -> *mut Results {
 pub fn panic_record() -> *mut PanicRecord {
     // SAFETY: only computes a field address inside the mapped page.
     unsafe { addr_of_mut!((*results()).panic) }
+}
+
+/// The exception record inside the results block.
+pub fn exception_record() -> *mut ExceptionRecord {
+    // SAFETY: only computes a field address inside the mapped page.
+    unsafe { addr_of_mut!((*results()).exception) }
 }
 
 /// Status entry of vCPU `index` (< MAX_VCPUS; the VMM never starts more).

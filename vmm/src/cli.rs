@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::machine::{self, BootReport, MachineConfig};
-use crate::{ConsoleMode, Error, TestHook};
+use crate::{ConsoleMode, Error, TestHook, Workload};
 
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
@@ -53,12 +53,85 @@ struct RunArgs {
     /// Do not print the guest console.
     #[arg(long, short)]
     quiet: bool,
+    /// What the guest runs after boot: none, idle (scheduler and latency
+    /// probe only), hogs (CPU-bound user tasks), churn (task create/exit).
+    #[arg(long, value_enum)]
+    workload: Option<WorkloadArg>,
+    /// Measured time of the workload (us, ms or s; plain numbers are s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Workload tasks on each vCPU.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    tasks_per_cpu: u32,
+    /// Chance per scheduler tick that the running task is moved to another
+    /// vCPU (0..1): makes tasks hop CPUs.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    forced_migration: f64,
+    /// Scheduler tick in Hz (default: 1000 on hardware, 100 where guest
+    /// kernel code is emulated).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=10_000))]
+    tick_hz: Option<u32>,
+    /// Latency probe period (default: 1ms on hardware, 10ms where guest
+    /// kernel code is emulated).
+    #[arg(long, value_parser = parse_duration)]
+    probe_period: Option<Duration>,
     /// Test only: make the guest fail on purpose.
     #[arg(long, hide = true, value_enum, default_value_t = HookArg::None)]
     test_hook: HookArg,
     /// Test only: the vCPU the hook acts on.
     #[arg(long, hide = true, default_value_t = 0)]
     test_hook_vcpu: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    None,
+    Idle,
+    Hogs,
+    Churn,
+}
+
+impl From<WorkloadArg> for Workload {
+    fn from(w: WorkloadArg) -> Self {
+        match w {
+            WorkloadArg::None => Workload::None,
+            WorkloadArg::Idle => Workload::Idle,
+            WorkloadArg::Hogs => Workload::Hogs,
+            WorkloadArg::Churn => Workload::Churn,
+        }
+    }
+}
+
+/// Parses `250us`, `2ms`, `1.5s` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 200us, 2ms, 1.5s)"))?;
+    let secs = v * scale;
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!(
+            "{s} is out of range: give a duration above 0 and at most a day"
+        ))
+    }
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a probability between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,6 +142,7 @@ enum HookArg {
     Hang,
     BadResultsMagic,
     BadOnlineCount,
+    UserFault,
 }
 
 impl From<HookArg> for TestHook {
@@ -80,6 +154,7 @@ impl From<HookArg> for TestHook {
             HookArg::Hang => TestHook::Hang,
             HookArg::BadResultsMagic => TestHook::BadResultsMagic,
             HookArg::BadOnlineCount => TestHook::BadOnlineCount,
+            HookArg::UserFault => TestHook::UserFault,
         }
     }
 }
@@ -96,7 +171,7 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    fn machine_config(&self) -> MachineConfig {
+    fn machine_config(&self, default_workload: WorkloadArg) -> MachineConfig {
         let kvm_path = std::env::var_os(KVM_PATH_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(machine::DEFAULT_KVM_PATH));
@@ -112,6 +187,12 @@ impl RunArgs {
             },
             test_hook: self.test_hook.into(),
             test_hook_vcpu: self.test_hook_vcpu,
+            workload: self.workload.unwrap_or(default_workload).into(),
+            duration: self.duration,
+            tasks_per_cpu: self.tasks_per_cpu,
+            forced_migration: self.forced_migration,
+            tick_hz: self.tick_hz,
+            probe_period: self.probe_period,
         }
     }
 }
@@ -131,20 +212,15 @@ fn say(text: &str) {
 }
 
 fn run(args: &RunArgs) -> Result<(), Error> {
-    let report = machine::boot(&args.machine_config())?;
+    let config = args.machine_config(WorkloadArg::Idle);
+    let report = machine::boot(&config)?;
     say(&online_line(&report));
-    if report.tsc_khz > 0 {
-        say(&format!(
-            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
-            report.tsc_khz,
-            report.guest_boot_cycles as f64 / report.tsc_khz as f64
-        ));
-    }
+    say(&crate::report::scheduler_text(&config, &report));
     Ok(())
 }
 
 fn boot(args: &RunArgs) -> Result<(), Error> {
-    let report = machine::boot(&args.machine_config())?;
+    let report = machine::boot(&args.machine_config(WorkloadArg::None))?;
     say(&online_line(&report));
     Ok(())
 }

@@ -16,11 +16,12 @@ pub mod console;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod report;
 pub mod results;
 pub mod vcpu;
 pub mod vm;
 
-pub use abi::TestHook;
+pub use abi::{Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
 pub use machine::{boot, BootReport, MachineConfig};
 
@@ -91,7 +92,8 @@ impl Error {
         match self {
             Error::Guest(g) => match &g.kind {
                 results::FailureKind::Panic(Some(p)) => vec![p.vcpu],
-                results::FailureKind::Fault { vcpu, .. } => vec![*vcpu],
+                results::FailureKind::Fault { vcpu, .. }
+                | results::FailureKind::Exception(_, vcpu) => vec![*vcpu],
                 _ => vec![0],
             },
             _ => vec![0],

@@ -3,12 +3,11 @@
 //! results.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi::{Control, GuestStatus, TestHook};
+use abi::{Control, GuestStatus, TestHook, Workload};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -40,6 +39,19 @@ pub struct MachineConfig {
     pub test_hook: TestHook,
     /// vCPU the hook acts on.
     pub test_hook_vcpu: u32,
+    /// What the guest runs after boot.
+    pub workload: Workload,
+    /// How long the workload runs.
+    pub duration: Duration,
+    /// Workload tasks per vCPU.
+    pub tasks_per_cpu: u32,
+    /// Forced migration: chance per scheduler tick that the running task
+    /// is moved to another vCPU (0..=1).
+    pub forced_migration: f64,
+    /// Scheduler tick in Hz (None: the guest picks from its calibration).
+    pub tick_hz: Option<u32>,
+    /// Latency probe period (None: the guest picks from its calibration).
+    pub probe_period: Option<Duration>,
 }
 
 impl MachineConfig {
@@ -53,6 +65,12 @@ impl MachineConfig {
             console: ConsoleMode::Capture,
             test_hook: TestHook::None,
             test_hook_vcpu: 0,
+            workload: Workload::None,
+            duration: Duration::from_secs(2),
+            tasks_per_cpu: 2,
+            forced_migration: 0.0,
+            tick_hz: None,
+            probe_period: None,
         }
     }
 }
@@ -72,6 +90,8 @@ pub struct BootReport {
     pub guest_boot_cycles: u64,
     /// The last console lines.
     pub console_tail: Vec<String>,
+    /// What the guest's kernel reported about the workload.
+    pub guest: results::GuestReport,
 }
 
 /// A VM with its memory and vCPU threads.
@@ -103,6 +123,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         Wait::Done { all_online } => results::boot_report(
             config,
             &page,
+            &memory::read_vcpu_results(&machine.mem, config.vcpus)?,
             machine.tsc_khz,
             all_online.map(|t| t - machine.created),
         )
@@ -162,6 +183,15 @@ impl Machine {
         control.mem_size = memory::ram_size(config.vcpus);
         control.test_hook = config.test_hook as u32;
         control.test_hook_vcpu = config.test_hook_vcpu;
+        control.workload = config.workload as u32;
+        control.duration_us = u64::try_from(config.duration.as_micros()).unwrap_or(u64::MAX);
+        control.tasks_per_cpu = config.tasks_per_cpu;
+        control.forced_migration =
+            (config.forced_migration.clamp(0.0, 1.0) * 65536.0).min(65535.0) as u32;
+        control.tick_hz = config.tick_hz.unwrap_or(0);
+        control.probe_period_us = config.probe_period.map_or(0, |p| {
+            u32::try_from(p.as_micros()).unwrap_or(u32::MAX).max(1)
+        });
         memory::write_control(&mem, &control)?;
 
         let console = Arc::new(Console::new(config.vcpus, config.console));
@@ -217,6 +247,15 @@ impl Machine {
                     status: GuestStatus::Panic,
                     ..
                 }) => return Wait::Failed(FailureKind::Panic(None)),
+                Ok(VcpuEvent::Status {
+                    status: GuestStatus::StartAps,
+                    ..
+                }) => self.control.release_aps(),
+                Ok(VcpuEvent::Status {
+                    status: GuestStatus::Exception,
+                    vcpu,
+                    ..
+                }) => return Wait::Failed(FailureKind::Exception(None, vcpu)),
                 Ok(VcpuEvent::Fault { vcpu, fault }) => {
                     return Wait::Failed(FailureKind::Fault { vcpu, fault })
                 }
@@ -236,7 +275,7 @@ impl Machine {
     /// registers, by vCPU. Threads that do not leave KVM_RUN within
     /// [`STOP_GRACE`] are reported and left behind rather than waited on.
     fn stop(&mut self) -> Vec<RegisterDump> {
-        self.control.stop.store(true, Ordering::SeqCst);
+        self.control.request_stop();
         for v in &self.vcpus {
             v.kicker.kick();
         }

@@ -3,7 +3,7 @@
 //! block. Addresses come from [`abi::layout`].
 
 use abi::layout::{GDT_ADDR, IDENTITY_MAP_SIZE, PDPT_ADDR, PD_ADDR, PML4_ADDR, SHARED_ADDR};
-use abi::{Control, Pod, SharedPage};
+use abi::{Control, Pod, SharedPage, VcpuResults};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Page-table entry bits.
@@ -144,6 +144,26 @@ pub fn read_shared(mem: &GuestMemoryMmap) -> Result<Box<SharedPage>, MemoryError
         })?;
     let page = SharedPage::read_from(&bytes).expect("buffer has the size of SharedPage");
     Ok(Box::new(page))
+}
+
+/// Copies the per-vCPU results of `vcpus` vCPUs out (untrusted data).
+pub fn read_vcpu_results(
+    mem: &GuestMemoryMmap,
+    vcpus: u32,
+) -> Result<Vec<VcpuResults>, MemoryError> {
+    let size = std::mem::size_of::<VcpuResults>();
+    let mut bytes = vec![0u8; size * vcpus as usize];
+    let addr = abi::layout::VCPU_RESULTS_ADDR;
+    mem.read_slice(&mut bytes, GuestAddress(addr))
+        .map_err(|source| MemoryError::Read {
+            what: "per-vCPU results",
+            addr,
+            source,
+        })?;
+    Ok(bytes
+        .chunks_exact(size)
+        .map(|c| VcpuResults::read_from(c).expect("chunk has the size"))
+        .collect())
 }
 
 #[cfg(test)]

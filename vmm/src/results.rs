@@ -5,7 +5,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use abi::{panic_state, FieldError, Pod, SharedPage, VcpuStatus};
+use abi::{
+    panic_state, verdict, FieldError, Histogram, Pod, SharedPage, TaskProgress, VcpuResults,
+    VcpuStatus,
+};
 
 use crate::machine::{BootReport, MachineConfig};
 use crate::vcpu::{RegisterDump, VcpuFault};
@@ -25,11 +28,46 @@ pub struct PanicDetails {
     pub message: String,
 }
 
+/// A CPU exception, as the guest recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionDetails {
+    /// vCPU.
+    pub vcpu: u32,
+    /// Vector (0..32).
+    pub vector: u64,
+    /// Error code.
+    pub error_code: u64,
+    /// Faulting instruction.
+    pub rip: u64,
+    /// CR2.
+    pub cr2: u64,
+    /// Privilege level at the fault.
+    pub cpl: u64,
+    /// Task id and name.
+    pub task: (u64, String),
+}
+
+/// The mnemonic of exception `vector`.
+pub fn exception_name(vector: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "(15)", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "(22)", "(23)", "(24)",
+        "(25)", "(26)", "(27)", "#HV", "#VC", "#SX", "(31)",
+    ];
+    NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("(bad vector)")
+}
+
 /// What went wrong in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
     /// A Rust panic in the guest (details when the record was readable).
     Panic(Option<PanicDetails>),
+    /// A CPU exception the guest reported (details when the record was
+    /// readable), and the vCPU that reported it.
+    Exception(Option<ExceptionDetails>, u32),
     /// A vCPU stopped on a fault (triple fault, unknown port, ...).
     Fault {
         /// Which vCPU.
@@ -61,6 +99,22 @@ impl fmt::Display for FailureKind {
                 )
             }
             FailureKind::Panic(None) => write!(f, "guest panicked (no readable panic record)"),
+            FailureKind::Exception(Some(e), _) => write!(
+                f,
+                "guest exception {} (vector {}) on vCPU {} at rip={:#x} (CPL{}), error code {:#x}, cr2={:#x}, task {} '{}'",
+                exception_name(e.vector),
+                e.vector,
+                e.vcpu,
+                e.rip,
+                e.cpl,
+                e.error_code,
+                e.cr2,
+                e.task.0,
+                e.task.1
+            ),
+            FailureKind::Exception(None, vcpu) => {
+                write!(f, "guest exception on vCPU {vcpu} (no readable exception record)")
+            }
             FailureKind::Fault { vcpu, fault } => write!(f, "vCPU {vcpu} stopped: {fault}"),
             FailureKind::InvalidResults(e) => write!(f, "guest wrote invalid results: {e}"),
             FailureKind::NotAllOnline {
@@ -128,6 +182,9 @@ pub fn explain(kind: FailureKind, page: &SharedPage) -> FailureKind {
         FailureKind::Panic(None) if state == panic_state::COMPLETE => {
             FailureKind::Panic(Some(panic_details(page)))
         }
+        FailureKind::Exception(None, vcpu) if page.results.exception.valid != 0 => {
+            FailureKind::Exception(Some(exception_details(page)), vcpu)
+        }
         FailureKind::Fault {
             vcpu,
             fault: fault @ VcpuFault::InternalError { .. },
@@ -137,6 +194,27 @@ pub fn explain(kind: FailureKind, page: &SharedPage) -> FailureKind {
             FailureKind::Panic(Some(details))
         }
         other => other,
+    }
+}
+
+fn exception_details(page: &SharedPage) -> ExceptionDetails {
+    let e = &page.results.exception;
+    let name_len = e
+        .task_name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(e.task_name.len());
+    ExceptionDetails {
+        vcpu: e.vcpu,
+        vector: e.vector,
+        error_code: e.error_code,
+        rip: e.rip,
+        cr2: e.cr2,
+        cpl: e.cs & 3,
+        task: (
+            e.task_id,
+            String::from_utf8_lossy(&e.task_name[..name_len]).into_owned(),
+        ),
     }
 }
 
@@ -156,10 +234,136 @@ fn panic_details(page: &SharedPage) -> PanicDetails {
     }
 }
 
+/// One vCPU's scheduler counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuCounters {
+    /// Context switches.
+    pub context_switches: u64,
+    /// Involuntary switches on return from interrupt.
+    pub preemptions: u64,
+    /// Tasks that migrated to this vCPU.
+    pub migrations_in: u64,
+    /// Timer ticks.
+    pub ticks: u64,
+    /// IPIs sent.
+    pub ipis_sent: u64,
+    /// IPIs received.
+    pub ipis_received: u64,
+}
+
+/// What the guest kernel reported beyond the boot.
+#[derive(Debug, Clone, Default)]
+pub struct GuestReport {
+    /// TSC cycles per 1024 iterations of `dec; jnz` at CPL0.
+    pub cpl0_cycles_per_kiter: u64,
+    /// The same at CPL3 (0: not measured).
+    pub cpl3_cycles_per_kiter: u64,
+    /// "hardware-accelerated", "CPL0 emulated: ..." or "not measured".
+    pub verdict: &'static str,
+    /// Scheduler tick (Hz).
+    pub tick_hz: u32,
+    /// Per-vCPU counters.
+    pub vcpus: Vec<VcpuCounters>,
+    /// Latency probe per vCPU (TSC cycles late).
+    pub probe_per_vcpu: Vec<Histogram>,
+    /// All vCPUs' probes merged.
+    pub probe: Histogram,
+    /// Tasks created over the run.
+    pub tasks_created: u64,
+    /// Tasks exited and freed.
+    pub tasks_freed: u64,
+    /// Heap in use after the workload.
+    pub heap_used: u64,
+    /// Heap in use before it.
+    pub heap_baseline: u64,
+    /// Create/exit pairs of the churn workload.
+    pub churn_cycles: u64,
+    /// Progress of the hog tasks (only those that ran).
+    pub hogs: Vec<TaskProgress>,
+    /// Workload length as the guest measured it (cycles).
+    pub workload_cycles: u64,
+}
+
+fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
+    match v {
+        verdict::UNKNOWN => Ok("not measured"),
+        verdict::HARDWARE => Ok("hardware-accelerated"),
+        verdict::CPL0_EMULATED => Ok("CPL0 emulated: absolute latencies are not representative"),
+        other => Err(FieldError {
+            field: "results.verdict",
+            found: other.into(),
+            expected: "a verdict code",
+        }),
+    }
+}
+
+/// Validates the guest kernel's figures.
+pub fn guest_report(
+    page: &SharedPage,
+    per_vcpu: &[VcpuResults],
+    vcpus: u32,
+) -> Result<GuestReport, FieldError> {
+    let r = &page.results;
+    let statuses = vcpu_statuses(page, vcpus)?;
+    let mut probe = Histogram::new();
+    let mut probe_per_vcpu = Vec::with_capacity(per_vcpu.len());
+    for v in per_vcpu.iter().take(vcpus as usize) {
+        v.probe.validate("vcpu_results[].probe")?;
+        probe.merge(&v.probe);
+        probe_per_vcpu.push(v.probe);
+    }
+    if r.workload_end_tsc < r.workload_start_tsc {
+        return Err(FieldError {
+            field: "results.workload_end_tsc",
+            found: r.workload_end_tsc,
+            expected: ">= start",
+        });
+    }
+    if r.tasks_freed > r.tasks_created {
+        return Err(FieldError {
+            field: "results.tasks_freed",
+            found: r.tasks_freed,
+            expected: "<= tasks_created",
+        });
+    }
+    Ok(GuestReport {
+        cpl0_cycles_per_kiter: r.cpl0_cycles_per_kiter,
+        cpl3_cycles_per_kiter: r.cpl3_cycles_per_kiter,
+        verdict: verdict_text(r.verdict)?,
+        tick_hz: r.tick_hz,
+        vcpus: statuses
+            .iter()
+            .map(|s| VcpuCounters {
+                context_switches: s.context_switches,
+                preemptions: s.preemptions,
+                migrations_in: s.migrations_in,
+                ticks: s.ticks,
+                ipis_sent: s.ipis_sent,
+                ipis_received: s.ipis_received,
+            })
+            .collect(),
+        probe_per_vcpu,
+        probe,
+        tasks_created: r.tasks_created,
+        tasks_freed: r.tasks_freed,
+        heap_used: r.heap_used,
+        heap_baseline: r.heap_baseline,
+        churn_cycles: r.churn_cycles,
+        hogs: r
+            .hogs
+            .iter()
+            .copied()
+            .filter(|h| h.iterations > 0)
+            .collect(),
+        workload_cycles: r.workload_end_tsc - r.workload_start_tsc,
+    })
+}
+
 /// Validates a finished boot's results and summarises them.
 pub fn boot_report(
     config: &MachineConfig,
     page: &SharedPage,
+    per_vcpu: &[VcpuResults],
     tsc_khz: u64,
     boot_time: Option<Duration>,
 ) -> Result<BootReport, FailureKind> {
@@ -189,6 +393,7 @@ pub fn boot_report(
         tsc_khz,
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
+        guest: guest_report(page, per_vcpu, config.vcpus).map_err(FailureKind::InvalidResults)?,
     })
 }
 
@@ -231,6 +436,7 @@ mod tests {
         let r = boot_report(
             &MachineConfig::new(4),
             &good_page(4),
+            &[],
             1000,
             Some(Duration::from_millis(3)),
         )
@@ -242,7 +448,7 @@ mod tests {
     fn test_boot_report_rejects_bad_magic() {
         let mut page = good_page(4);
         page.results.magic = 0xbad_c0de;
-        let err = boot_report(&MachineConfig::new(4), &page, 0, None).unwrap_err();
+        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
         assert!(
             err.to_string().contains("results.magic = 0xbadc0de"),
             "{err}"
@@ -253,7 +459,7 @@ mod tests {
     fn test_boot_report_rejects_out_of_range_count() {
         let mut page = good_page(4);
         page.results.nr_online = 1_000_000;
-        let err = boot_report(&MachineConfig::new(4), &page, 0, None).unwrap_err();
+        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
         assert!(err.to_string().contains("results.nr_online"), "{err}");
     }
 
@@ -262,7 +468,7 @@ mod tests {
         let mut page = good_page(4);
         page.vcpus[2].state = vcpu_state::OFFLINE;
         page.results.nr_online = 3;
-        let err = boot_report(&MachineConfig::new(4), &page, 0, None).unwrap_err();
+        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
         assert_eq!(
             err,
             FailureKind::NotAllOnline {
@@ -277,7 +483,7 @@ mod tests {
     fn test_boot_report_rejects_garbage_state() {
         let mut page = good_page(4);
         page.vcpus[1].state = 0xdead;
-        let err = boot_report(&MachineConfig::new(4), &page, 0, None).unwrap_err();
+        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
         assert!(err.to_string().contains("vcpus[].state"), "{err}");
     }
 
@@ -327,6 +533,6 @@ mod tests {
         assert!(parse_page(&[0u8; 10]).is_none());
         let bytes = vec![0xa5u8; std::mem::size_of::<SharedPage>()];
         let page = parse_page(&bytes).unwrap();
-        assert!(boot_report(&MachineConfig::new(4), &page, 0, None).is_err());
+        assert!(boot_report(&MachineConfig::new(4), &page, &[], 0, None).is_err());
     }
 }

@@ -368,6 +368,37 @@ pub enum VcpuEvent {
 pub struct RunControl {
     /// Leave the run loop at the next opportunity (after a kick).
     pub stop: AtomicBool,
+    /// APs wait here before their first KVM_RUN until the BSP reports
+    /// `StartAps` (or the run stops), so they never spin in the guest.
+    aps_released: Mutex<bool>,
+    aps_gate: std::sync::Condvar,
+}
+
+impl RunControl {
+    /// Lets the APs enter the guest.
+    pub fn release_aps(&self) {
+        *self.aps_released.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.aps_gate.notify_all();
+    }
+
+    /// Blocks until the APs are released; false if the run stopped first.
+    fn wait_for_release(&self) -> bool {
+        let mut released = self.aps_released.lock().unwrap_or_else(|p| p.into_inner());
+        while !*released && !self.stop.load(Ordering::SeqCst) {
+            released = self
+                .aps_gate
+                .wait(released)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        !self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sets `stop` and wakes APs still waiting at the gate.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _guard = self.aps_released.lock().unwrap_or_else(|p| p.into_inner());
+        self.aps_gate.notify_all();
+    }
 }
 
 /// A running vCPU thread.
@@ -437,7 +468,8 @@ fn run_loop(
     events: &Sender<VcpuEvent>,
 ) {
     // Send errors mean the controller is gone; the thread just ends.
-    while !control.stop.load(Ordering::SeqCst) {
+    let released = index == 0 || control.wait_for_release();
+    while released && !control.stop.load(Ordering::SeqCst) {
         match fd.run() {
             Ok(exit) => match handle_exit(exit, index, console) {
                 ExitAction::Continue => {}

@@ -1,0 +1,674 @@
+//! Tasks and the preemptive scheduler: per-CPU run queues (high class
+//! first, round robin within a class), `preempt_count`, `need_resched`,
+//! context switch, sleep until a TSC deadline, exit, migration (explicit,
+//! forced and a simple balancer) and a tickless idle loop.
+//!
+//! Ownership rules: a runnable task sits in exactly one run queue, under
+//! that queue's lock; the running task is in none. A task switched away
+//! from is re-queued only in [`finish_switch`], after the switch, on the
+//! next task's stack: so no other CPU can pick it while its stack is still
+//! in use. Sleepers sit in their CPU's sleeper list and only that CPU's
+//! timer wakes them.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::arch::global_asm;
+use core::cell::{Cell, UnsafeCell};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use abi::vector;
+
+use crate::percpu;
+use crate::{apic, cpu, user};
+
+/// Kernel stack of every task.
+pub const KSTACK_SIZE: usize = 16 << 10;
+/// No CPU (in `migrate_to`).
+pub const NO_CPU: u32 = u32::MAX;
+
+/// Scheduling class.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Round robin with the other normal tasks.
+    Normal,
+    /// Runs before any normal task (the latency probe).
+    High,
+}
+
+const RUNNABLE: u8 = 0;
+const RUNNING: u8 = 1;
+const SLEEPING: u8 = 2;
+const DEAD: u8 = 3;
+
+/// What a task runs.
+#[derive(Clone, Copy)]
+pub enum Body {
+    /// A kernel thread (CPL0): `f(arg)`, then exit.
+    Kernel(fn(usize), usize),
+    /// A user task (CPL3): jumps to `f(arg)` in user mode on its own user
+    /// stack; it ends with the EXIT system call.
+    User(extern "C" fn(usize) -> !, usize),
+    /// The context a CPU booted in (its boot stack).
+    Boot,
+}
+
+/// A task.
+pub struct Task {
+    /// Unique id (1, 2, ...).
+    pub id: u64,
+    /// Name (UTF-8, NUL-padded).
+    pub name: [u8; 16],
+    /// Class.
+    pub class: Class,
+    state: AtomicU8,
+    /// CPU it runs or is queued on.
+    pub cpu: AtomicU32,
+    /// CPU it must move to at its next switch ([`NO_CPU`]: none).
+    pub migrate_to: AtomicU32,
+    /// Whether it may be moved by forced migration and the balancer.
+    pub pinned: bool,
+    rsp: UnsafeCell<u64>,
+    kstack: *mut u8,
+    kstack_top: u64,
+    wake_tsc: Cell<u64>,
+    body: Body,
+    user_stack: Option<user::UserStack>,
+    /// The task-local IPI wait mask of the series under study: the bits
+    /// themselves when `cpumask_size() <= size_of::<usize>()`, otherwise a
+    /// pointer to a mask allocated with the task (see the mask module).
+    #[allow(dead_code)] // the cross-call layer (next issue) keeps its mask here
+    pub ipi_mask: Cell<usize>,
+    /// Times this task resumed on another CPU than it last ran on.
+    pub migrations: AtomicU64,
+}
+
+/// A task pointer that may cross CPUs (see the ownership rules above).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TaskRef(NonNull<Task>);
+
+// SAFETY: tasks are handed between CPUs only under run-queue locks or
+// through finish_switch, per the ownership rules in the module docs.
+unsafe impl Send for TaskRef {}
+
+impl TaskRef {
+    fn get(&self) -> &'static Task {
+        // SAFETY: a TaskRef exists only for a live task (freed only in
+        // finish_switch once DEAD, after which no queue holds it).
+        unsafe { self.0.as_ref() }
+    }
+    fn ptr(&self) -> *mut Task {
+        self.0.as_ptr()
+    }
+}
+
+/// A CPU's queues.
+pub struct RunQueue {
+    high: VecDeque<TaskRef>,
+    normal: VecDeque<TaskRef>,
+    sleepers: Vec<TaskRef>,
+}
+
+impl RunQueue {
+    /// Empty queues.
+    pub const fn new() -> Self {
+        RunQueue {
+            high: VecDeque::new(),
+            normal: VecDeque::new(),
+            sleepers: Vec::new(),
+        }
+    }
+    fn push(&mut self, t: TaskRef) {
+        match t.get().class {
+            Class::High => self.high.push_back(t),
+            Class::Normal => self.normal.push_back(t),
+        }
+    }
+    fn earliest_wake(&self) -> Option<u64> {
+        self.sleepers.iter().map(|t| t.get().wake_tsc.get()).min()
+    }
+    /// Runnable tasks queued.
+    pub fn len(&self) -> usize {
+        self.high.len() + self.normal.len()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Tasks created so far.
+pub static CREATED: AtomicU64 = AtomicU64::new(0);
+/// Tasks exited and freed so far.
+pub static FREED: AtomicU64 = AtomicU64::new(0);
+
+/// Scheduler parameters, set by the BSP before StartAps.
+pub struct Params {
+    /// TSC cycles per scheduler tick.
+    pub tick_cycles: AtomicU64,
+    /// TSC cycles per microsecond.
+    pub cycles_per_us: AtomicU64,
+    /// Forced migration chance per tick, in 1/65536.
+    pub forced_migration: AtomicU32,
+    /// Number of CPUs.
+    pub nr_cpus: AtomicU32,
+}
+
+/// The scheduler parameters.
+pub static PARAMS: Params = Params {
+    tick_cycles: AtomicU64::new(0),
+    cycles_per_us: AtomicU64::new(2600),
+    forced_migration: AtomicU32::new(0),
+    nr_cpus: AtomicU32::new(1),
+};
+
+fn kstack_layout() -> Layout {
+    Layout::from_size_align(KSTACK_SIZE, 16).expect("valid layout")
+}
+
+// switch_to(prev_rsp: *mut u64, next_rsp: u64): saves the callee-saved
+// registers on the current stack, stores RSP into *prev_rsp, loads
+// next_rsp and pops the next task's callee-saved registers. A new task's
+// stack is prepared so that the final `ret` lands in task_trampoline.
+global_asm!(
+    ".global switch_to",
+    "switch_to:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "mov [rdi], rsp",
+    "mov rsp, rsi",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".global task_trampoline",
+    "task_trampoline:",
+    "call {start}",
+    "ud2",
+    start = sym task_start,
+);
+
+extern "C" {
+    fn switch_to(prev_rsp: *mut u64, next_rsp: u64);
+    fn task_trampoline();
+}
+
+fn new_task(name: &str, class: Class, body: Body, kstack: *mut u8, pinned: bool) -> TaskRef {
+    let mut n = [0u8; 16];
+    let len = name.len().min(16);
+    n[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let kstack_top = if kstack.is_null() {
+        0
+    } else {
+        kstack as u64 + KSTACK_SIZE as u64
+    };
+    let task = alloc::boxed::Box::new(Task {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        name: n,
+        class,
+        state: AtomicU8::new(RUNNABLE),
+        cpu: AtomicU32::new(percpu::cpu_id()),
+        migrate_to: AtomicU32::new(NO_CPU),
+        pinned,
+        rsp: UnsafeCell::new(0),
+        kstack,
+        kstack_top,
+        wake_tsc: Cell::new(0),
+        body,
+        user_stack: None,
+        ipi_mask: Cell::new(0),
+        migrations: AtomicU64::new(0),
+    });
+    CREATED.fetch_add(1, Ordering::Relaxed);
+    TaskRef(NonNull::from(alloc::boxed::Box::leak(task)))
+}
+
+/// Why a task could not be created.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// No memory for its kernel stack.
+    NoKernelStack,
+    /// No user stack slot left.
+    NoUserStack,
+}
+
+/// Creates a task and queues it on `cpu`.
+pub fn spawn(
+    name: &str,
+    class: Class,
+    body: Body,
+    cpu: u32,
+    pinned: bool,
+) -> Result<TaskRef, SpawnError> {
+    // SAFETY: a valid, non-zero-sized layout.
+    let kstack = unsafe { alloc::alloc::alloc(kstack_layout()) };
+    if kstack.is_null() {
+        return Err(SpawnError::NoKernelStack);
+    }
+    let t = new_task(name, class, body, kstack, pinned);
+    if let Body::User(..) = body {
+        match user::UserStack::alloc() {
+            Some(s) => {
+                // SAFETY: the task is not visible to any other code yet.
+                unsafe { (*t.ptr()).user_stack = Some(s) };
+            }
+            None => {
+                free_task(t);
+                return Err(SpawnError::NoUserStack);
+            }
+        }
+    }
+    // Initial stack: six zeroed callee-saved registers, then the return
+    // address of switch_to.
+    let top = t.get().kstack_top;
+    let frame = (top - 8 * 8) as *mut u64;
+    // SAFETY: the frame lies inside the fresh kernel stack.
+    unsafe {
+        for i in 0..6 {
+            frame.add(i).write(0);
+        }
+        frame.add(6).write(task_trampoline as *const () as u64);
+        frame.add(7).write(0);
+        *t.get().rsp.get() = frame as u64;
+    }
+    enqueue(t, cpu);
+    Ok(t)
+}
+
+fn free_task(t: TaskRef) {
+    let task = t.ptr();
+    // SAFETY: the task is DEAD (or never ran) and in no queue; this is
+    // the last reference (see finish_switch).
+    unsafe {
+        if !(*task).kstack.is_null() {
+            alloc::alloc::dealloc((*task).kstack, kstack_layout());
+        }
+        if let Some(s) = (*task).user_stack.take() {
+            s.free();
+        }
+        drop(alloc::boxed::Box::from_raw(task));
+    }
+    FREED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Queues a runnable task on `cpu` and makes that CPU look at it.
+fn enqueue(t: TaskRef, cpu: u32) {
+    t.get().cpu.store(cpu, Ordering::Relaxed);
+    t.get().state.store(RUNNABLE, Ordering::Release);
+    let target = percpu::of(cpu);
+    target.rq.lock().push(t);
+    // Release: the queue push before the flag the target reads.
+    target.need_resched.store(true, Ordering::Release);
+    if cpu != percpu::cpu_id() {
+        apic::send_ipi(cpu, vector::RESCHEDULE);
+    }
+}
+
+/// Makes the CPU's boot context a task: the idle task on APs, the init
+/// task on the BSP (which then gets a separate idle task).
+pub fn start_cpu(is_bsp: bool) {
+    let pc = percpu::this();
+    let boot = new_task(
+        if is_bsp { "init" } else { "idle" },
+        Class::Normal,
+        Body::Boot,
+        core::ptr::null_mut(),
+        true,
+    );
+    boot.get().state.store(RUNNING, Ordering::Relaxed);
+    pc.current.set(boot.ptr());
+    if is_bsp {
+        // SAFETY: valid, non-zero-sized layout.
+        let kstack = unsafe { alloc::alloc::alloc(kstack_layout()) };
+        assert!(!kstack.is_null(), "no memory for the BSP idle task");
+        let idle = new_task(
+            "idle",
+            Class::Normal,
+            Body::Kernel(idle_body, 0),
+            kstack,
+            true,
+        );
+        let top = idle.get().kstack_top;
+        let frame = (top - 8 * 8) as *mut u64;
+        // SAFETY: as in spawn.
+        unsafe {
+            for i in 0..6 {
+                frame.add(i).write(0);
+            }
+            frame.add(6).write(task_trampoline as *const () as u64);
+            frame.add(7).write(0);
+            *idle.get().rsp.get() = frame as u64;
+        }
+        pc.idle.set(idle.ptr());
+    } else {
+        pc.idle.set(boot.ptr());
+    }
+}
+
+fn idle_body(_: usize) {
+    idle_loop()
+}
+
+/// The idle loop: run queued work, else halt with only the timers
+/// sleepers need (tickless idle).
+pub fn idle_loop() -> ! {
+    loop {
+        cpu::cli();
+        let pc = percpu::this();
+        if pc.need_resched.load(Ordering::Acquire) || pc.rq.lock().len() > 0 {
+            schedule();
+            continue;
+        }
+        rearm_timer();
+        // SAFETY: the IDT and interrupt stacks are set up (start_cpu runs
+        // after trap init).
+        unsafe { cpu::sti_hlt() };
+    }
+}
+
+extern "C" fn task_start() -> ! {
+    finish_switch();
+    let t = current();
+    match t.body {
+        Body::Kernel(f, arg) => {
+            // SAFETY: interrupts are set up; kernel threads run with them on.
+            unsafe { cpu::sti() };
+            f(arg);
+            exit()
+        }
+        Body::User(f, arg) => {
+            let stack = t
+                .user_stack
+                .as_ref()
+                .expect("user tasks own a user stack")
+                .top();
+            user::enter(f, arg, stack)
+        }
+        Body::Boot => unreachable!("boot contexts are never started"),
+    }
+}
+
+/// The running task.
+pub fn current() -> &'static Task {
+    // SAFETY: `current` is set by start_cpu before anything calls this and
+    // always points at a live task.
+    unsafe { &*percpu::this().current.get() }
+}
+
+/// Id and name of the running task (0 and empty before start_cpu).
+pub fn current_identity() -> (u64, [u8; 16]) {
+    let p = percpu::this().current.get();
+    if p.is_null() {
+        (0, [0; 16])
+    } else {
+        // SAFETY: see current().
+        let t = unsafe { &*p };
+        (t.id, t.name)
+    }
+}
+
+/// Disables preemption on this CPU.
+#[allow(dead_code)] // used by the cross-call layer (next issue)
+pub fn preempt_disable() {
+    let pc = percpu::this();
+    pc.preempt_count.set(pc.preempt_count.get() + 1);
+}
+
+/// Re-enables preemption; reschedules if a reschedule became due.
+#[allow(dead_code)] // used by the cross-call layer (next issue)
+pub fn preempt_enable() {
+    let pc = percpu::this();
+    let n = pc.preempt_count.get();
+    debug_assert!(n > 0);
+    pc.preempt_count.set(n - 1);
+    if n == 1 && pc.need_resched.load(Ordering::Acquire) && cpu::rflags() & cpu::RFLAGS_IF != 0 {
+        schedule();
+    }
+}
+
+/// Called on return from an interrupt or syscall that interrupted a
+/// preemptible context.
+pub fn preempt_on_return() {
+    let pc = percpu::this();
+    if pc.preempt_count.get() == 0 && pc.need_resched.load(Ordering::Acquire) {
+        if pc.current.get() != pc.idle.get() {
+            pc.preemptions.inc();
+        }
+        schedule();
+    }
+}
+
+/// Picks the next task and switches to it (or keeps the current one).
+pub fn schedule() {
+    let irq = cpu::irq_save();
+    let pc = percpu::this();
+    pc.need_resched.store(false, Ordering::Relaxed);
+    let prev = TaskRef(NonNull::new(pc.current.get()).expect("a current task"));
+    let p = prev.get();
+    let is_idle = prev.ptr() == pc.idle.get();
+    let prev_continues = !is_idle
+        && p.state.load(Ordering::Relaxed) == RUNNING
+        && p.migrate_to.load(Ordering::Relaxed) == NO_CPU;
+    let next = {
+        let mut rq = pc.rq.lock();
+        if let Some(t) = rq.high.pop_front() {
+            t
+        } else if prev_continues && p.class == Class::High {
+            prev
+        } else if let Some(t) = rq.normal.pop_front() {
+            t
+        } else if prev_continues {
+            prev
+        } else {
+            TaskRef(NonNull::new(pc.idle.get()).expect("an idle task"))
+        }
+    };
+    if next != prev {
+        switch(prev, next); // rearms the timer in finish_switch
+    } else {
+        rearm_timer();
+    }
+    cpu::irq_restore(irq);
+}
+
+fn switch(prev: TaskRef, next: TaskRef) {
+    let pc = percpu::this();
+    let n = next.get();
+    let here = pc.id.get();
+    if n.cpu.swap(here, Ordering::Relaxed) != here && next.ptr() != pc.idle.get() {
+        n.migrations.fetch_add(1, Ordering::Relaxed);
+    }
+    n.state.store(RUNNING, Ordering::Relaxed);
+    pc.prev.set(prev.ptr());
+    pc.current.set(next.ptr());
+    if n.kstack_top != 0 {
+        percpu::set_kernel_stack(n.kstack_top);
+    }
+    pc.context_switches.inc();
+    // SAFETY: prev's rsp slot is valid (prev is live until finish_switch),
+    // next's saved rsp was written by its own switch_to or by spawn.
+    unsafe { switch_to(prev.get().rsp.get(), *n.rsp.get()) };
+    // Back in `prev`, possibly on another CPU.
+    finish_switch();
+}
+
+/// Bookkeeping for the task switched away from, on the new task's stack
+/// (new tasks run it first thing, resumed ones on return from switch_to),
+/// then the timer for the task now running.
+fn finish_switch() {
+    settle_prev();
+    rearm_timer();
+}
+
+fn settle_prev() {
+    let pc = percpu::this();
+    let Some(prev) = NonNull::new(pc.prev.replace(core::ptr::null_mut())).map(TaskRef) else {
+        return;
+    };
+    if prev.ptr() == pc.idle.get() {
+        return;
+    }
+    let p = prev.get();
+    match p.state.load(Ordering::Relaxed) {
+        RUNNING => {
+            let dst = p.migrate_to.swap(NO_CPU, Ordering::Relaxed);
+            if dst != NO_CPU && dst != pc.id.get() {
+                percpu::of(dst)
+                    .migrations_in
+                    .fetch_add(1, Ordering::Relaxed);
+                enqueue(prev, dst);
+            } else {
+                enqueue(prev, pc.id.get());
+                // Our own push set need_resched; it is not a reason to run
+                // schedule again right away.
+                pc.need_resched.store(false, Ordering::Relaxed);
+            }
+        }
+        DEAD => free_task(prev),
+        _ => {} // SLEEPING: already in this CPU's sleeper list.
+    }
+}
+
+/// Gives up the CPU.
+pub fn yield_now() {
+    percpu::this().need_resched.store(true, Ordering::Relaxed);
+    schedule();
+}
+
+/// Ends the running task; its memory is freed by the next task.
+pub fn exit() -> ! {
+    cpu::cli();
+    current().state.store(DEAD, Ordering::Relaxed);
+    schedule();
+    unreachable!("a dead task was scheduled");
+}
+
+/// Sleeps until TSC `deadline`.
+pub fn sleep_until(deadline: u64) {
+    let irq = cpu::irq_save();
+    let pc = percpu::this();
+    let t = TaskRef(NonNull::new(pc.current.get()).expect("a current task"));
+    t.get().wake_tsc.set(deadline);
+    t.get().state.store(SLEEPING, Ordering::Relaxed);
+    pc.rq.lock().sleepers.push(t);
+    schedule();
+    cpu::irq_restore(irq);
+}
+
+/// Sleeps `us` microseconds.
+pub fn sleep_us(us: u64) {
+    sleep_until(cpu::rdtsc() + us * PARAMS.cycles_per_us.load(Ordering::Relaxed));
+}
+
+/// Asks task `t`'s CPU to move it to `dst` at its next switch.
+pub fn request_migration(t: &Task, dst: u32) {
+    t.migrate_to.store(dst, Ordering::Relaxed);
+}
+
+/// Programs the timer for the earliest of: the next tick (while a task
+/// other than idle runs or waits) and the earliest sleeper.
+pub fn rearm_timer() {
+    let pc = percpu::this();
+    let (earliest, busy) = {
+        let rq = pc.rq.lock();
+        (rq.earliest_wake(), rq.len() > 0)
+    };
+    let running_task = pc.current.get() != pc.idle.get();
+    let tick = if running_task || busy {
+        if pc.next_tick.get() == 0 {
+            pc.next_tick
+                .set(cpu::rdtsc() + PARAMS.tick_cycles.load(Ordering::Relaxed));
+        }
+        Some(pc.next_tick.get())
+    } else {
+        pc.next_tick.set(0); // tickless idle
+        None
+    };
+    let deadline = match (tick, earliest) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(0),
+    };
+    apic::arm(deadline);
+}
+
+/// The timer interrupt: wake sleepers, run the tick, rearm.
+pub fn on_tick() {
+    let pc = percpu::this();
+    let now = cpu::rdtsc();
+    {
+        let mut rq = pc.rq.lock();
+        let mut i = 0;
+        while i < rq.sleepers.len() {
+            if rq.sleepers[i].get().wake_tsc.get() <= now {
+                let t = rq.sleepers.swap_remove(i);
+                t.get().state.store(RUNNABLE, Ordering::Relaxed);
+                rq.push(t);
+                pc.need_resched.store(true, Ordering::Relaxed);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    let next_tick = pc.next_tick.get();
+    if next_tick != 0 && now >= next_tick {
+        pc.ticks.inc();
+        pc.next_tick
+            .set(now + PARAMS.tick_cycles.load(Ordering::Relaxed));
+        tick_work(pc);
+    }
+    rearm_timer();
+}
+
+fn tick_work(pc: &percpu::PerCpu) {
+    if pc.rq.lock().len() > 0 {
+        pc.need_resched.store(true, Ordering::Relaxed); // time slice over
+    }
+    let nr = PARAMS.nr_cpus.load(Ordering::Relaxed);
+    if nr < 2 {
+        return;
+    }
+    let cur = pc.current.get();
+    let chance = PARAMS.forced_migration.load(Ordering::Relaxed);
+    if chance > 0 && cur != pc.idle.get() {
+        // SAFETY: current task is live.
+        let t = unsafe { &*cur };
+        if !t.pinned && (percpu::random() & 0xffff) < u64::from(chance) {
+            let dst = (pc.id.get() + 1 + (percpu::random() % u64::from(nr - 1)) as u32) % nr;
+            request_migration(t, dst);
+            pc.need_resched.store(true, Ordering::Relaxed);
+        }
+    }
+    if pc.ticks.get().is_multiple_of(16) {
+        balance(pc, nr);
+    }
+}
+
+/// Pulls one normal task from a random busier CPU.
+fn balance(pc: &percpu::PerCpu, nr: u32) {
+    let here = pc.id.get();
+    let other = (here + 1 + (percpu::random() % u64::from(nr - 1)) as u32) % nr;
+    let mine = pc.rq.lock().normal.len();
+    let stolen = {
+        let mut theirs = percpu::of(other).rq.lock();
+        if theirs.normal.len() > mine + 1 {
+            let idx = theirs.normal.iter().rposition(|t| !t.get().pinned);
+            idx.and_then(|i| theirs.normal.remove(i))
+        } else {
+            None
+        }
+    };
+    if let Some(t) = stolen {
+        pc.migrations_in.fetch_add(1, Ordering::Relaxed);
+        enqueue(t, here);
+    }
+}
+
+/// The reschedule IPI: something was queued here.
+pub fn on_resched_ipi() {
+    percpu::this().need_resched.store(true, Ordering::Relaxed);
+}

@@ -1,0 +1,197 @@
+//! The guest kernel core on real VMs: calibration, preemption of user
+//! tasks, forced migration, task memory accounting, exceptions in tasks and
+//! the latency probe. Sized by time (guest kernel code may be emulated).
+
+mod common;
+
+use std::time::Duration;
+
+use ipivirt::{boot, BootReport, ConsoleMode, MachineConfig, Workload};
+
+fn run(
+    vcpus: u32,
+    workload: Workload,
+    secs: f64,
+    tune: impl FnOnce(&mut MachineConfig),
+) -> BootReport {
+    let mut cfg = MachineConfig::new(vcpus);
+    cfg.console = ConsoleMode::Capture;
+    cfg.timeout = Duration::from_secs(90);
+    cfg.workload = workload;
+    cfg.duration = Duration::from_secs_f64(secs);
+    tune(&mut cfg);
+    boot(&cfg).unwrap_or_else(|e| panic!("{workload:?} run failed: {e}"))
+}
+
+#[test]
+fn test_calibration_reports_both_figures() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let r = run(2, Workload::Idle, 0.5, |_| {});
+    let g = &r.guest;
+    assert!(
+        g.cpl0_cycles_per_kiter > 0 && g.cpl3_cycles_per_kiter > 0,
+        "{g:?}"
+    );
+    assert!(
+        g.verdict == "hardware-accelerated" || g.verdict.starts_with("CPL0 emulated"),
+        "{}",
+        g.verdict
+    );
+    assert!(g.tick_hz == 100 || g.tick_hz == 1000, "{}", g.tick_hz);
+}
+
+#[test]
+fn test_two_cpu_bound_user_tasks_on_one_vcpu_both_progress() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let r = run(1, Workload::Hogs, 2.0, |c| c.tasks_per_cpu = 2);
+    let g = &r.guest;
+    assert_eq!(g.hogs.len(), 2, "{:?}", g.hogs);
+    for h in &g.hogs {
+        assert!(h.iterations > 100_000, "a starved task: {:?}", g.hogs);
+        assert_eq!(h.cpus_mask, 1, "only vCPU 0 exists");
+    }
+    // They share the vCPU through preemption by the tick.
+    assert!(g.vcpus[0].preemptions >= 10, "{:?}", g.vcpus[0]);
+    assert!(g.vcpus[0].ticks >= 10, "{:?}", g.vcpus[0]);
+}
+
+#[test]
+fn test_forced_migration_moves_tasks_across_vcpus() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let r = run(4, Workload::Hogs, 2.0, |c| {
+        c.tasks_per_cpu = 1;
+        c.forced_migration = 0.5;
+    });
+    let g = &r.guest;
+    let hopped = g
+        .hogs
+        .iter()
+        .filter(|h| h.cpus_mask.count_ones() >= 2)
+        .count();
+    assert!(hopped >= 2, "tasks seen on several vCPUs: {:?}", g.hogs);
+    assert!(
+        g.vcpus.iter().map(|v| v.migrations_in).sum::<u64>() >= 4,
+        "{:?}",
+        g.vcpus
+    );
+}
+
+#[test]
+fn test_task_exit_frees_everything() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let r = run(4, Workload::Churn, 3.0, |_| {});
+    let g = &r.guest;
+    assert!(g.churn_cycles >= 200, "{}", g.churn_cycles);
+    // Alive at the end: the boot context of each vCPU plus the BSP's idle task.
+    assert_eq!(g.tasks_created - g.tasks_freed, 4 + 1, "{g:?}");
+    // Kernel stacks and task structs all returned; only queue capacity may grow.
+    let grown = g.heap_used.saturating_sub(g.heap_baseline);
+    assert!(
+        grown < 16 << 10,
+        "heap grew by {grown} B over {} create/exit cycles",
+        g.churn_cycles
+    );
+}
+
+#[test]
+fn test_probe_histogram_sane_on_idle_guest() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let r = run(2, Workload::Idle, 2.0, |c| {
+        c.probe_period = Some(Duration::from_millis(10))
+    });
+    let g = &r.guest;
+    // 2 vCPUs x 2 s / 10 ms = 400 wake-ups; allow a loaded host to lose half.
+    assert!(
+        g.probe.count >= 200 && g.probe.count <= 400,
+        "{}",
+        g.probe.count
+    );
+    assert!(
+        g.probe_per_vcpu.iter().all(|h| h.count > 0),
+        "every vCPU's probe ran"
+    );
+    let p50 = g.probe.quantile_ppm(500_000);
+    assert!(p50 <= g.probe.quantile_ppm(990_000) && g.probe.quantile_ppm(990_000) <= g.probe.max);
+    let max_ms = g.probe.max as f64 / r.tsc_khz as f64;
+    assert!(
+        max_ms < 500.0,
+        "an idle guest's probe is never half a second late: {max_ms} ms"
+    );
+}
+
+#[test]
+fn test_exception_in_user_task_is_reported() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let out = common::ipivirt(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--test-hook",
+        "user-fault",
+        "--test-hook-vcpu",
+        "1",
+    ]);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("guest exception #PF (vector 14) on vCPU 1 at rip=0x"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(CPL3), error code 0x5, cr2=0x10"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("'faulty'"), "{stderr}");
+}
+
+#[test]
+fn test_cli_run_idle_prints_counters_and_probe() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let out = common::ipivirt(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--workload",
+        "idle",
+        "--duration",
+        "500ms",
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "platform: CPL0 ",
+        "sched latency (probe): n=",
+        "p50 ",
+        "p99 ",
+        "max ",
+        "ctxsw",
+        "preempt",
+        "migr-in",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
