@@ -189,6 +189,7 @@ pub fn boot_report(
         tsc_khz,
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
+        host: Default::default(),
     })
 }
 
