@@ -8,11 +8,11 @@
 
 use core::sync::atomic::Ordering;
 
-use abi::{vcpu_state, GuestStatus, Port, TestHook, ABI_VERSION, RESULTS_MAGIC};
+use abi::{vcpu_state, GuestStatus, Port, TestHook, Workload, ABI_VERSION, RESULTS_MAGIC};
 
 use crate::console::println;
 use crate::fmt::{Dec, Hex};
-use crate::{cpu, shared};
+use crate::{cpu, shared, spin};
 
 // SSE must be on before any Rust code runs: the prebuilt `core` uses SSE
 // registers freely (the VMM already sets these bits; setting them here
@@ -102,6 +102,10 @@ fn bsp_main() -> ! {
     cpu::outl(Port::Status as u16, GuestStatus::AllOnline as u32);
 
     run_test_hook(&control, 0);
+    if control.workload == Workload::Spin as u32 {
+        spin::run(&control, 0);
+        spin::wait_all(control.nr_vcpus);
+    }
     // SAFETY: BSP-only fields of the shared page; the magic is written last
     // (Release) so the VMM never sees a half-written block as complete.
     unsafe {
@@ -123,8 +127,19 @@ fn bsp_main() -> ! {
 fn ap_main(index: u32) -> ! {
     // Hooks fire before the AP counts itself online, so the BSP can never
     // report Done ahead of the failure it is meant to expose.
-    run_test_hook(&shared::control(), index);
+    let control = shared::control();
+    run_test_hook(&control, index);
     come_online(index);
+    if control.workload == Workload::Spin as u32 {
+        // Spin only once every vCPU is online, like the BSP.
+        // SAFETY: an aligned u32 field of the shared page.
+        let online =
+            unsafe { shared::atomic_u32(core::ptr::addr_of_mut!((*shared::results()).nr_online)) };
+        while online.load(Ordering::Acquire) < control.nr_vcpus {
+            cpu::pause();
+        }
+        spin::run(&control, index);
+    }
     cpu::halt_forever()
 }
 

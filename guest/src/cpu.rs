@@ -92,3 +92,23 @@ pub fn triple_fault() -> ! {
     // guest runs after it.
     unsafe { asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn, nostack)) }
 }
+
+/// Writes a model-specific register.
+///
+/// # Safety
+/// The MSR and value must be ones the guest may set without breaking its
+/// own memory safety (e.g. MSR_KVM_STEAL_TIME with the address of a
+/// 64-byte area that stays reserved for KVM for the guest's lifetime).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller vouches for the MSR and value; `wrmsr` touches no
+    // memory of its own.
+    unsafe {
+        asm!(
+            "wrmsr",
+            in("ecx") msr,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags)
+        )
+    };
+}

@@ -12,4 +12,6 @@ mod cpu;
 mod fmt;
 mod mem;
 mod panic;
+mod pv;
 mod shared;
+mod spin;
