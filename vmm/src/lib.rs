@@ -21,8 +21,9 @@ pub mod results;
 pub mod vcpu;
 pub mod vm;
 
-pub use abi::TestHook;
+pub use abi::{TestHook, Workload};
 pub use console::ConsoleMode;
+pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};
 
 /// Exit codes of the `ipivirt` binary (the interface contract).

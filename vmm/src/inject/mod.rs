@@ -438,7 +438,7 @@ impl Injector {
                         let slot = stream.slot();
                         let max_duty = c.max_duty;
                         injector.threads.push(spawn(
-                            format!("inject-antag-{}", plan.host_cpus[slot]),
+                            format!("inj-antag-{}", plan.host_cpus[slot]),
                             Box::new(move || antagonist::run(&s, slot, stream, max_duty)),
                         )?);
                     }
@@ -466,7 +466,7 @@ impl Injector {
                     let k = kickers.to_vec();
                     let max_duty = c.max_duty;
                     injector.threads.push(spawn(
-                        "inject-pause".into(),
+                        "inj-pause".into(),
                         Box::new(move || pause::run(&s, streams, &k, max_duty)),
                     )?);
                 }
@@ -475,9 +475,10 @@ impl Injector {
                 let stream = schedule::MigrateStream::new(seed, p, plan.host_cpus.len(), every);
                 let s = shared.clone();
                 let t = tids.clone();
+                let max_duty = c.max_duty;
                 injector.threads.push(spawn(
-                    "inject-migrate".into(),
-                    Box::new(move || migrate::run(&s, stream, &t)),
+                    "inj-migrate".into(),
+                    Box::new(move || migrate::run(&s, stream, &t, max_duty)),
                 )?);
             }
             Ok(())

@@ -145,11 +145,19 @@ pub fn set_normal() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }
 
+/// Sets the nice value of the calling thread (best effort: lowering it
+/// needs privileges, and failing is harmless).
+pub fn set_nice(nice: i32) {
+    // SAFETY: setpriority on the calling thread (who = its tid) has no
+    // memory effects.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, nice) };
+}
+
 /// Whether this process may use `SCHED_FIFO`, tried on a short-lived
 /// thread so that no thread of the caller changes class. `Err` says why not.
 pub fn fifo_permitted() -> Result<(), String> {
     std::thread::Builder::new()
-        .name("inject-probe".into())
+        .name("inj-probe".into())
         .spawn(|| {
             let r = set_fifo(1).map_err(|e| e.to_string());
             set_normal();

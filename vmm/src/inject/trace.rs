@@ -42,7 +42,7 @@ pub struct Event {
     pub host_cpu: usize,
     /// For a migration: the host CPU it left.
     pub from_cpu: Option<usize>,
-    /// How long it lasted (zero for a migration).
+    /// How long it lasted (for a migration: its sched_setaffinity call).
     pub duration: Duration,
 }
 
@@ -112,9 +112,10 @@ pub fn write_chrome_json(
             )?,
             EventKind::Migrate => write!(
                 out,
-                ",\n{{\"ph\":\"i\",\"s\":\"t\",\"pid\":{PID},\"tid\":{},\"name\":\"{name}\",\"cat\":\"migrate\",\"ts\":{:.3},\"args\":{args}}}",
+                ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{},\"name\":\"{name}\",\"cat\":\"migrate\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}}",
                 VCPU_TRACK + u64::from(e.vcpus.first().copied().unwrap_or(0)),
-                us(e.at)
+                us(e.at),
+                us(e.duration)
             )?,
         }
     }
