@@ -291,11 +291,15 @@ fn ms(ns: u64) -> String {
 pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
     let mut out = String::new();
     if h.active {
-        let placed: Vec<String> = h
+        let mut placed: Vec<String> = h
             .vcpus
             .iter()
+            .take(32)
             .map(|v| v.host_cpu.map_or("-".into(), |c| c.to_string()))
             .collect();
+        if h.vcpus.len() > 32 {
+            placed.push("...".into());
+        }
         out += &format!(
             "host: {vcpus} vCPUs on host CPUs {:?} (placement vCPU->CPU: {}); preempt mode {}\n",
             h.host_cpus,

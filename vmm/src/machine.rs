@@ -21,6 +21,9 @@ use crate::{loader, memory, vm, Error};
 /// How long stopped vCPU threads get to leave KVM_RUN after a kick.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// KVM statistics are read for at most this many vCPUs (one fd each).
+const STATS_VCPUS: usize = 256;
+
 /// The default KVM device.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
@@ -214,8 +217,10 @@ impl Machine {
             control.pv_flags |= pv_flags::STEAL_TIME;
         }
         memory::write_control(&mem, &control)?;
+        // One stats fd per vCPU, for the first STATS_VCPUS only (fd limits).
         let stats = if plan.is_some() || config.workload != Workload::None {
             fds.iter()
+                .take(STATS_VCPUS)
                 .map(|fd| inject::kvmstats::open(fd).ok())
                 .collect()
         } else {
