@@ -12,11 +12,11 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::Ordering;
 
-use abi::{layout, vcpu_state, GuestStatus, Port, TestHook, ABI_VERSION, RESULTS_MAGIC};
+use abi::{layout, vcpu_state, GuestStatus, Port, TestHook, Workload, ABI_VERSION, RESULTS_MAGIC};
 
 use crate::console::println;
 use crate::fmt::{Dec, Hex};
-use crate::{apic, cpu, heap, percpu, sched, shared, trap, workload};
+use crate::{apic, cpu, heap, percpu, sched, shared, spin, trap, workload};
 
 // SSE must be on before any Rust code runs: the prebuilt `core` uses SSE
 // registers freely (the VMM already sets these bits; setting them here
@@ -142,12 +142,16 @@ fn bsp_main() -> ! {
     unsafe { (*results).all_online_tsc = cpu::rdtsc() };
     cpu::outl(Port::Status as u16, GuestStatus::AllOnline as u32);
     run_test_hook(&control, 0);
+    if control.workload == Workload::Spin as u32 {
+        spin::run(&control, 0);
+        spin::wait_all(control.nr_vcpus);
+    }
     // SAFETY: the scheduler runs from here on.
     unsafe { cpu::sti() };
 
-    if control.workload != abi::Workload::None as u32
-        || control.test_hook == TestHook::UserFault as u32
-    {
+    let scheduled =
+        control.workload != Workload::None as u32 && control.workload != Workload::Spin as u32;
+    if scheduled || control.test_hook == TestHook::UserFault as u32 {
         let tick_hz = workload::calibrate(&control);
         sched::PARAMS.tick_cycles.store(
             control.tsc_khz * 1000 / u64::from(tick_hz),
@@ -182,6 +186,13 @@ fn ap_main(index: u32) -> ! {
     init_cpu(index, control.seed);
     sched::start_cpu(false);
     come_online(index, control.nr_vcpus);
+    if control.workload == Workload::Spin as u32 {
+        // Spin (interrupts still off) only once every vCPU is online.
+        while online_counter().load(Ordering::Acquire) < control.nr_vcpus {
+            cpu::pause();
+        }
+        spin::run(&control, index);
+    }
     sched::idle_loop()
 }
 

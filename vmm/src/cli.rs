@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::inject::{self, HostReport, InjectConfig, PreemptMode};
 use crate::machine::{self, BootReport, MachineConfig};
-use crate::{ConsoleMode, Error, TestHook, Workload};
+use crate::{ConsoleMode, Error, TestHook};
 
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
@@ -27,13 +28,14 @@ pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    run: RunArgs,
+    run: RunCmd,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// One scenario: boot the guest and report (the default command).
-    Run(RunArgs),
+    /// One scenario: boot the guest, run the workload under host-side
+    /// injection, report (the default command).
+    Run(RunCmd),
     /// Boot N vCPUs, print `online N/N vCPUs in X ms`, exit.
     Boot(RunArgs),
 }
@@ -53,28 +55,6 @@ struct RunArgs {
     /// Do not print the guest console.
     #[arg(long, short)]
     quiet: bool,
-    /// What the guest runs after boot: none, idle (scheduler and latency
-    /// probe only), hogs (CPU-bound user tasks), churn (task create/exit).
-    #[arg(long, value_enum)]
-    workload: Option<WorkloadArg>,
-    /// Measured time of the workload (us, ms or s; plain numbers are s).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Workload tasks on each vCPU.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    tasks_per_cpu: u32,
-    /// Chance per scheduler tick that the running task is moved to another
-    /// vCPU (0..1): makes tasks hop CPUs.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
-    forced_migration: f64,
-    /// Scheduler tick in Hz (default: 1000 on hardware, 100 where guest
-    /// kernel code is emulated).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=10_000))]
-    tick_hz: Option<u32>,
-    /// Latency probe period (default: 1ms on hardware, 10ms where guest
-    /// kernel code is emulated).
-    #[arg(long, value_parser = parse_duration)]
-    probe_period: Option<Duration>,
     /// Test only: make the guest fail on purpose.
     #[arg(long, hide = true, value_enum, default_value_t = HookArg::None)]
     test_hook: HookArg,
@@ -83,48 +63,67 @@ struct RunArgs {
     test_hook_vcpu: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum WorkloadArg {
-    None,
-    Idle,
-    Hogs,
-    Churn,
+/// Options of `run`: the common ones and the scenario.
+#[derive(Debug, Clone, Args)]
+struct RunCmd {
+    #[command(flatten)]
+    common: RunArgs,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
 }
 
-impl From<WorkloadArg> for Workload {
-    fn from(w: WorkloadArg) -> Self {
-        match w {
-            WorkloadArg::None => Workload::None,
-            WorkloadArg::Idle => Workload::Idle,
-            WorkloadArg::Hogs => Workload::Hogs,
-            WorkloadArg::Churn => Workload::Churn,
-        }
-    }
-}
-
-/// Parses `250us`, `2ms`, `1.5s` or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
-        (n, 1e-6)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 200us, 2ms, 1.5s)"))?;
-    let secs = v * scale;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(format!(
-            "{s} is out of range: give a duration above 0 and at most a day"
-        ))
-    }
+/// The scenario of `run`: workload and host-side injection.
+#[derive(Debug, Clone, Args)]
+struct ScenarioArgs {
+    /// Host CPUs the vCPU threads are placed on, spread evenly (e.g. 0,
+    /// 0-1, 0,2) [default: every CPU this process may use].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    host_cpus: Option<CpuList>,
+    /// Host-side vCPU preemption: `antagonist` (a SCHED_FIFO thread per host
+    /// CPU busy-runs; needs the privilege, else falls back to pause),
+    /// `pause` (the VMM holds a vCPU out of KVM_RUN; no privileges,
+    /// deterministic, but KVM never marks such a vCPU `preempted` and counts
+    /// no steal time for it), or `none` [default: antagonist if SCHED_FIFO
+    /// is permitted, else pause].
+    #[arg(long, value_name = "MODE", value_enum)]
+    preempt: Option<PreemptArg>,
+    /// Length of one injected preemption (us, ms, s).
+    #[arg(long, value_name = "DUR", default_value = "200us", value_parser = parse_duration)]
+    preempt_len: Duration,
+    /// Mean gap between preemptions on each host CPU (seeded jitter).
+    #[arg(long, value_name = "DUR", default_value = "2ms", value_parser = parse_duration)]
+    preempt_every: Duration,
+    /// Mean gap between vCPU thread migrations (seeded jitter); 0 disables.
+    #[arg(long, value_name = "DUR", default_value = "5ms", value_parser = parse_duration)]
+    migrate_every: Duration,
+    /// Most of a host CPU an injector may take, in percent (1..=90; a
+    /// scenario above 90% is refused).
+    #[arg(long, value_name = "PCT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=90))]
+    max_duty: u32,
+    /// Write the injected events as Chrome trace-event JSON (Perfetto).
+    #[arg(long, value_name = "PATH")]
+    trace: Option<PathBuf>,
+    /// What the guest runs after boot.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Idle)]
+    workload: WorkloadArg,
+    /// How long the workload runs (us, ms, s).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Workload tasks on each vCPU.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    tasks_per_cpu: u32,
+    /// Chance per guest scheduler tick that the running task is moved to
+    /// another vCPU (0..1): makes tasks hop CPUs.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    forced_migration: f64,
+    /// Guest scheduler tick in Hz [default: 1000 on hardware, 100 where
+    /// guest kernel code is emulated].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=10_000))]
+    tick_hz: Option<u32>,
+    /// Latency probe period [default: 1ms on hardware, 10ms where guest
+    /// kernel code is emulated].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    probe_period: Option<Duration>,
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -132,6 +131,61 @@ fn parse_probability(s: &str) -> Result<f64, String> {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("'{s}' is not a probability between 0 and 1")),
     }
+}
+
+/// A parsed `--host-cpus` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    inject::placement::parse_cpu_list(s)
+        .map(CpuList)
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `200us`, `2ms`, `1.5s`, or a bare number of seconds (`0`, `2`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (give e.g. 200us, 2ms, 2s)"))?;
+    let secs = v * scale;
+    if secs.is_finite() && (0.0..=86_400.0).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("{s} is out of range: give 0 to 86400 s"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PreemptArg {
+    None,
+    Pause,
+    Antagonist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    /// Boot and report only.
+    None,
+    /// The scheduler and its latency probe.
+    Idle,
+    /// Every vCPU busy-loops, recording its largest TSC gap and steal time.
+    Spin,
+    /// CPU-bound user tasks (--tasks-per-cpu on each vCPU) and the probe.
+    Hogs,
+    /// Kernel tasks created and exiting in a loop, and the probe.
+    Churn,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -171,7 +225,7 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    fn machine_config(&self, default_workload: WorkloadArg) -> MachineConfig {
+    fn machine_config(&self) -> MachineConfig {
         let kvm_path = std::env::var_os(KVM_PATH_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(machine::DEFAULT_KVM_PATH));
@@ -187,13 +241,46 @@ impl RunArgs {
             },
             test_hook: self.test_hook.into(),
             test_hook_vcpu: self.test_hook_vcpu,
-            workload: self.workload.unwrap_or(default_workload).into(),
-            duration: self.duration,
-            tasks_per_cpu: self.tasks_per_cpu,
-            forced_migration: self.forced_migration,
-            tick_hz: self.tick_hz,
-            probe_period: self.probe_period,
+            ..MachineConfig::new(self.vcpus)
         }
+    }
+}
+
+impl RunCmd {
+    fn machine_config(&self) -> MachineConfig {
+        let s = &self.scenario;
+        let mut config = self.common.machine_config();
+        config.workload = match s.workload {
+            WorkloadArg::None => abi::Workload::None,
+            WorkloadArg::Idle => abi::Workload::Idle,
+            WorkloadArg::Spin => abi::Workload::Spin,
+            WorkloadArg::Hogs => abi::Workload::Hogs,
+            WorkloadArg::Churn => abi::Workload::Churn,
+        };
+        config.duration = s.duration;
+        config.tasks_per_cpu = s.tasks_per_cpu;
+        config.forced_migration = s.forced_migration;
+        config.tick_hz = s.tick_hz;
+        config.probe_period = s.probe_period.filter(|p| !p.is_zero());
+        config.inject = InjectConfig {
+            // Default: every CPU of the process's mask (validated there).
+            host_cpus: Some(match &s.host_cpus {
+                Some(CpuList(cpus)) => cpus.clone(),
+                None => inject::placement::process_cpus().unwrap_or_default(),
+            }),
+            preempt: match s.preempt {
+                Some(PreemptArg::None) => PreemptMode::None,
+                Some(PreemptArg::Pause) => PreemptMode::Pause,
+                // Antagonist falls back to pause when SCHED_FIFO is refused.
+                Some(PreemptArg::Antagonist) | None => PreemptMode::Antagonist,
+            },
+            preempt_len: s.preempt_len,
+            preempt_every: s.preempt_every,
+            migrate_every: Some(s.migrate_every).filter(|d| !d.is_zero()),
+            max_duty: f64::from(s.max_duty) / 100.0,
+            trace: s.trace.clone(),
+        };
+        config
     }
 }
 
@@ -211,16 +298,111 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-fn run(args: &RunArgs) -> Result<(), Error> {
-    let config = args.machine_config(WorkloadArg::Idle);
+fn run(args: &RunCmd) -> Result<(), Error> {
+    let config = args.machine_config();
     let report = machine::boot(&config)?;
     say(&online_line(&report));
-    say(&crate::report::scheduler_text(&config, &report));
+    if report.tsc_khz > 0 {
+        say(&format!(
+            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
+            report.tsc_khz,
+            report.guest_boot_cycles as f64 / report.tsc_khz as f64
+        ));
+    }
+    if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
+        say(&crate::report::scheduler_text(&config, &report));
+    }
+    let block = host_block(&report.host, report.tsc_khz, config.vcpus);
+    if !block.is_empty() {
+        say(&block);
+    }
     Ok(())
 }
 
+fn ms(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1e6)
+}
+
+/// The plain-text host block of a run: placement, injected counts, steal
+/// time per vCPU, KVM's own statistics.
+pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
+    let mut out = String::new();
+    if h.active {
+        let mut placed: Vec<String> = h
+            .vcpus
+            .iter()
+            .take(32)
+            .map(|v| v.host_cpu.map_or("-".into(), |c| c.to_string()))
+            .collect();
+        if h.vcpus.len() > 32 {
+            placed.push("...".into());
+        }
+        out += &format!(
+            "host: {vcpus} vCPUs on host CPUs {:?} (placement vCPU->CPU: {}); preempt mode {}\n",
+            h.host_cpus,
+            placed.join(" "),
+            h.mode.unwrap_or(PreemptMode::None).name()
+        );
+        if let Some(why) = &h.fallback {
+            out += &format!("host: {why}\n");
+        }
+        out += &format!(
+            "host: preemptions_injected {} ({} ms), migrations_injected {} ({} coalesced), over {:.2} s; \
+             affinities restored: {}\n",
+            h.preemptions_injected,
+            ms(h.preempt_ns_injected),
+            h.migrations_injected,
+            h.migrations_coalesced,
+            h.elapsed.as_secs_f64(),
+            if h.affinity_restored { "yes" } else { "NO" }
+        );
+        for e in &h.errors {
+            out += &format!("host: injector error: {e}\n");
+        }
+    }
+    if !h.vcpus.is_empty() {
+        out += "vcpu  tid      steal_ms  run_delay_ms  paused_ms  max_gap_us  preempted_seen  \
+                kvm: preempt_reported preempt_other halt_exits yield_attempted yield_ok\n";
+        let gap_us = |c: u64| {
+            if tsc_khz > 0 {
+                format!("{:.1}", c as f64 * 1e3 / tsc_khz as f64)
+            } else {
+                "?".into()
+            }
+        };
+        let k = |m: &std::collections::BTreeMap<String, u64>, n: &str| {
+            m.get(n).map_or("-".into(), u64::to_string)
+        };
+        for (i, v) in h.vcpus.iter().enumerate() {
+            out += &format!(
+                "{i:<5} {:<8} {:<9} {:<13} {:<10} {:<11} {:<15} {} {} {} {} {}\n",
+                v.tid,
+                ms(v.steal_ns),
+                v.run_delay_ns.map_or("-".into(), ms),
+                ms(v.paused_ns),
+                gap_us(v.max_gap_cycles),
+                v.preempted_seen,
+                k(&v.kvm, "preemption_reported"),
+                k(&v.kvm, "preemption_other"),
+                k(&v.kvm, "halt_exits"),
+                k(&v.kvm, "directed_yield_attempted"),
+                k(&v.kvm, "directed_yield_successful"),
+            );
+        }
+        let total: u64 = h.vcpus.iter().map(|v| v.steal_ns).sum();
+        let seen: u64 = h.vcpus.iter().map(|v| v.preempted_seen).sum();
+        out += &format!("steal time total {} ms; ", ms(total));
+        out += &if seen == 0 {
+            "steal-time preempted flag: never seen set (some hosts, nested ones among them, never set it)".to_string()
+        } else {
+            format!("steal-time preempted flag seen {seen} times")
+        };
+    }
+    out.trim_end().to_string()
+}
+
 fn boot(args: &RunArgs) -> Result<(), Error> {
-    let report = machine::boot(&args.machine_config(WorkloadArg::None))?;
+    let report = machine::boot(&args.machine_config())?;
     say(&online_line(&report));
     Ok(())
 }
@@ -261,7 +443,7 @@ mod tests {
         ));
         let c = Cli::try_parse_from(["ipivirt"]).unwrap();
         assert!(c.command.is_none());
-        assert_eq!(c.run.vcpus, 4);
+        assert_eq!(c.run.common.vcpus, 4);
     }
 
     #[test]
@@ -272,9 +454,66 @@ mod tests {
             &["ipivirt", "boot", "--timeout", "-1"],
             &["ipivirt", "boot", "--timeout", "soon"],
             &["ipivirt", "boot", "--test-hook", "explode"],
+            &["ipivirt", "run", "--host-cpus", "x"],
+            &["ipivirt", "run", "--host-cpus", "1-0"],
+            &["ipivirt", "run", "--preempt", "sometimes"],
+            &["ipivirt", "run", "--preempt-len", "5 parsecs"],
+            &["ipivirt", "run", "--migrate-every", "-1ms"],
+            &["ipivirt", "run", "--max-duty", "95"],
+            &["ipivirt", "run", "--workload", "dance"],
+            &["ipivirt", "boot", "--preempt", "pause"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn test_cli_run_scenario_options() {
+        let c = Cli::try_parse_from([
+            "ipivirt",
+            "run",
+            "--host-cpus",
+            "0,2-3",
+            "--preempt",
+            "pause",
+            "--preempt-len",
+            "1.5ms",
+            "--migrate-every",
+            "0",
+            "--workload",
+            "spin",
+            "--duration",
+            "500ms",
+        ])
+        .unwrap();
+        let Some(Command::Run(run)) = c.command else {
+            panic!()
+        };
+        let m = run.machine_config();
+        assert_eq!(m.inject.host_cpus, Some(vec![0, 2, 3]));
+        assert_eq!(m.inject.preempt, PreemptMode::Pause);
+        assert_eq!(m.inject.preempt_len, Duration::from_micros(1500));
+        assert_eq!(m.inject.preempt_every, Duration::from_millis(2));
+        assert_eq!(m.inject.migrate_every, None);
+        assert_eq!(m.workload, abi::Workload::Spin);
+        assert_eq!(m.duration, Duration::from_millis(500));
+        let c = Cli::try_parse_from(["ipivirt"]).unwrap();
+        let m = c.run.machine_config();
+        assert_eq!(m.inject.preempt, PreemptMode::Antagonist);
+        assert_eq!(m.inject.migrate_every, Some(Duration::from_millis(5)));
+        assert_eq!(m.inject.max_duty, 0.5);
+    }
+
+    #[test]
+    fn test_parse_duration_units() {
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-2ms").is_err());
+        assert!(parse_duration("1e9s").is_err());
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod console;
+pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
@@ -23,6 +24,7 @@ pub mod vm;
 
 pub use abi::{Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
+pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};
 
 /// Exit codes of the `ipivirt` binary (the interface contract).
@@ -72,6 +74,17 @@ pub enum Error {
     /// The guest did not finish in time.
     #[error("{0}")]
     Watchdog(results::WatchdogReport),
+    /// Host-side injection refused the scenario or failed.
+    #[error(transparent)]
+    Inject(#[from] inject::InjectError),
+    /// The trace file could not be written.
+    #[error("cannot write the trace file {path}: {source}")]
+    Trace {
+        /// The path given with --trace.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -84,6 +97,8 @@ impl Error {
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,
+            Error::Inject(e) if e.is_scenario() => exit_code::USAGE,
+            Error::Inject(_) | Error::Trace { .. } => exit_code::HOST_FAILURE,
         }
     }
 

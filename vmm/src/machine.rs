@@ -7,17 +7,21 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi::{Control, GuestStatus, TestHook, Workload};
+use abi::{pv_flags, Control, GuestStatus, TestHook, Workload};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::{Console, ConsoleMode};
+use crate::inject::{self, HostReport, InjectConfig, Injector, Plan};
 use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
 use crate::vcpu::{self, RegisterDump, RunControl, VcpuEvent, VcpuHandle};
 use crate::{loader, memory, vm, Error};
 
 /// How long stopped vCPU threads get to leave KVM_RUN after a kick.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// KVM statistics are read for at most this many vCPUs (one fd each).
+const STATS_VCPUS: usize = 256;
 
 /// The default KVM device.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
@@ -52,6 +56,8 @@ pub struct MachineConfig {
     pub tick_hz: Option<u32>,
     /// Latency probe period (None: the guest picks from its calibration).
     pub probe_period: Option<Duration>,
+    /// Host-side placement, preemption and migration (default: none).
+    pub inject: InjectConfig,
 }
 
 impl MachineConfig {
@@ -71,6 +77,7 @@ impl MachineConfig {
             forced_migration: 0.0,
             tick_hz: None,
             probe_period: None,
+            inject: InjectConfig::default(),
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct BootReport {
     pub console_tail: Vec<String>,
     /// What the guest's kernel reported about the workload.
     pub guest: results::GuestReport,
+    /// Host-side injection and what host and guest saw (per-vCPU steal
+    /// time, gaps, KVM statistics).
+    pub host: HostReport,
 }
 
 /// A VM with its memory and vCPU threads.
@@ -109,6 +119,12 @@ struct Machine {
     _events_tx: mpsc::Sender<VcpuEvent>,
     created: Instant,
     tsc_khz: u64,
+    /// Host-side injectors (stopped first in `stop`).
+    injector: Option<Injector>,
+    /// KVM binary stats fd of each vCPU (when injecting or running a workload).
+    stats: Vec<Option<std::fs::File>>,
+    /// What the injectors did (filled by `stop`).
+    host: HostReport,
 }
 
 /// Boots the guest, waits until it reports done, and returns what it
@@ -119,6 +135,23 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let outcome = machine.wait(config.timeout);
     let dumps = machine.stop();
     let page = memory::read_shared(&machine.mem)?;
+    for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
+        v.steal_ns = status.steal_ns;
+        v.preempted_seen = status.preempted_seen;
+        v.max_gap_cycles = status.max_gap_cycles;
+    }
+    if let (Some(path), true) = (&config.inject.trace, machine.host.active) {
+        inject::trace::write_file(
+            path,
+            &machine.host.timeline,
+            &machine.host.host_cpus,
+            config.vcpus,
+        )
+        .map_err(|source| Error::Trace {
+            path: path.clone(),
+            source,
+        })?;
+    }
     match outcome {
         Wait::Done { all_online } => results::boot_report(
             config,
@@ -129,6 +162,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         )
         .map(|mut r| {
             r.console_tail = machine.console.tail();
+            r.host = std::mem::take(&mut machine.host);
             r
         })
         .map_err(|kind| machine.failure(kind, dumps)),
@@ -165,6 +199,15 @@ impl Machine {
                 config.test_hook_vcpu, config.vcpus
             )));
         }
+        let plan = if config.inject.is_active() {
+            let plan = Plan::new(&config.inject, config.vcpus)?;
+            if let Some(why) = &plan.fallback {
+                eprintln!("ipivirt: {why}");
+            }
+            Some(plan)
+        } else {
+            None
+        };
         let created = Instant::now();
         let mem = memory::allocate(memory::ram_size(config.vcpus))?;
         memory::write_page_tables(&mem)?;
@@ -184,7 +227,7 @@ impl Machine {
         control.test_hook = config.test_hook as u32;
         control.test_hook_vcpu = config.test_hook_vcpu;
         control.workload = config.workload as u32;
-        control.duration_us = u64::try_from(config.duration.as_micros()).unwrap_or(u64::MAX);
+        control.duration_us = config.duration.as_micros().min(u128::from(u64::MAX)) as u64;
         control.tasks_per_cpu = config.tasks_per_cpu;
         control.forced_migration =
             (config.forced_migration.clamp(0.0, 1.0) * 65536.0).min(65535.0) as u32;
@@ -192,7 +235,19 @@ impl Machine {
         control.probe_period_us = config.probe_period.map_or(0, |p| {
             u32::try_from(p.as_micros()).unwrap_or(u32::MAX).max(1)
         });
+        if config.workload == Workload::Spin {
+            control.pv_flags |= pv_flags::STEAL_TIME;
+        }
         memory::write_control(&mem, &control)?;
+        // One stats fd per vCPU, for the first STATS_VCPUS only (fd limits).
+        let stats = if plan.is_some() || config.workload != Workload::None {
+            fds.iter()
+                .take(STATS_VCPUS)
+                .map(|fd| inject::kvmstats::open(fd).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         let console = Arc::new(Console::new(config.vcpus, config.console));
         let run_control = Arc::new(RunControl::default());
@@ -208,6 +263,9 @@ impl Machine {
             _events_tx: tx.clone(),
             created,
             tsc_khz,
+            injector: None,
+            stats,
+            host: HostReport::default(),
         };
         for (id, fd) in (0..).zip(fds) {
             match vcpu::spawn(
@@ -216,11 +274,22 @@ impl Machine {
                 machine.console.clone(),
                 machine.control.clone(),
                 tx.clone(),
+                plan.as_ref().and_then(|p| p.host_cpu_of(id)),
             ) {
                 Ok(handle) => machine.vcpus.push(handle),
                 Err(e) => {
                     machine.stop();
                     return Err(Error::Thread(e));
+                }
+            }
+        }
+        if let Some(plan) = plan {
+            let kickers: Vec<_> = machine.vcpus.iter().map(|v| v.kicker.clone()).collect();
+            match Injector::start(plan, config.seed, &kickers) {
+                Ok(injector) => machine.injector = Some(injector),
+                Err(e) => {
+                    machine.stop();
+                    return Err(e.into());
                 }
             }
         }
@@ -275,9 +344,23 @@ impl Machine {
     /// registers, by vCPU. Threads that do not leave KVM_RUN within
     /// [`STOP_GRACE`] are reported and left behind rather than waited on.
     fn stop(&mut self) -> Vec<RegisterDump> {
+        // Injectors first, while the vCPU threads still exist (their
+        // affinity is restored and their run delay read).
+        if let Some(mut injector) = self.injector.take() {
+            self.host = injector.stop();
+        }
         self.control.request_stop();
         for v in &self.vcpus {
+            v.kicker.release();
             v.kicker.kick();
+        }
+        if self.host.vcpus.is_empty() && !self.stats.is_empty() {
+            self.host.vcpus = vec![Default::default(); self.vcpus.len()];
+        }
+        for (fig, v) in self.host.vcpus.iter_mut().zip(&self.vcpus) {
+            let (pauses, paused) = v.kicker.pause_totals();
+            fig.pauses = pauses;
+            fig.paused_ns = paused.as_nanos() as u64;
         }
         let mut dumps: Vec<Option<RegisterDump>> = vec![None; self.vcpus.len()];
         let mut left = self.vcpus.len() - dumps.iter().filter(|d| d.is_some()).count();
@@ -306,6 +389,11 @@ impl Machine {
                     v.index
                 );
                 std::mem::forget(v);
+            }
+        }
+        for (fig, file) in self.host.vcpus.iter_mut().zip(&self.stats) {
+            if let Some(f) = file {
+                fig.kvm = inject::kvmstats::read(f, &inject::kvmstats::WANTED).unwrap_or_default();
             }
         }
         self.console.flush();

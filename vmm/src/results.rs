@@ -394,6 +394,7 @@ pub fn boot_report(
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
         guest: guest_report(page, per_vcpu, config.vcpus).map_err(FailureKind::InvalidResults)?,
+        host: Default::default(),
     })
 }
 

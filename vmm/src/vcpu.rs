@@ -3,11 +3,11 @@
 //! channel. The controller stops a thread by kicking it (see [`Kicker`]).
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use abi::{GuestStatus, Port};
 use kvm_bindings::{kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION};
@@ -51,9 +51,20 @@ unsafe impl Send for ImmediateExit {}
 /// signal lands while the thread runs guest code (or halts in KVM), KVM_RUN
 /// returns `EINTR`; if it lands just before the thread re-enters KVM_RUN,
 /// `immediate_exit` makes that KVM_RUN return `EINTR` at once.
+///
+/// It also carries the host-side pause of the vCPU (injection mode
+/// `pause`): [`Kicker::pause_for`] kicks the thread and makes it hold
+/// outside KVM_RUN until a deadline, and the thread's kernel id.
 pub struct Kicker {
     immediate_exit: Mutex<ImmediateExit>,
     thread: OnceLock<libc::pthread_t>,
+    /// Kernel thread id of the vCPU thread (0 until it has started).
+    tid: AtomicI32,
+    /// Hold the thread outside KVM_RUN until then (`None`: run).
+    pause_until: Mutex<Option<Instant>>,
+    pause_wake: Condvar,
+    paused_ns: AtomicU64,
+    pauses: AtomicU64,
 }
 
 impl Kicker {
@@ -62,7 +73,77 @@ impl Kicker {
         Kicker {
             immediate_exit: Mutex::new(ImmediateExit(std::ptr::addr_of_mut!(run.immediate_exit))),
             thread: OnceLock::new(),
+            tid: AtomicI32::new(0),
+            pause_until: Mutex::new(None),
+            pause_wake: Condvar::new(),
+            paused_ns: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
         }
+    }
+
+    /// The vCPU thread's kernel thread id, once it has started.
+    pub fn tid(&self) -> Option<libc::pid_t> {
+        Some(self.tid.load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// Holds the vCPU thread outside KVM_RUN for `len` from now: kicks it
+    /// out and makes it wait before re-entering. A pause already pending is
+    /// extended, never shortened. The guest sees the gap in its TSC, but KVM
+    /// neither sets the steal-time `preempted` flag nor counts steal time
+    /// for it: the thread left KVM_RUN and sleeps, it is not runnable.
+    pub fn pause_for(&self, len: Duration) {
+        let until = Instant::now() + len;
+        {
+            let mut guard = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
+            *guard = Some(guard.map_or(until, |u| u.max(until)));
+        }
+        self.kick();
+    }
+
+    /// Cancels any pending pause and wakes a held thread (used on stop, so
+    /// that shutdown and the watchdog are never delayed by a pause).
+    pub fn release(&self) {
+        *self.pause_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.pause_wake.notify_all();
+    }
+
+    /// Pauses the thread served (count) and the time it was held.
+    pub fn pause_totals(&self) -> (u64, Duration) {
+        (
+            self.pauses.load(Ordering::Relaxed),
+            Duration::from_nanos(self.paused_ns.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// On the vCPU thread after a kick: waits while a pause is pending
+    /// (returns at once if `stop` is set or [`Kicker::release`] is called).
+    fn hold(&self, stop: &AtomicBool) {
+        let mut guard = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(_) = *guard else { return };
+        let start = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                *guard = None;
+                break;
+            }
+            let Some(until) = *guard else { break };
+            let now = Instant::now();
+            if now >= until {
+                *guard = None;
+                break;
+            }
+            // Bounded waits: `stop` is re-checked even without a release.
+            let wait = (until - now).min(Duration::from_millis(20));
+            guard = self
+                .pause_wake
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(guard);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        self.paused_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn store(&self, value: u8) {
@@ -424,13 +505,15 @@ impl VcpuHandle {
     }
 }
 
-/// Starts vCPU `index` on its own thread.
+/// Starts vCPU `index` on its own thread; with `pin`, the thread pins
+/// itself to that host CPU before its first KVM_RUN.
 pub fn spawn(
     index: u32,
     mut fd: VcpuFd,
     console: Arc<Console>,
     control: Arc<RunControl>,
     events: Sender<VcpuEvent>,
+    pin: Option<usize>,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler()?;
     let kicker = Arc::new(Kicker::new(&mut fd));
@@ -438,7 +521,17 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("vcpu-{index}"))
         .stack_size(VCPU_THREAD_STACK)
-        .spawn(move || run_loop(index, fd, &thread_kicker, &console, &control, &events))?;
+        .spawn(move || {
+            thread_kicker
+                .tid
+                .store(crate::inject::placement::gettid(), Ordering::Release);
+            if let Some(cpu) = pin {
+                if let Err(e) = crate::inject::placement::set_affinity(0, &[cpu]) {
+                    eprintln!("ipivirt: cannot pin vCPU {index} to host CPU {cpu}: {e}");
+                }
+            }
+            run_loop(index, fd, &thread_kicker, &console, &control, &events)
+        })?;
     let _ = kicker
         .thread
         .set(std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread));
@@ -492,6 +585,8 @@ fn run_loop(
                 // Kicked: re-arm before looking at the stop flag again
                 // (a kick after this store sets the flag to 1 anew).
                 kicker.store(0);
+                // A host-side pause (injection): hold outside KVM_RUN.
+                kicker.hold(&control.stop);
             }
             Err(e) => {
                 let _ = events.send(VcpuEvent::Fault {

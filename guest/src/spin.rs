@@ -1,0 +1,63 @@
+//! Workload `spin`: every vCPU busy-loops for `duration_us`, tracking the
+//! largest gap between consecutive TSC reads (a host-side preemption or
+//! pause shows as a gap) and polling the steal-time `preempted` flag. At the
+//! end it writes `steal_ns`, `preempted_seen` and `max_gap_cycles` into its
+//! VcpuStatus. The loop is bounded by time, not iterations: guest kernel
+//! code may be emulated, ~1000x slower than native.
+
+use core::ptr::addr_of_mut;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use abi::{pv_flags, Control};
+
+use crate::{cpu, pv, shared};
+
+/// vCPUs that finished their spin.
+static DONE: AtomicU32 = AtomicU32::new(0);
+
+/// Runs the spin workload on vCPU `index` (every vCPU calls it once).
+pub fn run(control: &Control, index: u32) {
+    let steal = control.pv_flags & pv_flags::STEAL_TIME != 0;
+    if steal {
+        pv::enable_steal_time(index);
+    }
+    let steal_start = if steal { pv::steal_ns(index) } else { 0 };
+    let cycles = control.duration_us.saturating_mul(control.tsc_khz) / 1000;
+    let mut prev = cpu::rdtsc();
+    let end = prev.saturating_add(cycles);
+    let mut max_gap = 0u64;
+    let mut seen = 0u64;
+    while prev < end {
+        let now = cpu::rdtsc();
+        let gap = now.wrapping_sub(prev);
+        if gap > max_gap {
+            max_gap = gap;
+        }
+        if steal && pv::preempted(index) {
+            seen += 1;
+        }
+        prev = now;
+    }
+    let steal_ns = if steal {
+        pv::steal_ns(index).saturating_sub(steal_start)
+    } else {
+        0
+    };
+    let status = shared::vcpu(index);
+    // SAFETY: this vCPU is the only writer of its own status entry; the
+    // VMM reads it after the guest reports Done (ordered by the Release
+    // increment below and the BSP's Acquire wait).
+    unsafe {
+        addr_of_mut!((*status).steal_ns).write_volatile(steal_ns);
+        addr_of_mut!((*status).preempted_seen).write_volatile(seen);
+        addr_of_mut!((*status).max_gap_cycles).write_volatile(max_gap);
+    }
+    DONE.fetch_add(1, Ordering::Release);
+}
+
+/// On the BSP: waits until all `nr_vcpus` vCPUs finished their spin.
+pub fn wait_all(nr_vcpus: u32) {
+    while DONE.load(Ordering::Acquire) < nr_vcpus {
+        cpu::pause();
+    }
+}
