@@ -373,7 +373,8 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
         let k = |m: &std::collections::BTreeMap<String, u64>, n: &str| {
             m.get(n).map_or("-".into(), u64::to_string)
         };
-        for (i, v) in h.vcpus.iter().enumerate() {
+        const ROWS: usize = 16;
+        for (i, v) in h.vcpus.iter().enumerate().take(ROWS) {
             out += &format!(
                 "{i:<5} {:<8} {:<9} {:<13} {:<10} {:<11} {:<15} {} {} {} {} {}\n",
                 v.tid,
@@ -388,6 +389,9 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
                 k(&v.kvm, "directed_yield_attempted"),
                 k(&v.kvm, "directed_yield_successful"),
             );
+        }
+        if h.vcpus.len() > ROWS {
+            out += &format!("... {} more vCPUs\n", h.vcpus.len() - ROWS);
         }
         let total: u64 = h.vcpus.iter().map(|v| v.steal_ns).sum();
         let seen: u64 = h.vcpus.iter().map(|v| v.preempted_seen).sum();

@@ -220,6 +220,11 @@ impl Plan {
             .map(|_| placement::spread(vcpus, host_cpus.len()));
         let mut config = config.clone();
         config.migrate_every = config.migrate_every.filter(|d| !d.is_zero());
+        let mut fallback = fallback;
+        if config.migrate_every.is_some() && (host_cpus.len() < 2 || placement.is_none()) {
+            let why = "migration needs two or more host CPUs (and a placement): none injected";
+            fallback = Some(fallback.map_or(why.to_string(), |f| format!("{f}; {why}")));
+        }
         Ok(Plan {
             config,
             host_cpus,
