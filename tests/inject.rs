@@ -352,3 +352,66 @@ fn test_cli_reports_counts_steal_and_writes_valid_trace() {
         );
     }
 }
+
+/// Ctrl-C (SIGINT) ends the run at once, antagonists and migrator included:
+/// they are threads of the ipivirt process, so nothing outlives it.
+#[test]
+fn test_ctrl_c_leaves_nothing_running() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipivirt"))
+        .args([
+            "run",
+            "--quiet",
+            "--vcpus",
+            "2",
+            "--preempt",
+            "antagonist",
+            "--migrate-every",
+            "1ms",
+            "--workload",
+            "spin",
+            "--duration",
+            "20s",
+            "--timeout",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ipivirt starts");
+    let pid = child.id();
+    // Wait until the injectors run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let task_names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !task_names().iter().any(|n| n == "inj-migrate") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no injector thread started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let exit = child.wait().expect("ipivirt exits");
+    assert!(started.elapsed() < Duration::from_secs(5), "{exit:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} still there"
+    );
+}
