@@ -20,7 +20,7 @@ pub use hist::Histogram;
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
@@ -272,9 +272,164 @@ pub struct Control {
     pub forced_migration: u32,
     /// Workload tasks per vCPU.
     pub tasks_per_cpu: u32,
+    /// Number of entries used in `designs`.
+    pub nr_designs: u32,
+    /// [`Design`] codes, run one after the other.
+    pub designs: [u32; MAX_DESIGNS],
+    /// Guest-side forced preemption at each spin of a preemptible wait:
+    /// chance in 1/65536.
+    pub guest_preempt_prob: u32,
+    /// Injected allocation failures of the alloc-in-path design, in 1/65536.
+    pub alloc_fail_prob: u32,
+    /// csd-lock-wait watchdog threshold in microseconds (0: 100 ms).
+    pub csd_watchdog_us: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 54],
+    pub reserved: [u64; 48],
 }
+
+/// How many designs one run can compare.
+pub const MAX_DESIGNS: usize = 8;
+
+/// The IPI wait-mask designs ([`Control::designs`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    /// Linux before the series: the per-CPU `cfd->cpumask`, preemption
+    /// disabled from queueing through the last wait.
+    Upstream = 0,
+    /// The series: a task-local mask (inside the pointer-sized field when it
+    /// fits, else allocated at task creation); the final wait is preemptible.
+    TaskLocal = 1,
+    /// The mask is a local of the caller; preemptible wait.
+    Stack = 2,
+    /// The mask is allocated per call; on failure the upstream pinned wait.
+    AllocInPath = 3,
+    /// Wrong on purpose: the per-CPU mask with a preemptible wait.
+    UnsafePercpu = 4,
+}
+
+impl Design {
+    /// Every design, in code order.
+    pub const ALL: [Design; 5] = [
+        Design::Upstream,
+        Design::TaskLocal,
+        Design::Stack,
+        Design::AllocInPath,
+        Design::UnsafePercpu,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Design::Upstream => "upstream",
+            Design::TaskLocal => "task-local",
+            Design::Stack => "stack",
+            Design::AllocInPath => "alloc-in-path",
+            Design::UnsafePercpu => "unsafe-percpu",
+        }
+    }
+
+    /// Whether the design must never violate the invariants.
+    pub const fn expected_safe(self) -> bool {
+        !matches!(self, Design::UnsafePercpu)
+    }
+}
+
+impl TryFrom<u32> for Design {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        Design::ALL.get(code as usize).copied().ok_or(code)
+    }
+}
+
+/// [`ViolationRecord::kind`] values.
+pub mod violation {
+    /// The caller returned before a target ran the callback (under-wait).
+    pub const NOT_RUN: u32 = 1;
+    /// A target ran the callback twice.
+    pub const RAN_TWICE: u32 = 2;
+    /// A callback ran after its (waiting) caller returned.
+    pub const RAN_AFTER_RETURN: u32 = 3;
+    /// A callback ran on a CPU that was not a target.
+    pub const WRONG_CPU: u32 = 4;
+    /// A csd was re-initialised while locked.
+    pub const CSD_REINIT: u32 = 5;
+    /// An asynchronous call never ran on a target by the end of the phase.
+    pub const LOST: u32 = 6;
+}
+
+/// One recorded invariant violation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ViolationRecord {
+    /// A [`violation`] kind.
+    pub kind: u32,
+    /// The target CPU concerned.
+    pub cpu: u32,
+    /// Request id.
+    pub request: u64,
+    /// TSC cycles since the design's phase started.
+    pub cycles: u64,
+}
+
+/// Results of one design's phase.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DesignResults {
+    /// Non-zero once written.
+    pub valid: u32,
+    /// The [`Design`] code.
+    pub design: u32,
+    /// Cross calls completed.
+    pub calls: u64,
+    /// Callbacks run.
+    pub callbacks: u64,
+    /// Invariant violations.
+    pub violations: u64,
+    /// Cycles from phase start to the first violation (u64::MAX: none).
+    pub first_violation_cycles: u64,
+    /// Waits during which the waiting task was switched out.
+    pub waits_preempted: u64,
+    /// Waits that resumed on another vCPU.
+    pub waits_migrated: u64,
+    /// Extra bytes each task carries for this design.
+    pub mask_bytes_per_task: u64,
+    /// Stack bytes one call costs for the mask (stack design), at this
+    /// guest's CPU count.
+    pub stack_bytes_per_call: u64,
+    /// Mask allocations.
+    pub mask_allocs: u64,
+    /// Mask frees.
+    pub mask_frees: u64,
+    /// alloc-in-path allocation failures that fell back to the pinned wait.
+    pub fallbacks: u64,
+    /// csd-lock waits that exceeded the watchdog threshold.
+    pub csd_watchdog_fires: u64,
+    /// Requests the checker could not track (table full).
+    pub unchecked: u64,
+    /// Tasks created in the phase.
+    pub tasks_created: u64,
+    /// Their total creation time in cycles.
+    pub task_create_cycles: u64,
+    /// Length of the phase in cycles.
+    pub phase_cycles: u64,
+    /// Cross-call latency (cycles, entry to return; wait=true).
+    pub call_latency: Histogram,
+    /// Latency probe during the phase.
+    pub sched_latency: Histogram,
+    /// The first violations.
+    pub violation_log: [ViolationRecord; 8],
+}
+
+// SAFETY: repr(C) of u32 pairs, u64s, Pod histograms and Pod records; the
+// size assert pins the layout without padding.
+unsafe impl Pod for DesignResults {}
+// SAFETY: two u32 then two u64: no padding.
+unsafe impl Pod for ViolationRecord {}
+const _: () = assert!(
+    size_of::<DesignResults>()
+        == 8 + 16 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+);
 
 /// What the guest runs after every vCPU is online ([`Control::workload`]).
 #[repr(u32)]
@@ -292,6 +447,12 @@ pub enum Workload {
     Hogs = 3,
     /// Kernel tasks created and exiting in a loop (memory accounting).
     Churn = 4,
+    /// One user task per vCPU: synchronous single-target calls to the next
+    /// vCPU, once per design.
+    Ping = 5,
+    /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
+    /// subset of vCPUs and waiting, with think time; once per design.
+    Shootdown = 6,
 }
 
 impl TryFrom<u32> for Workload {
@@ -303,6 +464,8 @@ impl TryFrom<u32> for Workload {
             2 => Workload::Spin,
             3 => Workload::Hogs,
             4 => Workload::Churn,
+            5 => Workload::Ping,
+            6 => Workload::Shootdown,
             other => return Err(other),
         })
     }
@@ -455,9 +618,12 @@ pub struct VcpuResults {
     /// Latency probe: how late (TSC cycles) the periodic high-priority
     /// task ran versus its deadline.
     pub probe: Histogram,
+    /// Cross-call latency recorded on this vCPU during the current design
+    /// phase (scratch: merged into [`DesignResults::call_latency`]).
+    pub calls: Histogram,
 }
 
-// SAFETY: a single Pod member.
+// SAFETY: two Pod members of equal alignment, no padding.
 unsafe impl Pod for VcpuResults {}
 
 /// The shared area at [`layout::SHARED_ADDR`].
@@ -470,6 +636,8 @@ pub struct SharedPage {
     pub results: Results,
     /// Per-vCPU status, indexed by vCPU number.
     pub vcpus: [VcpuStatus; MAX_VCPUS],
+    /// Per-design results, in the order of [`Control::designs`].
+    pub designs: [DesignResults; MAX_DESIGNS],
 }
 
 const _: () = assert!(size_of::<Control>() == 512);
@@ -714,6 +882,8 @@ mod tests {
             Workload::Spin,
             Workload::Hogs,
             Workload::Churn,
+            Workload::Ping,
+            Workload::Shootdown,
         ] {
             assert_eq!(Workload::try_from(w as u32), Ok(w));
         }
@@ -761,5 +931,20 @@ mod tests {
         assert!(v.validate().is_ok());
         v.state = 7;
         assert_eq!(v.validate().unwrap_err().found, 7);
+    }
+}
+
+#[cfg(test)]
+mod design_tests {
+    use super::*;
+
+    #[test]
+    fn test_design_roundtrip_and_names() {
+        for d in Design::ALL {
+            assert_eq!(Design::try_from(d as u32), Ok(d));
+        }
+        assert_eq!(Design::try_from(5), Err(5));
+        assert_eq!(Design::TaskLocal.name(), "task-local");
+        assert!(!Design::UnsafePercpu.expected_safe() && Design::Stack.expected_safe());
     }
 }
