@@ -11,6 +11,7 @@ fn boot_n(vcpus: u32) {
     if !common::kvm_or_skip() {
         return;
     }
+    let _serial = (vcpus > 64).then(common::heavy);
     let mut cfg = MachineConfig::new(vcpus);
     cfg.timeout = Duration::from_secs(60);
     cfg.console = ConsoleMode::Capture;
@@ -25,7 +26,7 @@ fn boot_n(vcpus: u32) {
         report
             .console_tail
             .iter()
-            .any(|l| l.contains(&format!("ipivirt guest: abi v3, {vcpus} vCPUs"))),
+            .any(|l| l.contains(&format!("ipivirt guest: abi v4, {vcpus} vCPUs"))),
         "{:?}",
         report.console_tail
     );
@@ -84,7 +85,7 @@ fn test_cli_console_has_vcpu_prefix() {
     let (_, stderr) = common::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("[vcpu 0] ipivirt guest: abi v3, 2 vCPUs, x2APIC id 0"),
+        stderr.contains("[vcpu 0] ipivirt guest: abi v4, 2 vCPUs, x2APIC id 0"),
         "{stderr}"
     );
 }

@@ -124,6 +124,7 @@ fn bsp_main() -> ! {
     sched::PARAMS
         .tick_cycles
         .store(cycles_per_us * 10_000, Ordering::Relaxed);
+    crate::cpumask::set_nr_cpu_ids(control.nr_vcpus);
     init_cpu(0, control.seed);
     sched::start_cpu(true);
     cpu::outl(Port::Status as u16, GuestStatus::StartAps as u32);
@@ -157,7 +158,14 @@ fn bsp_main() -> ! {
             control.tsc_khz * 1000 / u64::from(tick_hz),
             Ordering::Relaxed,
         );
-        workload::run(&control);
+        workload::start_test_hook_task(&control);
+        if control.workload == Workload::Ping as u32
+            || control.workload == Workload::Shootdown as u32
+        {
+            workload::run_designs(&control);
+        } else {
+            workload::run(&control);
+        }
     }
     cpu::cli();
     workload::write_counters(control.nr_vcpus);

@@ -199,14 +199,9 @@ pub fn init(index: u32) {
         .set(0x9e37_79b9_7f4a_7c15 ^ (u64::from(index) + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     // SAFETY: only this vCPU touches its TSS, before TR points at it.
     let tss = unsafe { &mut *pc.tss.get() };
-    // One allocation for the three IST stacks, not zeroed: emulated
-    // `rep stosb` costs a VM-side step per byte on hosts that emulate
-    // kernel code, and a stack needs no initial contents.
-    let layout = core::alloc::Layout::from_size_align(3 * IST_SIZE, 16).expect("valid layout");
-    // SAFETY: non-zero-sized layout; the memory is never freed (CPUs do not
-    // go offline).
-    let stacks = unsafe { alloc::alloc::alloc(layout) } as u64;
-    assert!(stacks != 0, "no memory for the interrupt stacks");
+    // The three IST stacks sit at the start of this CPU's fixed area
+    // (abi::layout::percpu_area): no allocation, no lock, no zeroing.
+    let stacks = abi::layout::percpu_area(index);
     for (i, slot) in [IST_INTERRUPT, IST_EXCEPTION, IST_CRITICAL]
         .into_iter()
         .enumerate()

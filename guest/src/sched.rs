@@ -78,8 +78,11 @@ pub struct Task {
     /// The task-local IPI wait mask of the series under study: the bits
     /// themselves when `cpumask_size() <= size_of::<usize>()`, otherwise a
     /// pointer to a mask allocated with the task (see the mask module).
-    #[allow(dead_code)] // the cross-call layer (next issue) keeps its mask here
     pub ipi_mask: Cell<usize>,
+    /// Whether `ipi_mask` is a pointer to an allocation.
+    pub ipi_mask_heap: Cell<bool>,
+    /// Times this task was switched out.
+    pub switches: AtomicU64,
     /// Times this task resumed on another CPU than it last ran on.
     pub migrations: AtomicU64,
 }
@@ -199,6 +202,22 @@ extern "C" {
 }
 
 fn new_task(name: &str, class: Class, body: Body, kstack: *mut u8, pinned: bool) -> TaskRef {
+    let place = alloc::boxed::Box::into_raw(
+        alloc::boxed::Box::<core::mem::MaybeUninit<Task>>::new_uninit(),
+    );
+    new_task_at(place.cast(), name, class, body, kstack, pinned)
+}
+
+/// Builds a task in place at `place` (a heap box, or a CPU's fixed area
+/// for boot tasks, which never exit).
+fn new_task_at(
+    place: *mut Task,
+    name: &str,
+    class: Class,
+    body: Body,
+    kstack: *mut u8,
+    pinned: bool,
+) -> TaskRef {
     let mut n = [0u8; 16];
     let len = name.len().min(16);
     n[..len].copy_from_slice(&name.as_bytes()[..len]);
@@ -207,7 +226,7 @@ fn new_task(name: &str, class: Class, body: Body, kstack: *mut u8, pinned: bool)
     } else {
         kstack as u64 + KSTACK_SIZE as u64
     };
-    let task = alloc::boxed::Box::new(Task {
+    let task = Task {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         name: n,
         class,
@@ -222,19 +241,26 @@ fn new_task(name: &str, class: Class, body: Body, kstack: *mut u8, pinned: bool)
         body,
         user_stack: None,
         ipi_mask: Cell::new(0),
+        ipi_mask_heap: Cell::new(false),
+        switches: AtomicU64::new(0),
         migrations: AtomicU64::new(0),
-    });
+    };
+    // SAFETY: `place` is valid for writing a Task (caller) and unaliased.
+    unsafe { place.write(task) };
     CREATED.fetch_add(1, Ordering::Relaxed);
-    TaskRef(NonNull::from(alloc::boxed::Box::leak(task)))
+    TaskRef(NonNull::new(place).expect("a non-null place"))
 }
 
 /// Why a task could not be created.
 #[derive(Debug)]
+#[allow(clippy::enum_variant_names)] // "no X" is what each one means
 pub enum SpawnError {
     /// No memory for its kernel stack.
     NoKernelStack,
     /// No user stack slot left.
     NoUserStack,
+    /// The task-local IPI mask could not be allocated.
+    NoIpiMask,
 }
 
 /// Creates a task and queues it on `cpu`.
@@ -251,6 +277,10 @@ pub fn spawn(
         return Err(SpawnError::NoKernelStack);
     }
     let t = new_task(name, class, body, kstack, pinned);
+    if crate::mask::task_created(t.get()).is_err() {
+        free_task(t);
+        return Err(SpawnError::NoIpiMask);
+    }
     if let Body::User(..) = body {
         match user::UserStack::alloc() {
             Some(s) => {
@@ -282,6 +312,7 @@ pub fn spawn(
 
 fn free_task(t: TaskRef) {
     let task = t.ptr();
+    crate::mask::task_freed(t.get());
     // SAFETY: the task is DEAD (or never ran) and in no queue; this is
     // the last reference (see finish_switch).
     unsafe {
@@ -309,12 +340,21 @@ fn enqueue(t: TaskRef, cpu: u32) {
     }
 }
 
+const _: () = assert!(
+    3 * percpu::IST_SIZE + core::mem::size_of::<Task>() <= abi::layout::PERCPU_AREA_SIZE as usize
+);
+
 /// Makes the CPU's boot context a task: the idle task on APs, the init
 /// task on the BSP (which then gets a separate idle task).
 pub fn start_cpu(is_bsp: bool) {
     let pc = percpu::this();
-    let boot = new_task(
-        if is_bsp { "init" } else { "idle" },
+    // The boot task lives in this CPU's fixed area, after the IST stacks:
+    // no heap lock while hundreds of vCPUs come up at once.
+    let place = (abi::layout::percpu_area(pc.id.get()) + 3 * percpu::IST_SIZE as u64) as *mut Task;
+    let name = if is_bsp { "init" } else { "idle" };
+    let boot = new_task_at(
+        place,
+        name,
         Class::Normal,
         Body::Boot,
         core::ptr::null_mut(),
@@ -413,14 +453,12 @@ pub fn current_identity() -> (u64, [u8; 16]) {
 }
 
 /// Disables preemption on this CPU.
-#[allow(dead_code)] // used by the cross-call layer (next issue)
 pub fn preempt_disable() {
     let pc = percpu::this();
     pc.preempt_count.set(pc.preempt_count.get() + 1);
 }
 
 /// Re-enables preemption; reschedules if a reschedule became due.
-#[allow(dead_code)] // used by the cross-call layer (next issue)
 pub fn preempt_enable() {
     let pc = percpu::this();
     let n = pc.preempt_count.get();
@@ -484,6 +522,7 @@ fn switch(prev: TaskRef, next: TaskRef) {
         n.migrations.fetch_add(1, Ordering::Relaxed);
     }
     n.state.store(RUNNING, Ordering::Relaxed);
+    prev.get().switches.fetch_add(1, Ordering::Relaxed);
     pc.prev.set(prev.ptr());
     pc.current.set(next.ptr());
     if n.kstack_top != 0 {

@@ -6,7 +6,7 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use abi::{Control, ExceptionRecord, PanicRecord, Results, SharedPage, VcpuStatus};
+use abi::{Control, DesignResults, ExceptionRecord, PanicRecord, Results, SharedPage, VcpuStatus};
 
 fn page() -> *mut SharedPage {
     abi::layout::SHARED_ADDR as *mut SharedPage
@@ -36,6 +36,13 @@ pub fn panic_record() -> *mut PanicRecord {
 pub fn exception_record() -> *mut ExceptionRecord {
     // SAFETY: only computes a field address inside the mapped page.
     unsafe { addr_of_mut!((*results()).exception) }
+}
+
+/// Results slot of design number `i` (< MAX_DESIGNS).
+pub fn design_results(i: usize) -> *mut DesignResults {
+    assert!(i < abi::MAX_DESIGNS);
+    // SAFETY: index checked above; only computes an address in the page.
+    unsafe { addr_of_mut!((*page()).designs[i]) }
 }
 
 /// Status entry of vCPU `index` (< MAX_VCPUS; the VMM never starts more).

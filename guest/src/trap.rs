@@ -278,6 +278,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             apic::eoi();
             sched::on_tick();
         }
+        v if v == u64::from(vector::CALL_FUNCTION) => {
+            apic::eoi();
+            percpu::this().ipis_received.inc();
+            crate::smp::handle_ipi();
+        }
         v if v == u64::from(vector::RESCHEDULE) => {
             apic::eoi();
             percpu::this().ipis_received.inc();

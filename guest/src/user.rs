@@ -138,3 +138,51 @@ pub extern "C" fn fault(_: usize) -> ! {
     sys(syscall::EXIT, v);
     unreachable!()
 }
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^ (x << 17)
+}
+
+/// Native think time between calls: a user-mode spin of `cycles`.
+fn think(cycles: u64) {
+    let t0 = crate::cpu::rdtsc();
+    while crate::cpu::rdtsc().wrapping_sub(t0) < cycles {
+        core::hint::spin_loop();
+    }
+}
+
+/// The shootdown workload task: random think time at CPL3, then a cross
+/// call to a random subset of vCPUs (every eighth one asynchronous, to a
+/// single target), until the workload ends.
+pub extern "C" fn shooter(seed: usize) -> ! {
+    let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut n = 0u64;
+    let mut end = u64::MAX;
+    while crate::cpu::rdtsc() < end {
+        x = xorshift(x);
+        think(10_000 + x % 190_000);
+        // Each call returns the end of the phase (it may move once, when
+        // the phase's clock starts).
+        end = if n.is_multiple_of(8) && n > 0 {
+            sys(syscall::ASYNC_CALL, x)
+        } else {
+            sys(syscall::SHOOTDOWN, x)
+        };
+        n += 1;
+    }
+    sys(syscall::EXIT, 0);
+    unreachable!()
+}
+
+/// The ping workload task: synchronous calls to the next vCPU.
+pub extern "C" fn pinger(_: usize) -> ! {
+    let mut end = u64::MAX;
+    while crate::cpu::rdtsc() < end {
+        end = sys(syscall::PING, 0);
+        think(5_000);
+    }
+    sys(syscall::EXIT, 0);
+    unreachable!()
+}

@@ -5,12 +5,12 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::{layout, verdict, Control, TestHook, VcpuResults, Workload};
+use abi::{layout, verdict, Control, Design, TestHook, VcpuResults, Workload, MAX_DESIGNS};
 
 use crate::console::println;
 use crate::fmt::Dec;
 use crate::sched::{self, Body, Class};
-use crate::{cpu, heap, percpu, shared, user};
+use crate::{checker, cpu, cpumask, heap, mask, percpu, shared, smp, user};
 
 /// TSC at which the workload ends (user tasks read it with a syscall).
 pub static END_TSC: AtomicU64 = AtomicU64::new(0);
@@ -82,8 +82,11 @@ pub fn calibrate(control: &Control) -> u32 {
             "hardware-accelerated"
         }
     );
+    // Where kernel code is emulated every probe wake-up costs about half a
+    // millisecond of host CPU: 10 ms per 8 vCPUs keeps the probes of a large
+    // guest from saturating the host.
     let probe_us = match control.probe_period_us {
-        0 if emulated => 10_000,
+        0 if emulated => 10_000 * u64::from(control.nr_vcpus.div_ceil(8)),
         0 => 1_000,
         us => u64::from(us),
     };
@@ -102,12 +105,12 @@ fn vcpu_results(cpu: u32) -> *mut VcpuResults {
 /// every period and records how late it runs.
 fn probe(cpu: usize) {
     let period = PROBE_PERIOD.load(Ordering::Relaxed);
-    let end = END_TSC.load(Ordering::Relaxed);
     // SAFETY: only this vCPU's probe writes its histogram; the VMM reads it
     // after Done.
     let hist = unsafe { &mut *addr_of_mut!((*vcpu_results(cpu as u32)).probe) };
     let mut due = cpu::rdtsc() + period;
-    while due < end {
+    // The end may move once (when a design phase's clock starts): re-read it.
+    while due < END_TSC.load(Ordering::Relaxed) {
         sched::sleep_until(due);
         let now = cpu::rdtsc();
         hist.record(now.saturating_sub(due));
@@ -119,6 +122,20 @@ fn probe(cpu: usize) {
 }
 
 fn churn_task(_: usize) {}
+
+/// Starts the user task of the `user-fault` test hook, if asked for.
+pub fn start_test_hook_task(control: &Control) {
+    if control.test_hook == TestHook::UserFault as u32 {
+        sched::spawn(
+            "faulty",
+            Class::Normal,
+            Body::User(user::fault, 0),
+            control.test_hook_vcpu,
+            true,
+        )
+        .expect("faulty task");
+    }
+}
 
 /// Runs the workload until its end, then waits for its tasks to finish.
 pub fn run(control: &Control) {
@@ -144,16 +161,6 @@ pub fn run(control: &Control) {
             true,
         )
         .expect("probe task");
-    }
-    if control.test_hook == TestHook::UserFault as u32 {
-        sched::spawn(
-            "faulty",
-            Class::Normal,
-            Body::User(user::fault, 0),
-            control.test_hook_vcpu,
-            true,
-        )
-        .expect("faulty task");
     }
     let mut churn = 0u64;
     match workload {
@@ -234,5 +241,171 @@ pub fn write_counters(nr: u32) {
     unsafe {
         (*r).tasks_created = sched::CREATED.load(Ordering::Relaxed);
         (*r).tasks_freed = sched::FREED.load(Ordering::Relaxed);
+    }
+}
+
+fn reset_vcpu_histograms(nr: u32) {
+    for c in 0..nr {
+        // SAFETY: between phases no task records into these slots.
+        unsafe {
+            (*vcpu_results(c)).probe = abi::Histogram::new();
+            (*vcpu_results(c)).calls = abi::Histogram::new();
+        }
+    }
+}
+
+/// Runs the cross-call workload once per design of the control block and
+/// writes each design's results.
+pub fn run_designs(control: &Control) {
+    let nr = control.nr_vcpus;
+    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    let workload = Workload::try_from(control.workload).unwrap_or(Workload::None);
+    smp::PARAMS
+        .guest_preempt_prob
+        .store(control.guest_preempt_prob, Ordering::Relaxed);
+    let watchdog_us = if control.csd_watchdog_us == 0 {
+        100_000
+    } else {
+        u64::from(control.csd_watchdog_us)
+    };
+    smp::PARAMS
+        .watchdog_cycles
+        .store(watchdog_us * cycles_per_us, Ordering::Relaxed);
+    mask::ALLOC_FAIL_PROB.store(control.alloc_fail_prob, Ordering::Relaxed);
+    let heap_baseline = heap::used();
+    let run_start = cpu::rdtsc();
+    for (i, &code) in control
+        .designs
+        .iter()
+        .enumerate()
+        .take((control.nr_designs as usize).min(MAX_DESIGNS))
+    {
+        let Ok(design) = Design::try_from(code) else {
+            continue;
+        };
+        // No call is in flight between phases: switch the design.
+        smp::PARAMS.design.store(design as u32, Ordering::Relaxed);
+        smp::reset_stats();
+        mask::reset_stats();
+        reset_vcpu_histograms(nr);
+        let live_before =
+            sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed);
+        checker::reset(cpu::rdtsc());
+        // Tasks run until END_TSC, which they learn from each call's return
+        // value: the phase's clock starts once they all exist.
+        END_TSC.store(u64::MAX, Ordering::Relaxed);
+        let (mut created, mut create_cycles, mut failed) = (0u64, 0u64, 0u64);
+        let mut spawn = |name: &str, class: Class, body: Body, cpu: u32, pinned: bool| {
+            let t0 = cpu::rdtsc();
+            match sched::spawn(name, class, body, cpu, pinned) {
+                Ok(_) => {
+                    create_cycles += cpu::rdtsc() - t0;
+                    created += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("cannot create task {} on vCPU {}: {:?}", name, Dec(cpu), e);
+                }
+            }
+        };
+        for c in 0..nr {
+            spawn(
+                "probe",
+                Class::High,
+                Body::Kernel(probe, c as usize),
+                c,
+                true,
+            );
+        }
+        match workload {
+            Workload::Ping => {
+                for c in 0..nr {
+                    spawn(
+                        "pinger",
+                        Class::Normal,
+                        Body::User(user::pinger, c as usize),
+                        c,
+                        false,
+                    );
+                }
+            }
+            _ => {
+                for k in 0..nr * control.tasks_per_cpu.max(1) {
+                    let seed = (control.seed as usize)
+                        .wrapping_mul(31)
+                        .wrapping_add(k as usize + 1);
+                    spawn(
+                        "shooter",
+                        Class::Normal,
+                        Body::User(user::shooter, seed),
+                        k % nr,
+                        false,
+                    );
+                }
+            }
+        }
+        let start = cpu::rdtsc();
+        let end = start + control.duration_us * cycles_per_us;
+        END_TSC.store(end, Ordering::Relaxed);
+        sched::sleep_until(end);
+        let give_up = cpu::rdtsc() + 10_000_000 * cycles_per_us;
+        while sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed)
+            > live_before
+            && cpu::rdtsc() < give_up
+        {
+            sched::sleep_us(2000);
+        }
+        // Let asynchronous calls still in flight land, then look for lost ones.
+        sched::sleep_us(20_000);
+        checker::check_lost();
+        let phase_end = cpu::rdtsc();
+        let d = shared::design_results(i);
+        // SAFETY: the BSP writes the design slots; nothing else does.
+        unsafe {
+            let d = &mut *d;
+            d.design = design as u32;
+            d.calls = smp::STATS.calls.load(Ordering::Relaxed);
+            d.callbacks = checker::STATS.callbacks.load(Ordering::Relaxed);
+            d.violations = checker::STATS.violations.load(Ordering::Relaxed);
+            d.first_violation_cycles = checker::STATS.first_violation.load(Ordering::Relaxed);
+            d.waits_preempted = smp::STATS.waits_preempted.load(Ordering::Relaxed);
+            d.waits_migrated = smp::STATS.waits_migrated.load(Ordering::Relaxed);
+            d.mask_bytes_per_task = mask::bytes_per_task(design);
+            d.stack_bytes_per_call = if design == Design::Stack {
+                cpumask::cpumask_size() as u64
+            } else {
+                0
+            };
+            d.mask_allocs = mask::STATS.allocs.load(Ordering::Relaxed);
+            d.mask_frees = mask::STATS.frees.load(Ordering::Relaxed);
+            d.fallbacks = mask::STATS.fallbacks.load(Ordering::Relaxed);
+            d.csd_watchdog_fires = smp::STATS.watchdog_fires.load(Ordering::Relaxed);
+            d.unchecked = checker::STATS.unchecked.load(Ordering::Relaxed) + failed;
+            d.tasks_created = created;
+            d.task_create_cycles = create_cycles;
+            d.phase_cycles = phase_end - start;
+            d.call_latency = abi::Histogram::new();
+            d.sched_latency = abi::Histogram::new();
+            for c in 0..nr {
+                d.call_latency.merge(&(*vcpu_results(c)).calls);
+                d.sched_latency.merge(&(*vcpu_results(c)).probe);
+            }
+            d.violation_log = checker::log();
+            d.valid = 1;
+        }
+        let r = shared::results();
+        // SAFETY: BSP-only fields.
+        unsafe {
+            (*r).heap_baseline = heap_baseline;
+            (*r).heap_used = heap::used();
+            (*r).workload_start_tsc = run_start;
+            (*r).workload_end_tsc = cpu::rdtsc();
+        }
+        println!(
+            "design {}: {} calls, {} violations",
+            design.name(),
+            Dec(smp::STATS.calls.load(Ordering::Relaxed)),
+            Dec(checker::STATS.violations.load(Ordering::Relaxed))
+        );
     }
 }

@@ -51,3 +51,11 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// Serialises the heavy VM tests of one test binary: many vCPUs on the 2
+/// host CPUs of a CI machine, all emulating guest kernel code at once,
+/// would starve each other into timeouts.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

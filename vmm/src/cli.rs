@@ -104,8 +104,20 @@ struct ScenarioArgs {
     #[arg(long, value_name = "PATH")]
     trace: Option<PathBuf>,
     /// What the guest runs after boot.
-    #[arg(long, value_enum, default_value_t = WorkloadArg::Idle)]
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Shootdown)]
     workload: WorkloadArg,
+    /// Wait-mask designs to compare (ping, shootdown), comma-separated:
+    /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
+    /// one is wrong on purpose and runs only when named).
+    #[arg(long, value_name = "LIST", default_value = "upstream,task-local,stack,alloc-in-path", value_parser = parse_designs)]
+    designs: DesignList,
+    /// Guest-side forced preemption: chance to yield at each spin of a
+    /// preemptible wait (0..1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    guest_preempt_prob: f64,
+    /// Injected allocation failures of the alloc-in-path design (0..1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    alloc_fail_prob: f64,
     /// How long the workload runs (us, ms, s).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     duration: Duration,
@@ -124,6 +136,38 @@ struct ScenarioArgs {
     /// kernel code is emulated].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     probe_period: Option<Duration>,
+}
+
+/// A parsed `--designs` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DesignList(Vec<abi::Design>);
+
+fn parse_designs(s: &str) -> Result<DesignList, String> {
+    let valid = || {
+        abi::Design::ALL
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let d = abi::Design::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| format!("unknown design '{name}': valid designs are {}", valid()))?;
+        if out.contains(&d) {
+            return Err(format!("design '{name}' is named twice"));
+        }
+        out.push(d);
+    }
+    if out.is_empty() {
+        return Err(format!("name at least one design: {}", valid()));
+    }
+    if out.len() > abi::MAX_DESIGNS {
+        return Err(format!("at most {} designs per run", abi::MAX_DESIGNS));
+    }
+    Ok(DesignList(out))
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -186,6 +230,11 @@ enum WorkloadArg {
     Hogs,
     /// Kernel tasks created and exiting in a loop, and the probe.
     Churn,
+    /// One task per vCPU: synchronous single-target calls to the next
+    /// vCPU, once per design.
+    Ping,
+    /// Tasks broadcasting to random vCPU subsets and waiting, once per design.
+    Shootdown,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -256,7 +305,12 @@ impl RunCmd {
             WorkloadArg::Spin => abi::Workload::Spin,
             WorkloadArg::Hogs => abi::Workload::Hogs,
             WorkloadArg::Churn => abi::Workload::Churn,
+            WorkloadArg::Ping => abi::Workload::Ping,
+            WorkloadArg::Shootdown => abi::Workload::Shootdown,
         };
+        config.designs = s.designs.0.clone();
+        config.guest_preempt_prob = s.guest_preempt_prob;
+        config.alloc_fail_prob = s.alloc_fail_prob;
         config.duration = s.duration;
         config.tasks_per_cpu = s.tasks_per_cpu;
         config.forced_migration = s.forced_migration;
@@ -298,7 +352,7 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-fn run(args: &RunCmd) -> Result<(), Error> {
+fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
     let report = machine::boot(&config)?;
     say(&online_line(&report));
@@ -312,11 +366,27 @@ fn run(args: &RunCmd) -> Result<(), Error> {
     if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
         say(&crate::report::scheduler_text(&config, &report));
     }
+    if !report.guest.designs.is_empty() {
+        say(&crate::report::designs_text(&report));
+    }
     let block = host_block(&report.host, report.tsc_khz, config.vcpus);
     if !block.is_empty() {
         say(&block);
     }
-    Ok(())
+    let unsafe_violations = report
+        .guest
+        .designs
+        .iter()
+        .filter(|d| d.violations > 0 && d.design.expected_safe())
+        .count();
+    if unsafe_violations > 0 {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "ipivirt: invariant violation in a design expected to be safe (see the violations row)"
+        );
+        return Ok(crate::exit_code::VIOLATION);
+    }
+    Ok(crate::exit_code::OK)
 }
 
 fn ms(ns: u64) -> String {
@@ -405,10 +475,10 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
     out.trim_end().to_string()
 }
 
-fn boot(args: &RunArgs) -> Result<(), Error> {
+fn boot(args: &RunArgs) -> Result<u8, Error> {
     let report = machine::boot(&args.machine_config())?;
     say(&online_line(&report));
-    Ok(())
+    Ok(crate::exit_code::OK)
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -420,7 +490,7 @@ pub fn main() -> ExitCode {
         Some(Command::Boot(args)) => boot(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "ipivirt: error: {e}");

@@ -22,7 +22,7 @@ pub mod results;
 pub mod vcpu;
 pub mod vm;
 
-pub use abi::{Histogram, TestHook, Workload};
+pub use abi::{Design, Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
 pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};

@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi::{pv_flags, Control, GuestStatus, TestHook, Workload};
+use abi::{pv_flags, Control, Design, GuestStatus, TestHook, Workload};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -58,6 +58,35 @@ pub struct MachineConfig {
     pub probe_period: Option<Duration>,
     /// Host-side placement, preemption and migration (default: none).
     pub inject: InjectConfig,
+    /// Wait-mask designs to compare, in run order (ping and shootdown).
+    pub designs: Vec<Design>,
+    /// Guest-side forced preemption at each spin of a preemptible wait (0..=1).
+    pub guest_preempt_prob: f64,
+    /// Injected allocation failures of the alloc-in-path design (0..=1).
+    pub alloc_fail_prob: f64,
+    /// csd-lock-wait watchdog threshold.
+    pub csd_watchdog: Duration,
+}
+
+impl MachineConfig {
+    /// The designs whose results the guest writes (none unless the
+    /// workload runs per design).
+    pub fn ran_designs(&self) -> Vec<Design> {
+        if matches!(self.workload, Workload::Ping | Workload::Shootdown) {
+            self.designs
+                .iter()
+                .copied()
+                .take(abi::MAX_DESIGNS)
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A probability as the guest's 1/65536 fixed point.
+fn per_65536(p: f64) -> u32 {
+    (p.clamp(0.0, 1.0) * 65536.0).min(65535.0) as u32
 }
 
 impl MachineConfig {
@@ -77,6 +106,15 @@ impl MachineConfig {
             forced_migration: 0.0,
             tick_hz: None,
             probe_period: None,
+            designs: vec![
+                Design::Upstream,
+                Design::TaskLocal,
+                Design::Stack,
+                Design::AllocInPath,
+            ],
+            guest_preempt_prob: 0.0,
+            alloc_fail_prob: 0.0,
+            csd_watchdog: Duration::from_millis(100),
             inject: InjectConfig::default(),
         }
     }
@@ -235,6 +273,15 @@ impl Machine {
         control.probe_period_us = config.probe_period.map_or(0, |p| {
             u32::try_from(p.as_micros()).unwrap_or(u32::MAX).max(1)
         });
+        control.nr_designs = config.designs.len().min(abi::MAX_DESIGNS) as u32;
+        for (slot, d) in control.designs.iter_mut().zip(&config.designs) {
+            *slot = *d as u32;
+        }
+        control.guest_preempt_prob = per_65536(config.guest_preempt_prob);
+        control.alloc_fail_prob = per_65536(config.alloc_fail_prob);
+        control.csd_watchdog_us = u32::try_from(config.csd_watchdog.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(1);
         if config.workload == Workload::Spin {
             control.pv_flags |= pv_flags::STEAL_TIME;
         }

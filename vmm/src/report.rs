@@ -97,3 +97,186 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     }
     out
 }
+
+fn us(cycles: u64, tsc_khz: u64) -> String {
+    format!("{:.1}", cycles_to_us(cycles, tsc_khz))
+}
+
+/// The side-by-side table of a per-design run, one column per design, and
+/// the result as ratios against `upstream` (when it ran).
+pub fn designs_text(r: &BootReport) -> String {
+    let designs = &r.guest.designs;
+    let khz = r.tsc_khz;
+    let mut out = String::new();
+    let width = designs
+        .iter()
+        .map(|d| d.design.name().len())
+        .max()
+        .unwrap_or(8)
+        .max(10)
+        + 2;
+    let row = |out: &mut String, label: &str, cells: Vec<String>| {
+        let _ = write!(out, "{label:<24}");
+        for c in cells {
+            let _ = write!(out, "{c:>width$}");
+        }
+        let _ = writeln!(out);
+    };
+    row(
+        &mut out,
+        "design",
+        designs
+            .iter()
+            .map(|d| d.design.name().to_string())
+            .collect(),
+    );
+    let per = |f: &dyn Fn(&crate::results::DesignReport) -> String| {
+        designs.iter().map(f).collect::<Vec<_>>()
+    };
+    row(&mut out, "calls", per(&|d| d.calls.to_string()));
+    row(
+        &mut out,
+        "calls/s",
+        per(&|d| {
+            format!(
+                "{:.0}",
+                d.calls as f64 / (cycles_to_us(d.phase_cycles, khz) / 1e6).max(1e-9)
+            )
+        }),
+    );
+    row(
+        &mut out,
+        "call p50 (us)",
+        per(&|d| us(d.call_latency.quantile_ppm(500_000), khz)),
+    );
+    row(
+        &mut out,
+        "call p99 (us)",
+        per(&|d| us(d.call_latency.quantile_ppm(990_000), khz)),
+    );
+    row(
+        &mut out,
+        "call p99.9 (us)",
+        per(&|d| us(d.call_latency.quantile_ppm(999_000), khz)),
+    );
+    row(
+        &mut out,
+        "call max (us)",
+        per(&|d| us(d.call_latency.max, khz)),
+    );
+    row(
+        &mut out,
+        "probe p50 (us)",
+        per(&|d| us(d.sched_latency.quantile_ppm(500_000), khz)),
+    );
+    row(
+        &mut out,
+        "probe p99 (us)",
+        per(&|d| us(d.sched_latency.quantile_ppm(990_000), khz)),
+    );
+    row(
+        &mut out,
+        "probe max (us)",
+        per(&|d| us(d.sched_latency.max, khz)),
+    );
+    row(
+        &mut out,
+        "waits preempted",
+        per(&|d| d.waits_preempted.to_string()),
+    );
+    row(
+        &mut out,
+        "waits migrated",
+        per(&|d| d.waits_migrated.to_string()),
+    );
+    row(&mut out, "violations", per(&|d| d.violations.to_string()));
+    row(
+        &mut out,
+        "first violation (ms)",
+        per(&|d| {
+            d.first_violation_cycles
+                .map_or("-".into(), |c| format!("{:.1}", cycles_to_us(c, khz) / 1e3))
+        }),
+    );
+    row(
+        &mut out,
+        "extra B/task",
+        per(&|d| d.mask_bytes_per_task.to_string()),
+    );
+    row(
+        &mut out,
+        "mask B/call on stack",
+        per(&|d| d.stack_bytes_per_call.to_string()),
+    );
+    row(
+        &mut out,
+        "mask allocs/frees",
+        per(&|d| format!("{}/{}", d.mask_allocs, d.mask_frees)),
+    );
+    row(&mut out, "fallbacks", per(&|d| d.fallbacks.to_string()));
+    row(
+        &mut out,
+        "csd watchdog",
+        per(&|d| d.csd_watchdog_fires.to_string()),
+    );
+    row(
+        &mut out,
+        "task create (us)",
+        per(&|d| us(d.task_create_mean_cycles, khz)),
+    );
+    if let Some(stack) = designs.iter().find(|d| d.design == abi::Design::Stack) {
+        let _ = writeln!(
+            out,
+            "stack: the on-stack mask is {} B per call at this vCPU count, {} B at Linux's NR_CPUS=8192",
+            stack.stack_bytes_per_call,
+            8192 / 8
+        );
+    }
+    if let Some(base) = designs.iter().find(|d| d.design == abi::Design::Upstream) {
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                "n/a".to_string()
+            } else {
+                format!("{:.2}x", a as f64 / b as f64)
+            }
+        };
+        for d in designs.iter().filter(|d| d.design != abi::Design::Upstream) {
+            let _ = writeln!(
+                out,
+                "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task",
+                d.design.name(),
+                ratio(
+                    d.sched_latency.quantile_ppm(990_000),
+                    base.sched_latency.quantile_ppm(990_000)
+                ),
+                ratio(
+                    d.call_latency.quantile_ppm(990_000),
+                    base.call_latency.quantile_ppm(990_000)
+                ),
+                ratio(d.calls, base.calls),
+                d.mask_bytes_per_task
+            );
+        }
+    }
+    for d in designs.iter().filter(|d| !d.design.expected_safe()) {
+        match d.first_violation_cycles {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "{}: the checker caught it: {} violations, the first {:.1} ms into the phase (expected: this design is wrong on purpose)",
+                    d.design.name(),
+                    d.violations,
+                    cycles_to_us(c, khz) / 1e3
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{}: NOT caught in this run (no violation seen): raise --guest-preempt-prob or --duration",
+                    d.design.name()
+                );
+            }
+        }
+    }
+    out
+}

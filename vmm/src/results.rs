@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use abi::{
-    panic_state, verdict, FieldError, Histogram, Pod, SharedPage, TaskProgress, VcpuResults,
-    VcpuStatus,
+    panic_state, verdict, Design, DesignResults, FieldError, Histogram, Pod, SharedPage,
+    TaskProgress, VcpuResults, VcpuStatus, ViolationRecord,
 };
 
 use crate::machine::{BootReport, MachineConfig};
@@ -251,6 +251,117 @@ pub struct VcpuCounters {
     pub ipis_received: u64,
 }
 
+/// One design's results, validated.
+#[derive(Debug, Clone)]
+pub struct DesignReport {
+    /// The design.
+    pub design: Design,
+    /// Cross calls completed.
+    pub calls: u64,
+    /// Callbacks run.
+    pub callbacks: u64,
+    /// Invariant violations.
+    pub violations: u64,
+    /// Time from phase start to the first violation (cycles).
+    pub first_violation_cycles: Option<u64>,
+    /// Waits during which the waiting task was switched out.
+    pub waits_preempted: u64,
+    /// Waits that resumed on another vCPU.
+    pub waits_migrated: u64,
+    /// Extra bytes each task carries.
+    pub mask_bytes_per_task: u64,
+    /// Stack bytes per call for the mask (stack design).
+    pub stack_bytes_per_call: u64,
+    /// Mask allocations.
+    pub mask_allocs: u64,
+    /// Mask frees.
+    pub mask_frees: u64,
+    /// Fallbacks to the pinned wait (alloc-in-path).
+    pub fallbacks: u64,
+    /// csd-lock waits over the watchdog threshold.
+    pub csd_watchdog_fires: u64,
+    /// Requests the checker could not track, plus tasks that could not be created.
+    pub unchecked: u64,
+    /// Tasks created in the phase.
+    pub tasks_created: u64,
+    /// Mean task creation time (cycles).
+    pub task_create_mean_cycles: u64,
+    /// Phase length (cycles).
+    pub phase_cycles: u64,
+    /// Cross-call latency (cycles).
+    pub call_latency: Histogram,
+    /// Probe lateness during the phase (cycles).
+    pub sched_latency: Histogram,
+    /// The first violations.
+    pub violation_log: Vec<ViolationRecord>,
+}
+
+fn design_report(
+    d: &DesignResults,
+    expected: Design,
+    index: usize,
+) -> Result<DesignReport, FieldError> {
+    let field = |name| FieldError {
+        field: name,
+        found: 0,
+        expected: "",
+    };
+    if d.valid != 1 {
+        return Err(FieldError {
+            found: d.valid.into(),
+            expected: "1 (results written)",
+            ..field("designs[].valid")
+        });
+    }
+    if d.design != expected as u32 {
+        return Err(FieldError {
+            found: d.design.into(),
+            expected: "the design run in this slot",
+            ..field("designs[].design")
+        });
+    }
+    d.call_latency.validate("designs[].call_latency")?;
+    d.sched_latency.validate("designs[].sched_latency")?;
+    let logged = d.violations.min(8) as usize;
+    let log = d.violation_log[..logged].to_vec();
+    if log
+        .iter()
+        .any(|v| !(abi::violation::NOT_RUN..=abi::violation::LOST).contains(&v.kind))
+    {
+        return Err(FieldError {
+            found: index as u64,
+            expected: "known violation kinds",
+            ..field("designs[].violation_log")
+        });
+    }
+    Ok(DesignReport {
+        design: expected,
+        calls: d.calls,
+        callbacks: d.callbacks,
+        violations: d.violations,
+        first_violation_cycles: (d.first_violation_cycles != u64::MAX)
+            .then_some(d.first_violation_cycles),
+        waits_preempted: d.waits_preempted,
+        waits_migrated: d.waits_migrated,
+        mask_bytes_per_task: d.mask_bytes_per_task,
+        stack_bytes_per_call: d.stack_bytes_per_call,
+        mask_allocs: d.mask_allocs,
+        mask_frees: d.mask_frees,
+        fallbacks: d.fallbacks,
+        csd_watchdog_fires: d.csd_watchdog_fires,
+        unchecked: d.unchecked,
+        tasks_created: d.tasks_created,
+        task_create_mean_cycles: d
+            .task_create_cycles
+            .checked_div(d.tasks_created)
+            .unwrap_or(0),
+        phase_cycles: d.phase_cycles,
+        call_latency: d.call_latency,
+        sched_latency: d.sched_latency,
+        violation_log: log,
+    })
+}
+
 /// What the guest kernel reported beyond the boot.
 #[derive(Debug, Clone, Default)]
 pub struct GuestReport {
@@ -282,6 +393,8 @@ pub struct GuestReport {
     pub hogs: Vec<TaskProgress>,
     /// Workload length as the guest measured it (cycles).
     pub workload_cycles: u64,
+    /// Per-design results (ping and shootdown workloads).
+    pub designs: Vec<DesignReport>,
 }
 
 fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
@@ -302,6 +415,7 @@ pub fn guest_report(
     page: &SharedPage,
     per_vcpu: &[VcpuResults],
     vcpus: u32,
+    designs: &[Design],
 ) -> Result<GuestReport, FieldError> {
     let r = &page.results;
     let statuses = vcpu_statuses(page, vcpus)?;
@@ -356,6 +470,11 @@ pub fn guest_report(
             .filter(|h| h.iterations > 0)
             .collect(),
         workload_cycles: r.workload_end_tsc - r.workload_start_tsc,
+        designs: designs
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| design_report(&page.designs[i], d, i))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -393,7 +512,8 @@ pub fn boot_report(
         tsc_khz,
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
-        guest: guest_report(page, per_vcpu, config.vcpus).map_err(FailureKind::InvalidResults)?,
+        guest: guest_report(page, per_vcpu, config.vcpus, &config.ran_designs())
+            .map_err(FailureKind::InvalidResults)?,
         host: Default::default(),
     })
 }

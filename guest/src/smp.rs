@@ -1,0 +1,472 @@
+//! Cross-CPU function calls with Linux's semantics (kernel/smp.c): a
+//! `call_single_data` (csd) per request, locked by its single writer with
+//! CSD_FLAG_LOCK and unlocked by the target once the callback ran (sync) or
+//! is about to run (async); a lock-free per-CPU call queue (an llist whose
+//! push says whether it was empty, so an IPI goes out only when a queue
+//! goes from empty to non-empty); the IPI handler that drains it, synchronous
+//! entries first ("people are waiting for us").
+//!
+//! [`smp_call_function_many_cond`] is the core routine; the public wrappers
+//! are thin. Queueing and sending always run pinned (preemption disabled):
+//! they use this CPU's `cfd` (one csd per target and the `cpumask_ipi`
+//! scratch mask). What happens to the final wait is the design's business
+//! (crate::mask): the upstream design stays pinned, the series' designs
+//! re-enable preemption first and wait on a mask the task owns.
+//!
+//! csds are allocated once per CPU (on its first cross call) and never
+//! freed, so a waiter that migrated can still poll the csds it queued.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use abi::{vector, Design, MAX_VCPUS};
+
+use crate::cpumask::{for_each_cpu, nr_cpu_ids, nr_words, CpuMask, SharedMask};
+use crate::{apic, checker, cpu, mask, percpu, sched};
+
+/// The csd is in use (set by its writer, cleared by the target).
+const CSD_FLAG_LOCK: u32 = 0x01;
+/// A waiter spins on this csd: unlock only after the callback ran.
+const CSD_TYPE_SYNC: u32 = 0x10;
+
+/// A cross-call callback: `func(info)`.
+pub type CallFn = fn(usize);
+/// A per-CPU condition: run on `cpu` only if `cond(cpu, info)`.
+pub type CondFn = fn(u32, usize) -> bool;
+
+fn nop(_: usize) {}
+
+/// `call_single_data`.
+pub struct Csd {
+    next: UnsafeCell<*mut Csd>,
+    flags: AtomicU32,
+    func: UnsafeCell<CallFn>,
+    info: UnsafeCell<usize>,
+}
+
+// SAFETY: `func`, `info` and `next` are written only by the csd's single
+// writer while it holds CSD_FLAG_LOCK and the csd is in no queue, or by the
+// target that drained it from its queue; the lock flag and the queue
+// head (atomics) order those hand-overs.
+unsafe impl Sync for Csd {}
+
+impl Csd {
+    /// An unlocked csd.
+    pub const fn new() -> Self {
+        Csd {
+            next: UnsafeCell::new(ptr::null_mut()),
+            flags: AtomicU32::new(0),
+            func: UnsafeCell::new(nop),
+            info: UnsafeCell::new(0),
+        }
+    }
+
+    /// Whether the csd is locked (a callback pending or running).
+    pub fn locked(&self) -> bool {
+        // Acquire: pairs with the Release in csd_unlock, so a waiter that
+        // sees the flag clear also sees what the callback wrote.
+        self.flags.load(Ordering::Acquire) & CSD_FLAG_LOCK != 0
+    }
+}
+
+/// Per-CPU call queues (llist heads).
+static QUEUES: [AtomicPtr<Csd>; MAX_VCPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];
+/// Per-CPU csd for asynchronous single calls (`csd_data`).
+static CSD_DATA: [Csd; MAX_VCPUS] = [const { Csd::new() }; MAX_VCPUS];
+/// Per-CPU cfd, allocated on first use, never freed.
+static CFD: [AtomicPtr<Cfd>; MAX_VCPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];
+/// Set while a CPU runs callbacks (for the csd-lock watchdog report).
+static IN_CALLBACK: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+
+/// A CPU's `call_function_data`.
+pub struct Cfd {
+    /// One csd per target CPU.
+    pub csd: Box<[Csd]>,
+    /// Targets of the current call (`cfd->cpumask`): written by the owner
+    /// while pinned; read by the upstream wait and by the unsafe design.
+    pub cpumask: SharedMask,
+    /// Targets whose queue went from empty to non-empty (owner only).
+    cpumask_ipi: UnsafeCell<CpuMask>,
+}
+
+// SAFETY: `csd` entries are Sync; `cpumask` is atomic; `cpumask_ipi` is
+// only touched by the owning CPU while pinned.
+unsafe impl Sync for Cfd {}
+
+/// CPU `cpu`'s cfd. Allocated by that CPU (pinned) on its first call.
+pub fn cfd_of(cpu: u32) -> &'static Cfd {
+    let slot = &CFD[cpu as usize];
+    let mut p = slot.load(Ordering::Acquire);
+    if p.is_null() {
+        debug_assert_eq!(cpu, percpu::cpu_id(), "only the owner allocates its cfd");
+        let csd: Vec<Csd> = (0..nr_cpu_ids()).map(|_| Csd::new()).collect();
+        let cfd = Box::new(Cfd {
+            csd: csd.into_boxed_slice(),
+            cpumask: SharedMask::new(),
+            cpumask_ipi: UnsafeCell::new(CpuMask::new()),
+        });
+        p = Box::into_raw(cfd);
+        // Release: the initialised cfd before its pointer.
+        slot.store(p, Ordering::Release);
+    }
+    // SAFETY: cfds are never freed.
+    unsafe { &*p }
+}
+
+/// Statistics of the current design phase.
+pub struct SmpStats {
+    /// Calls completed.
+    pub calls: AtomicU64,
+    /// Waits during which the task was switched out.
+    pub waits_preempted: AtomicU64,
+    /// Waits that ended on another CPU than they started.
+    pub waits_migrated: AtomicU64,
+    /// csd-lock waits over the watchdog threshold.
+    pub watchdog_fires: AtomicU64,
+}
+
+/// Counters of the current phase.
+pub static STATS: SmpStats = SmpStats {
+    calls: AtomicU64::new(0),
+    waits_preempted: AtomicU64::new(0),
+    waits_migrated: AtomicU64::new(0),
+    watchdog_fires: AtomicU64::new(0),
+};
+
+/// Phase settings (BSP, between phases).
+pub struct SmpParams {
+    /// The [`Design`] code in force.
+    pub design: AtomicU32,
+    /// Guest forced preemption per wait spin, in 1/65536.
+    pub guest_preempt_prob: AtomicU32,
+    /// csd-lock watchdog threshold in cycles.
+    pub watchdog_cycles: AtomicU64,
+}
+
+/// The settings.
+pub static PARAMS: SmpParams = SmpParams {
+    design: AtomicU32::new(0),
+    guest_preempt_prob: AtomicU32::new(0),
+    watchdog_cycles: AtomicU64::new(u64::MAX),
+};
+
+/// The design in force.
+pub fn design() -> Design {
+    Design::try_from(PARAMS.design.load(Ordering::Relaxed)).unwrap_or(Design::Upstream)
+}
+
+/// Resets the phase counters.
+pub fn reset_stats() {
+    for c in [
+        &STATS.calls,
+        &STATS.waits_preempted,
+        &STATS.waits_migrated,
+        &STATS.watchdog_fires,
+    ] {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `csd` is unlocked, then locks it (single writer: we are
+/// pinned on the csd's owning CPU, or it is on our stack).
+fn csd_lock(csd: &Csd) {
+    while csd.locked() {
+        cpu::pause();
+    }
+    csd.flags.store(CSD_FLAG_LOCK, Ordering::Relaxed);
+}
+
+/// Unlocks `csd` (target side).
+fn csd_unlock(csd: &Csd) {
+    // Release: the callback's effects (sync) before the waiter sees it done.
+    csd.flags.store(0, Ordering::Release);
+}
+
+/// Fills a locked csd and queues it on `target`; true if an IPI is needed.
+fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool {
+    if csd.flags.load(Ordering::Relaxed) & CSD_FLAG_LOCK == 0 {
+        // Invariant 2: a csd is written only by the holder of its lock.
+        checker::record_csd_reinit(target);
+    }
+    // SAFETY: we hold CSD_FLAG_LOCK and the csd is in no queue (the target
+    // unlinks it before unlocking), so nobody else touches these fields.
+    unsafe {
+        *csd.func.get() = func;
+        *csd.info.get() = info;
+    }
+    if sync {
+        csd.flags
+            .store(CSD_FLAG_LOCK | CSD_TYPE_SYNC, Ordering::Relaxed);
+    }
+    let head = &QUEUES[target as usize];
+    let me = csd as *const Csd as *mut Csd;
+    let mut old = head.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: as above: our csd, not yet visible to the target.
+        unsafe { *csd.next.get() = old };
+        // Release: the csd's fields before the target can see the csd.
+        match head.compare_exchange_weak(old, me, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return old.is_null(),
+            Err(now) => old = now,
+        }
+    }
+}
+
+fn send_call_ipi(target: u32) {
+    apic::send_ipi(target, vector::CALL_FUNCTION);
+}
+
+/// The CALL_FUNCTION IPI: drains this CPU's queue, synchronous entries
+/// first. Runs with interrupts off.
+pub fn handle_ipi() {
+    let me = percpu::cpu_id() as usize;
+    IN_CALLBACK[me].store(true, Ordering::Relaxed);
+    // Acquire: pairs with the Release push in `queue`.
+    let mut head = QUEUES[me].swap(ptr::null_mut(), Ordering::Acquire);
+    // SAFETY: every csd in the drained list is locked and ours until we
+    // unlock it; after csd_unlock we never touch it again (its owner may
+    // reuse it, or return from the stack frame holding it).
+    unsafe {
+        // llist order is newest first: reverse to queue order.
+        let mut prev = ptr::null_mut();
+        while !head.is_null() {
+            let next = *(*head).next.get();
+            *(*head).next.get() = prev;
+            prev = head;
+            head = next;
+        }
+        head = prev;
+        // First: synchronous callbacks, unlinked before they are unlocked.
+        let mut link: *mut *mut Csd = &mut head;
+        while !(*link).is_null() {
+            let csd = &**link;
+            if csd.flags.load(Ordering::Relaxed) & CSD_TYPE_SYNC != 0 {
+                *link = *csd.next.get();
+                (*csd.func.get())(*csd.info.get());
+                csd_unlock(csd);
+            } else {
+                link = csd.next.get();
+            }
+        }
+        // Then asynchronous ones: copy, unlock, run.
+        let mut cur = head;
+        while !cur.is_null() {
+            let csd = &*cur;
+            cur = *csd.next.get();
+            let (func, info) = (*csd.func.get(), *csd.info.get());
+            csd_unlock(csd);
+            func(info);
+        }
+    }
+    IN_CALLBACK[me].store(false, Ordering::Relaxed);
+}
+
+/// Spins until `csd` is unlocked. If `preemptible`, the spin may be
+/// preempted (and moved to another CPU), and yields with the guest-side
+/// forced-preemption probability. A wait past the watchdog threshold is
+/// counted and the IPI resent once (CSD_LOCK_WAIT_DEBUG).
+pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
+    if !csd.locked() {
+        return;
+    }
+    let start = cpu::rdtsc();
+    let limit = PARAMS.watchdog_cycles.load(Ordering::Relaxed);
+    let chance = u64::from(PARAMS.guest_preempt_prob.load(Ordering::Relaxed));
+    let mut resent = false;
+    while csd.locked() {
+        cpu::pause();
+        if preemptible && chance > 0 && (percpu::random() & 0xffff) < chance {
+            sched::yield_now();
+        }
+        if !resent && cpu::rdtsc().wrapping_sub(start) > limit {
+            resent = true;
+            let fires = STATS.watchdog_fires.fetch_add(1, Ordering::Relaxed);
+            let busy = IN_CALLBACK[target as usize].load(Ordering::Relaxed);
+            // Reported on the console for the first few of a phase only;
+            // all are counted.
+            if fires < 3 {
+                crate::console::println!(
+                "csd-lock watchdog: waiting for vCPU {} (running a callback: {}); resending the IPI",
+                crate::fmt::Dec(target),
+                    if busy { "yes" } else { "no" }
+                );
+            }
+            send_call_ipi(target);
+        }
+    }
+}
+
+/// Where a design's wait reads its mask from.
+pub enum WaitSet<'a> {
+    /// Words the waiting task owns (task-local, stack, allocated).
+    Owned(&'a [u64]),
+    /// A mask that can change under the waiter (the per-CPU cfd mask).
+    Live(&'a SharedMask),
+}
+
+impl WaitSet<'_> {
+    fn word(&self, i: usize) -> u64 {
+        match self {
+            WaitSet::Owned(w) => w.get(i).copied().unwrap_or(0),
+            WaitSet::Live(m) => m.word(i),
+        }
+    }
+
+    /// `cpumask_next()`: the first CPU >= `from` in the set, reading the
+    /// mask as it is now (as Linux's for_each_cpu() does at every step; a
+    /// per-CPU mask overwritten meanwhile misleads the waiter right here).
+    fn next(&self, from: u32) -> Option<u32> {
+        let nr = nr_cpu_ids();
+        let mut i = from as usize / 64;
+        let mut w = self.word(i) & (u64::MAX << (from % 64));
+        loop {
+            if w != 0 {
+                let c = i as u32 * 64 + w.trailing_zeros();
+                return (c < nr).then_some(c);
+            }
+            i += 1;
+            if i >= nr_words() {
+                return None;
+            }
+            w = self.word(i);
+        }
+    }
+}
+
+/// Waits for every csd of `set` in `cfd` (the cfd of the CPU that queued).
+pub fn wait_all(set: &WaitSet<'_>, cfd: &Cfd, preemptible: bool) {
+    let task = sched::current();
+    let (switches, cpu0) = (task.switches.load(Ordering::Relaxed), percpu::cpu_id());
+    let mut from = 0;
+    while let Some(c) = set.next(from) {
+        csd_lock_wait(&cfd.csd[c as usize], c, preemptible);
+        from = c + 1;
+    }
+    if preemptible {
+        if task.switches.load(Ordering::Relaxed) != switches {
+            STATS.waits_preempted.fetch_add(1, Ordering::Relaxed);
+        }
+        if percpu::cpu_id() != cpu0 {
+            STATS.waits_migrated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `smp_call_function_many_cond()`: runs `func(info)` on every CPU of
+/// `targets` (and this one if `run_local`) for which `cond` holds; with
+/// `wait`, returns only after all of them ran it. Must be called with
+/// interrupts enabled (a waiter services incoming calls) and not pinned:
+/// it pins itself where it must (invariant 8).
+pub fn smp_call_function_many_cond(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    run_local: bool,
+    cond: Option<CondFn>,
+) {
+    debug_assert!(
+        cpu::rflags() & cpu::RFLAGS_IF != 0,
+        "cross calls need interrupts on"
+    );
+    // Acquire the csds, queue and send under one pin (invariant 1).
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    let cfd = cfd_of(this);
+    let run_local = run_local && targets.test(this) && cond.is_none_or(|c| c(this, info));
+    let mut remote = *targets;
+    remote.words[this as usize / 64] &= !(1 << (this % 64));
+    cfd.cpumask.store(&remote);
+    // SAFETY: owner-only scratch mask, and we are pinned.
+    let ipi = unsafe { &mut *cfd.cpumask_ipi.get() };
+    *ipi = CpuMask::new();
+    let (mut nr_ipi, mut last) = (0u32, 0u32);
+    for_each_cpu(
+        nr_words(),
+        |i| remote.words[i],
+        |c| {
+            if cond.is_some_and(|f| !f(c, info)) {
+                cfd.cpumask.clear_cpu(c);
+                return;
+            }
+            let csd = &cfd.csd[c as usize];
+            csd_lock(csd);
+            if queue(c, csd, func, info, wait) {
+                ipi.set(c);
+                nr_ipi += 1;
+                last = c;
+            }
+        },
+    );
+    if nr_ipi == 1 {
+        send_call_ipi(last);
+    } else if nr_ipi > 1 {
+        for_each_cpu(nr_words(), |i| ipi.words[i], send_call_ipi);
+    }
+    if run_local {
+        let irq = cpu::irq_save();
+        func(info);
+        cpu::irq_restore(irq);
+    }
+    if wait {
+        // The design decides where the wait set lives and whether the wait
+        // is preemptible; it re-enables preemption (invariant 9: after
+        // that, the current CPU may differ from `this`).
+        mask::wait(cfd);
+    } else {
+        sched::preempt_enable();
+    }
+    STATS.calls.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `on_each_cpu_cond_mask()`: [`smp_call_function_many_cond`] including
+/// this CPU, with no outer pin of its own.
+pub fn on_each_cpu_cond_mask(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    cond: Option<CondFn>,
+) {
+    smp_call_function_many_cond(targets, func, info, wait, true, cond);
+}
+
+/// `smp_call_function_single()`: runs `func(info)` on `target`. With
+/// `wait`, the csd lives on the caller's stack and the call returns after
+/// the callback ran; the wait is preemptible except in the upstream
+/// design. Without `wait`, this CPU's `csd_data` is used.
+pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bool) {
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    if target == this {
+        let irq = cpu::irq_save();
+        func(info);
+        cpu::irq_restore(irq);
+        sched::preempt_enable();
+    } else if wait {
+        let csd = Csd::new();
+        csd_lock(&csd);
+        if queue(target, &csd, func, info, true) {
+            send_call_ipi(target);
+        }
+        if design() == Design::Upstream {
+            csd_lock_wait(&csd, target, false);
+            sched::preempt_enable();
+        } else {
+            // The csd is ours (on this stack), so the wait may move.
+            sched::preempt_enable();
+            csd_lock_wait(&csd, target, true);
+        }
+    } else {
+        let csd = &CSD_DATA[this as usize];
+        csd_lock(csd);
+        if queue(target, csd, func, info, false) {
+            send_call_ipi(target);
+        }
+        sched::preempt_enable();
+    }
+    STATS.calls.fetch_add(1, Ordering::Relaxed);
+}
