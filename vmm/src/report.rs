@@ -30,6 +30,7 @@ pub fn latency_summary(h: &Histogram, tsc_khz: u64) -> String {
 /// task accounting.
 pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     let g = &r.guest;
+    let per_design = !g.designs.is_empty();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -38,46 +39,58 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     );
     let _ = writeln!(
         out,
-        "workload {:?} for {:.2} s (guest-measured {:.2} s), {} task(s) per vCPU, forced migration {}",
+        "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {} task(s) per vCPU, forced migration {}",
         config.workload,
         config.duration.as_secs_f64(),
+        if per_design { " per design" } else { "" },
         cycles_to_us(g.workload_cycles, r.tsc_khz) / 1e6,
         config.tasks_per_cpu,
         config.forced_migration
     );
-    let _ = writeln!(
-        out,
-        "sched latency (probe): {}",
-        latency_summary(&g.probe, r.tsc_khz)
-    );
-    let _ = writeln!(
-        out,
-        "{:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10} {:>10}",
-        "vCPU",
-        "ctxsw",
-        "preempt",
-        "migr-in",
-        "ticks",
-        "ipi-tx",
-        "ipi-rx",
-        "probe-p99",
-        "probe-max"
-    );
-    for (i, c) in g.vcpus.iter().enumerate() {
-        let h = g.probe_per_vcpu.get(i).copied().unwrap_or_default();
+    // With one phase per design, the probe is reported per design (below);
+    // here only the whole-run counters.
+    if !per_design {
         let _ = writeln!(
             out,
-            "{:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8.1}us {:>8.1}us",
+            "sched latency (probe): {}",
+            latency_summary(&g.probe, r.tsc_khz)
+        );
+    }
+    let probe_cols = if per_design {
+        ""
+    } else {
+        "  probe-p99  probe-max"
+    };
+    let _ = writeln!(
+        out,
+        "{:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}{probe_cols}",
+        "vCPU", "ctxsw", "preempt", "migr-in", "ticks", "ipi-tx", "ipi-rx"
+    );
+    for (i, c) in g.vcpus.iter().enumerate().take(16) {
+        let h = g.probe_per_vcpu.get(i).copied().unwrap_or_default();
+        let probe = if per_design {
+            String::new()
+        } else {
+            format!(
+                " {:>8.1}us {:>8.1}us",
+                cycles_to_us(h.quantile_ppm(990_000), r.tsc_khz),
+                cycles_to_us(h.max, r.tsc_khz)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}{probe}",
             i,
             c.context_switches,
             c.preemptions,
             c.migrations_in,
             c.ticks,
             c.ipis_sent,
-            c.ipis_received,
-            cycles_to_us(h.quantile_ppm(990_000), r.tsc_khz),
-            cycles_to_us(h.max, r.tsc_khz)
+            c.ipis_received
         );
+    }
+    if g.vcpus.len() > 16 {
+        let _ = writeln!(out, "... {} more vCPUs", g.vcpus.len() - 16);
     }
     let _ = writeln!(
         out,
