@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod console;
+pub mod fuzzing;
 pub mod inject;
 pub mod loader;
 pub mod machine;
