@@ -59,7 +59,7 @@ pub mod layout {
     pub const BOOT_STACKS_ADDR: u64 = 0x100_0000;
     /// Size of one boot stack.
     pub const BOOT_STACK_SIZE: u64 = 0x4000;
-    /// Per-vCPU results ([`VcpuResults`]), vCPU `i` at
+    /// Per-vCPU results ([`VcpuResults`](super::VcpuResults)), vCPU `i` at
     /// `VCPU_RESULTS_ADDR + i * size_of::<VcpuResults>()`.
     pub const VCPU_RESULTS_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
     /// Room reserved for the per-vCPU results.
@@ -218,7 +218,26 @@ pub enum TestHook {
     BadOnlineCount = 5,
     /// A user task reads kernel-only memory (a page fault from CPL3).
     UserFault = 6,
+    /// The hooked vCPU (use the BSP) scribbles seeded random bytes over
+    /// the results block (all but its magic and version), the status
+    /// entries and the per-vCPU results, then reports Done as usual.
+    Garbage = 7,
+    /// The hooked vCPU writes [`FLOOD_BYTES`] of console output without a
+    /// newline, then goes on normally.
+    ConsoleFlood = 8,
+    /// The hooked AP halts for good before it comes online (a vCPU that
+    /// ends early): the BSP waits for it until the watchdog fires.
+    HaltEarly = 9,
+    /// The hooked AP reports [`GuestStatus::Done`] itself, which only the
+    /// BSP may do, then halts for good.
+    DoneFromAp = 10,
+    /// The hooked AP comes online, waits until the workload has run for
+    /// half its duration, then triple-faults while the others run.
+    TripleFaultLate = 11,
 }
+
+/// Console bytes written by [`TestHook::ConsoleFlood`].
+pub const FLOOD_BYTES: usize = 1 << 20;
 
 impl TryFrom<u32> for TestHook {
     type Error = u32;
@@ -231,6 +250,11 @@ impl TryFrom<u32> for TestHook {
             4 => TestHook::BadResultsMagic,
             5 => TestHook::BadOnlineCount,
             6 => TestHook::UserFault,
+            7 => TestHook::Garbage,
+            8 => TestHook::ConsoleFlood,
+            9 => TestHook::HaltEarly,
+            10 => TestHook::DoneFromAp,
+            11 => TestHook::TripleFaultLate,
             other => return Err(other),
         })
     }
@@ -879,10 +903,10 @@ mod tests {
             assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
         }
         assert_eq!(GuestStatus::try_from(0), Err(0));
-        for h in 0..=6 {
+        for h in 0..=11 {
             assert_eq!(TestHook::try_from(h).map(|h| h as u32), Ok(h));
         }
-        assert_eq!(TestHook::try_from(7), Err(7));
+        assert_eq!(TestHook::try_from(12), Err(12));
     }
 
     #[test]

@@ -194,6 +194,7 @@ fn ap_main(index: u32) -> ! {
     init_cpu(index, control.seed);
     sched::start_cpu(false);
     come_online(index, control.nr_vcpus);
+    run_late_test_hook(&control, index);
     if control.workload == Workload::Spin as u32 {
         // Spin (interrupts still off) only once every vCPU is online.
         while online_counter().load(Ordering::Acquire) < control.nr_vcpus {
@@ -215,6 +216,68 @@ fn run_test_hook(control: &abi::Control, index: u32) {
         Ok(TestHook::Hang) => loop {
             cpu::pause();
         },
+        Ok(TestHook::Garbage) => scribble(control),
+        Ok(TestHook::ConsoleFlood) => {
+            static CHUNK: [u8; 4096] = [b'#'; 4096];
+            for _ in 0..abi::FLOOD_BYTES / CHUNK.len() {
+                cpu::outsb(Port::Console as u16, &CHUNK);
+            }
+        }
+        Ok(TestHook::HaltEarly) => cpu::halt_forever(),
+        Ok(TestHook::DoneFromAp) if index != 0 => {
+            cpu::outl(Port::Status as u16, GuestStatus::Done as u32);
+            cpu::halt_forever()
+        }
         _ => {}
     }
+}
+
+/// The hook that fires on an AP once every vCPU is online: wait until the
+/// workload has run for about half its duration, then triple-fault.
+fn run_late_test_hook(control: &abi::Control, index: u32) {
+    if control.test_hook_vcpu != index || control.test_hook != TestHook::TripleFaultLate as u32 {
+        return;
+    }
+    while online_counter().load(Ordering::Acquire) < control.nr_vcpus {
+        cpu::pause();
+    }
+    let start = cpu::rdtsc();
+    let wait = control.tsc_khz.max(1) * (control.duration_us / 2000);
+    while cpu::rdtsc().wrapping_sub(start) < wait {
+        cpu::pause();
+    }
+    cpu::triple_fault()
+}
+
+/// [`TestHook::Garbage`]: seeded random bytes over the results block (all
+/// but its magic, version and online count), every vCPU's status entry and
+/// every vCPU's results.
+fn scribble(control: &abi::Control) {
+    let mut x = control.seed | 1;
+    let mut fill = |start: *mut u8, len: usize| {
+        let words = start.cast::<u64>();
+        for i in 0..len / 8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // SAFETY: callers pass 8-byte aligned areas of the shared page
+            // or of the per-vCPU results that this guest owns; nothing else
+            // reads them until the VMM copies them out (the BSP is the only
+            // writer left at this point).
+            unsafe { words.add(i).write_volatile(x) };
+        }
+    };
+    let nr = control.nr_vcpus as usize;
+    // Results is 8-byte aligned; bytes 0..16 are magic, version, nr_online.
+    // SAFETY: offset 16 is inside the results block.
+    let results = unsafe { shared::results().cast::<u8>().add(16) };
+    fill(results, core::mem::size_of::<abi::Results>() - 16);
+    fill(
+        shared::vcpu(0).cast(),
+        nr * core::mem::size_of::<abi::VcpuStatus>(),
+    );
+    fill(
+        layout::vcpu_results_addr(0) as *mut u8,
+        nr * core::mem::size_of::<abi::VcpuResults>(),
+    );
 }

@@ -197,7 +197,7 @@ pub fn run(control: &Control) {
         _ => sched::sleep_until(end),
     }
     // Wait (bounded) for every workload task to exit and be freed.
-    let give_up = cpu::rdtsc() + 5_000_000 * cycles_per_us;
+    let give_up = cpu::rdtsc() + 60_000_000 * cycles_per_us; // the VMM watchdog bounds the run
     while sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed)
         > live_before
         && cpu::rdtsc() < give_up
@@ -348,7 +348,7 @@ pub fn run_designs(control: &Control) {
         let end = start + control.duration_us * cycles_per_us;
         END_TSC.store(end, Ordering::Relaxed);
         sched::sleep_until(end);
-        let give_up = cpu::rdtsc() + 10_000_000 * cycles_per_us;
+        let give_up = cpu::rdtsc() + 60_000_000 * cycles_per_us; // the VMM watchdog bounds the run
         while sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed)
             > live_before
             && cpu::rdtsc() < give_up

@@ -246,6 +246,11 @@ enum HookArg {
     BadResultsMagic,
     BadOnlineCount,
     UserFault,
+    Garbage,
+    ConsoleFlood,
+    HaltEarly,
+    DoneFromAp,
+    TripleFaultLate,
 }
 
 impl From<HookArg> for TestHook {
@@ -258,6 +263,11 @@ impl From<HookArg> for TestHook {
             HookArg::BadResultsMagic => TestHook::BadResultsMagic,
             HookArg::BadOnlineCount => TestHook::BadOnlineCount,
             HookArg::UserFault => TestHook::UserFault,
+            HookArg::Garbage => TestHook::Garbage,
+            HookArg::ConsoleFlood => TestHook::ConsoleFlood,
+            HookArg::HaltEarly => TestHook::HaltEarly,
+            HookArg::DoneFromAp => TestHook::DoneFromAp,
+            HookArg::TripleFaultLate => TestHook::TripleFaultLate,
         }
     }
 }
@@ -352,9 +362,50 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
+/// The partial report of a run stopped by SIGINT/SIGTERM: the boot
+/// figures and the host block collected so far, marked PARTIAL.
+pub fn partial_text(p: &crate::results::PartialReport) -> String {
+    let mut out = format!(
+        "PARTIAL report: interrupted by {} after {:.2} s; the run did not finish\n",
+        crate::signals::name(p.signal),
+        p.elapsed.as_secs_f64()
+    );
+    match p.boot_time {
+        Some(t) => {
+            out += &format!(
+                "online {}/{} vCPUs in {:.1} ms\n",
+                p.online,
+                p.vcpus,
+                t.as_secs_f64() * 1e3
+            )
+        }
+        None => {
+            out += &format!(
+                "online {}/{} vCPUs (boot not finished)\n",
+                p.online, p.vcpus
+            )
+        }
+    }
+    if p.tsc_khz > 0 {
+        out += &format!("guest TSC {} kHz\n", p.tsc_khz);
+    }
+    out += &host_block(&p.host, p.tsc_khz, p.vcpus);
+    out.trim_end().to_string()
+}
+
+/// Boots, printing the partial report if a signal stopped the run.
+fn boot_or_partial(config: &MachineConfig) -> Result<BootReport, Error> {
+    crate::signals::install()?;
+    machine::boot(config).inspect_err(|e| {
+        if let Error::Interrupted(p) = e {
+            say(&partial_text(p));
+        }
+    })
+}
+
 fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
-    let report = machine::boot(&config)?;
+    let report = boot_or_partial(&config)?;
     say(&online_line(&report));
     if report.tsc_khz > 0 {
         say(&format!(
@@ -476,7 +527,7 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
 }
 
 fn boot(args: &RunArgs) -> Result<u8, Error> {
-    let report = machine::boot(&args.machine_config())?;
+    let report = boot_or_partial(&args.machine_config())?;
     say(&online_line(&report));
     Ok(crate::exit_code::OK)
 }

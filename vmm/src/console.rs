@@ -1,13 +1,17 @@
 //! The guest console: bytes written to [`abi::Port::Console`], gathered per
 //! vCPU into lines and printed with a `[vcpu N]` prefix. A guest that never
 //! writes a newline cannot grow a buffer without bound: lines are cut at
-//! [`MAX_LINE`] bytes.
+//! [`MAX_LINE`] bytes. A guest that floods the console cannot flood the
+//! terminal or slow the run: after [`MAX_OUTPUT`] bytes in a run, one note
+//! says so and the rest is counted and dropped (constant work per exit).
 
 use std::io::Write;
 use std::sync::Mutex;
 
 /// Longest line kept before it is printed anyway.
 pub const MAX_LINE: usize = 1024;
+/// Console bytes a run may print; the rest is dropped after one note.
+pub const MAX_OUTPUT: u64 = 256 << 10;
 /// Lines remembered for error messages.
 const TAIL_LINES: usize = 32;
 
@@ -23,29 +27,62 @@ pub enum ConsoleMode {
 /// Per-vCPU line assembly plus a short tail of recent lines.
 pub struct Console {
     mode: ConsoleMode,
-    partial: Mutex<Vec<Vec<u8>>>,
+    limit: u64,
+    state: Mutex<State>,
     tail: Mutex<std::collections::VecDeque<String>>,
+}
+
+struct State {
+    /// Per-vCPU line being assembled.
+    partial: Vec<Vec<u8>>,
+    /// Bytes the guest wrote in this run (saturating).
+    total: u64,
+    /// The suppression note was printed.
+    noted: bool,
 }
 
 impl Console {
     /// A console for `vcpus` vCPUs.
     pub fn new(vcpus: u32, mode: ConsoleMode) -> Self {
+        Self::with_limit(vcpus, mode, MAX_OUTPUT)
+    }
+
+    /// A console that prints at most `limit` bytes of guest output.
+    pub fn with_limit(vcpus: u32, mode: ConsoleMode, limit: u64) -> Self {
         Console {
             mode,
-            partial: Mutex::new(vec![Vec::new(); vcpus as usize]),
+            limit,
+            state: Mutex::new(State {
+                partial: vec![Vec::new(); vcpus as usize],
+                total: 0,
+                noted: false,
+            }),
             tail: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Bytes the guest wrote to the console so far (printed or not).
+    pub fn total_bytes(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
     /// Adds bytes that vCPU `vcpu` wrote.
     pub fn write(&self, vcpu: u32, bytes: &[u8]) {
         let mut done = Vec::new();
+        let mut suppressed = false;
         {
-            let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(buf) = partial.get_mut(vcpu as usize) else {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let room = self.limit.saturating_sub(state.total);
+            state.total = state.total.saturating_add(bytes.len() as u64);
+            if room < bytes.len() as u64 && !state.noted {
+                state.noted = true;
+                suppressed = true;
+            }
+            let Some(buf) = state.partial.get_mut(vcpu as usize) else {
                 return;
             };
-            for &b in bytes {
+            let kept = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+            for &b in kept {
                 if b == b'\n' || buf.len() >= MAX_LINE {
                     done.push(std::mem::take(buf));
                 }
@@ -53,17 +90,28 @@ impl Console {
                     buf.push(b);
                 }
             }
+            if suppressed && !buf.is_empty() {
+                done.push(std::mem::take(buf));
+            }
         }
         for line in done {
             self.emit(vcpu, &line);
+        }
+        if suppressed {
+            self.emit_text(format!(
+                "ipivirt: console output suppressed after {} bytes (the guest wrote more; \
+                 the rest of this run's console is dropped)",
+                self.limit
+            ));
         }
     }
 
     /// Prints what is left in every buffer (end of run).
     pub fn flush(&self) {
         let rest: Vec<(u32, Vec<u8>)> = {
-            let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
-            partial
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .partial
                 .iter_mut()
                 .enumerate()
                 .filter(|(_, b)| !b.is_empty())
@@ -81,7 +129,10 @@ impl Console {
             .chars()
             .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
             .collect();
-        let text = format!("[vcpu {vcpu}] {text}");
+        self.emit_text(format!("[vcpu {vcpu}] {text}"));
+    }
+
+    fn emit_text(&self, text: String) {
         if self.mode == ConsoleMode::Stderr {
             let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
@@ -133,5 +184,30 @@ mod tests {
             .iter()
             .all(|l| l.len() == MAX_LINE + "[vcpu 0] ".len()));
         assert_eq!(t[3], "[vcpu 0] xxxxx?[2J");
+    }
+
+    #[test]
+    fn test_console_volume_cap_single_note() {
+        let c = Console::with_limit(2, ConsoleMode::Capture, 3000);
+        c.write(0, b"first\n");
+        for _ in 0..1000 {
+            c.write(1, &[b'#'; 4096]);
+        }
+        c.write(0, b"late\n");
+        c.flush();
+        let t = c.tail();
+        let notes = t
+            .iter()
+            .filter(|l| l.contains("suppressed after 3000 bytes"))
+            .count();
+        assert_eq!(notes, 1, "{t:?}");
+        assert!(!t.iter().any(|l| l.contains("late")), "{t:?}");
+        let printed: usize = t
+            .iter()
+            .filter(|l| l.starts_with("[vcpu 1]"))
+            .map(|l| l.len() - "[vcpu 1] ".len())
+            .sum();
+        assert_eq!(printed, 3000 - "first\n".len());
+        assert_eq!(c.total_bytes(), 6 + 1000 * 4096 + 5);
     }
 }

@@ -13,12 +13,14 @@
 
 pub mod cli;
 pub mod console;
+pub mod fuzzing;
 pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod report;
 pub mod results;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 
@@ -45,6 +47,11 @@ pub mod exit_code {
     pub const KVM_UNUSABLE: u8 = 5;
     /// Another host-side failure (memory, threads).
     pub const HOST_FAILURE: u8 = 6;
+    /// Stopped by SIGINT (Ctrl-C): 128 + 2, the shell's convention. The
+    /// partial report is printed.
+    pub const INTERRUPTED: u8 = 130;
+    /// Stopped by SIGTERM: 128 + 15. The partial report is printed.
+    pub const TERMINATED: u8 = 143;
 }
 
 /// Everything that can end a run early.
@@ -77,6 +84,12 @@ pub enum Error {
     /// Host-side injection refused the scenario or failed.
     #[error(transparent)]
     Inject(#[from] inject::InjectError),
+    /// SIGINT or SIGTERM stopped the run; what it had collected.
+    #[error("{0}")]
+    Interrupted(Box<results::PartialReport>),
+    /// The signal handlers could not be installed.
+    #[error(transparent)]
+    Signals(#[from] signals::SignalError),
     /// The trace file could not be written.
     #[error("cannot write the trace file {path}: {source}")]
     Trace {
@@ -98,7 +111,8 @@ impl Error {
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,
             Error::Inject(e) if e.is_scenario() => exit_code::USAGE,
-            Error::Inject(_) | Error::Trace { .. } => exit_code::HOST_FAILURE,
+            Error::Inject(_) | Error::Trace { .. } | Error::Signals(_) => exit_code::HOST_FAILURE,
+            Error::Interrupted(p) => signals::exit_code(p.signal),
         }
     }
 
@@ -108,6 +122,7 @@ impl Error {
             Error::Guest(g) => match &g.kind {
                 results::FailureKind::Panic(Some(p)) => vec![p.vcpu],
                 results::FailureKind::Fault { vcpu, .. }
+                | results::FailureKind::StatusFromAp { vcpu, .. }
                 | results::FailureKind::Exception(_, vcpu) => vec![*vcpu],
                 _ => vec![0],
             },

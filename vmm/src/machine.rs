@@ -17,6 +17,9 @@ use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
 use crate::vcpu::{self, RegisterDump, RunControl, VcpuEvent, VcpuHandle};
 use crate::{loader, memory, vm, Error};
 
+/// How often the controller looks for a SIGINT/SIGTERM while it waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
 /// How long stopped vCPU threads get to leave KVM_RUN after a kick.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -209,16 +212,37 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
             timeout: config.timeout,
             online: page.results.nr_online.min(config.vcpus),
             vcpus: config.vcpus,
+            missing: results::offline_vcpus(&page, config.vcpus, 16),
             dumps,
             console_tail: machine.console.tail(),
         })),
+        Wait::Interrupted { signal, all_online } => {
+            let online =
+                config.vcpus - results::offline_vcpus(&page, config.vcpus, usize::MAX).len() as u32;
+            Err(Error::Interrupted(Box::new(results::PartialReport {
+                signal,
+                elapsed: machine.created.elapsed(),
+                vcpus: config.vcpus,
+                online,
+                boot_time: all_online.map(|t| t - machine.created),
+                tsc_khz: machine.tsc_khz,
+                host: std::mem::take(&mut machine.host),
+            })))
+        }
     }
 }
 
 enum Wait {
-    Done { all_online: Option<Instant> },
+    Done {
+        all_online: Option<Instant>,
+    },
     Failed(FailureKind),
     TimedOut,
+    /// SIGINT or SIGTERM (see [`crate::signals`]).
+    Interrupted {
+        signal: i32,
+        all_online: Option<Instant>,
+    },
 }
 
 impl Machine {
@@ -348,8 +372,21 @@ impl Machine {
         let deadline = self.created + timeout;
         let mut all_online = None;
         loop {
+            if let Some(signal) = crate::signals::pending() {
+                return Wait::Interrupted { signal, all_online };
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
+            if left.is_zero() {
+                return Wait::TimedOut;
+            }
+            match self.events.recv_timeout(left.min(SIGNAL_POLL)) {
+                // Only the BSP reports the run's progress.
+                Ok(VcpuEvent::Status {
+                    status:
+                        status @ (GuestStatus::AllOnline | GuestStatus::Done | GuestStatus::StartAps),
+                    vcpu,
+                    ..
+                }) if vcpu != 0 => return Wait::Failed(FailureKind::StatusFromAp { vcpu, status }),
                 Ok(VcpuEvent::Status {
                     status: GuestStatus::AllOnline,
                     at,
@@ -380,9 +417,8 @@ impl Machine {
                     // before stop); keep waiting for the others.
                     let _ = dump;
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    return Wait::TimedOut
-                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Wait::TimedOut,
             }
         }
     }

@@ -90,7 +90,7 @@ fn is_user_page(phys: u64) -> bool {
 
 /// Identity-maps the first 4 GiB with 2 MiB pages: one PML4 entry, one
 /// PDPT with four entries, four page directories. The upper levels allow
-/// user access; the 2 MiB entries decide (see [`is_user_page`]).
+/// user access; the 2 MiB entries decide (user: the guest image and the user window).
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     let table_bits = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
     write(

@@ -6,10 +6,11 @@ use std::fmt;
 use std::time::Duration;
 
 use abi::{
-    panic_state, verdict, Design, DesignResults, FieldError, Histogram, Pod, SharedPage,
-    TaskProgress, VcpuResults, VcpuStatus, ViolationRecord,
+    panic_state, verdict, Design, DesignResults, FieldError, GuestStatus, Histogram, Pod,
+    SharedPage, TaskProgress, VcpuResults, VcpuStatus, ViolationRecord,
 };
 
+use crate::inject::HostReport;
 use crate::machine::{BootReport, MachineConfig};
 use crate::vcpu::{RegisterDump, VcpuFault};
 
@@ -86,6 +87,14 @@ pub enum FailureKind {
         /// The first few that did not.
         missing: Vec<u32>,
     },
+    /// An AP reported a status only the BSP may report (`StartAps`,
+    /// `AllOnline`, `Done`).
+    StatusFromAp {
+        /// The AP that wrote it.
+        vcpu: u32,
+        /// What it reported.
+        status: GuestStatus,
+    },
 }
 
 impl fmt::Display for FailureKind {
@@ -127,6 +136,11 @@ impl fmt::Display for FailureKind {
                     "only {online}/{vcpus} vCPUs came online (missing: {missing:?})"
                 )
             }
+            FailureKind::StatusFromAp { vcpu, status } => write!(
+                f,
+                "vCPU {vcpu} reported {status:?}, which only the BSP (vCPU 0) may report: \
+                 the guest broke the status contract"
+            ),
         }
     }
 }
@@ -157,6 +171,8 @@ pub struct WatchdogReport {
     pub online: u32,
     /// vCPUs in the guest.
     pub vcpus: u32,
+    /// The first few vCPUs whose status entry never said online.
+    pub missing: Vec<u32>,
     /// Registers of every vCPU after the stop.
     pub dumps: Vec<RegisterDump>,
     /// The last console lines.
@@ -167,8 +183,60 @@ impl fmt::Display for WatchdogReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "watchdog: the guest did not finish within {:?} ({}/{} vCPUs online); every vCPU was stopped",
+            "watchdog: the guest did not finish within {:?} ({}/{} vCPUs online)",
             self.timeout, self.online, self.vcpus
+        )?;
+        if !self.missing.is_empty() {
+            write!(f, "; never came online: vCPUs {:?}", self.missing)?;
+        }
+        write!(f, "; every vCPU was stopped")
+    }
+}
+
+/// The first `limit` of the first `vcpus` vCPUs whose status entry does not
+/// say online (any other value counts as not online).
+pub fn offline_vcpus(page: &SharedPage, vcpus: u32, limit: usize) -> Vec<u32> {
+    (0..vcpus)
+        .zip(page.vcpus.iter())
+        .filter(|(_, s)| s.state != abi::vcpu_state::ONLINE)
+        .map(|(i, _)| i)
+        .take(limit)
+        .collect()
+}
+
+/// What a run stopped by SIGINT or SIGTERM had collected: the boot figures
+/// so far and the host block (injectors stopped, affinities restored).
+#[derive(Debug)]
+pub struct PartialReport {
+    /// The signal that stopped the run.
+    pub signal: i32,
+    /// From VM creation to the stop.
+    pub elapsed: Duration,
+    /// vCPUs created.
+    pub vcpus: u32,
+    /// vCPUs whose status entry said online at the stop.
+    pub online: u32,
+    /// VM creation to `AllOnline`, if the guest got that far.
+    pub boot_time: Option<Duration>,
+    /// Guest TSC frequency (kHz).
+    pub tsc_khz: u64,
+    /// Host-side figures up to the stop.
+    pub host: HostReport,
+}
+
+impl fmt::Display for PartialReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "interrupted by {} after {:.2} s: the run was stopped (vCPUs kicked, injectors \
+             stopped, affinities restored: {}); the report is partial",
+            crate::signals::name(self.signal),
+            self.elapsed.as_secs_f64(),
+            if !self.host.active || self.host.affinity_restored {
+                "yes"
+            } else {
+                "NO"
+            }
         )
     }
 }
@@ -489,17 +557,13 @@ pub fn boot_report(
     let r = &page.results;
     r.validate(config.vcpus)
         .map_err(FailureKind::InvalidResults)?;
-    let statuses = vcpu_statuses(page, config.vcpus).map_err(FailureKind::InvalidResults)?;
-    let missing: Vec<u32> = (0..config.vcpus)
-        .zip(&statuses)
-        .filter(|(_, s)| s.state != abi::vcpu_state::ONLINE)
-        .map(|(i, _)| i)
-        .collect();
+    vcpu_statuses(page, config.vcpus).map_err(FailureKind::InvalidResults)?;
+    let missing = offline_vcpus(page, config.vcpus, 16);
     if r.nr_online != config.vcpus || !missing.is_empty() {
         return Err(FailureKind::NotAllOnline {
             online: r.nr_online,
             vcpus: config.vcpus,
-            missing: missing.into_iter().take(16).collect(),
+            missing,
         });
     }
     Ok(BootReport {
@@ -532,6 +596,56 @@ pub fn vcpu_statuses(page: &SharedPage, vcpus: u32) -> Result<Vec<VcpuStatus>, F
 /// Parses a shared page from raw bytes (for fuzzing and tests).
 pub fn parse_page(bytes: &[u8]) -> Option<Box<SharedPage>> {
     SharedPage::read_from(bytes).map(Box::new)
+}
+
+/// Reads guest-written bytes as the VMM does at the end of a run: the
+/// shared page (`page`, at least `size_of::<SharedPage>()` bytes) and the
+/// per-vCPU results (`per_vcpu`, one [`VcpuResults`] per vCPU), validated
+/// by [`boot_report`] for a guest of `vcpus` vCPUs. Never panics; every
+/// allocation is bounded by `vcpus` (capped at [`abi::MAX_VCPUS`]) and the
+/// fixed sizes of the records. The fuzz target and the property tests
+/// drive this function.
+pub fn parse_and_validate(
+    page: &[u8],
+    per_vcpu: &[u8],
+    vcpus: u32,
+) -> Result<BootReport, FailureKind> {
+    let bad = |field, found: usize, expected| {
+        FailureKind::InvalidResults(FieldError {
+            field,
+            found: found as u64,
+            expected,
+        })
+    };
+    let page = parse_page(page).ok_or(bad(
+        "shared page",
+        page.len(),
+        "size_of::<SharedPage>() bytes",
+    ))?;
+    let n = (vcpus as usize).min(abi::MAX_VCPUS);
+    let size = std::mem::size_of::<VcpuResults>();
+    if per_vcpu.len() / size < n {
+        return Err(bad(
+            "vcpu_results",
+            per_vcpu.len() / size,
+            "one entry per vCPU",
+        ));
+    }
+    let per: Vec<VcpuResults> = per_vcpu
+        .chunks_exact(size)
+        .take(n)
+        .filter_map(VcpuResults::read_from)
+        .collect();
+    // Validate the design slots too, as a shootdown run of every design
+    // would (the first slots name the designs in code order).
+    let mut config = MachineConfig::new(vcpus);
+    config.workload = abi::Workload::Shootdown;
+    config.designs = Design::ALL
+        .iter()
+        .copied()
+        .take_while(|d| page.designs[*d as usize].valid != 0)
+        .collect();
+    boot_report(&config, &page, &per, 0, None)
 }
 
 #[cfg(test)]

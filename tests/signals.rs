@@ -1,0 +1,151 @@
+//! Ctrl-C (SIGINT) and SIGTERM during a run: the injectors stop, vCPU
+//! affinities are restored, the partial report is printed marked PARTIAL,
+//! and the exit code is 130 or 143. In-process, the run returns
+//! `Error::Interrupted` with nothing left behind.
+//!
+//! The in-process test sends a signal to this test process, so it lives in
+//! its own test binary and is the only test that boots a VM here.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kvm_or_skip;
+use ipivirt::inject::placement;
+use ipivirt::{boot, Error, InjectConfig, MachineConfig, PreemptMode, Workload};
+
+fn task_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[test]
+fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
+    if !kvm_or_skip() {
+        return;
+    }
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let child = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
+            .args([
+                "run",
+                "--quiet",
+                "--vcpus",
+                "2",
+                "--preempt",
+                "pause",
+                "--migrate-every",
+                "2ms",
+                "--workload",
+                "spin",
+                "--duration",
+                "60s",
+                "--timeout",
+                "120",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ipivirt starts");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !task_names(pid).iter().any(|n| n == "inj-migrate") {
+            assert!(Instant::now() < deadline, "no injector thread started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        kill(pid, signal);
+        let started = Instant::now();
+        let out = child.wait_with_output().expect("ipivirt exits");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIG{signal} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "SIG{signal}: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.starts_with(&format!(
+                "PARTIAL report: interrupted by SIG{signal} after "
+            )),
+            "{stdout}"
+        );
+        assert!(stdout.contains("online 2/2 vCPUs in "), "{stdout}");
+        assert!(stdout.contains("preemptions_injected "), "{stdout}");
+        assert!(stdout.contains("affinities restored: yes"), "{stdout}");
+        assert!(stderr.contains("the report is partial"), "{stderr}");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still there"
+        );
+    }
+}
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    task_names(std::process::id())
+        .into_iter()
+        .filter(|c| c.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn test_signal_in_process_stops_run_and_leaves_nothing() {
+    if !kvm_or_skip() {
+        return;
+    }
+    ipivirt::signals::install().unwrap();
+    let mask_before = placement::get_affinity(0).unwrap();
+    let mut c = MachineConfig::new(2);
+    c.timeout = Duration::from_secs(120);
+    c.workload = Workload::Spin;
+    c.duration = Duration::from_secs(60);
+    c.inject = InjectConfig {
+        host_cpus: Some(placement::process_cpus().unwrap()),
+        preempt: PreemptMode::Pause,
+        migrate_every: Some(Duration::from_millis(2)),
+        ..InjectConfig::default()
+    };
+    let run = std::thread::spawn(move || boot(&c));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !threads_named("inj-").iter().any(|n| n == "inj-migrate") {
+        assert!(Instant::now() < deadline, "no injector thread started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill(std::process::id(), "TERM");
+    let started = Instant::now();
+    let err = run.join().unwrap().expect_err("the run is interrupted");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.exit_code(), 143, "{err}");
+    let Error::Interrupted(p) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!((p.online, p.vcpus), (2, 2));
+    assert!(p.host.active && p.host.affinity_restored, "{:?}", p.host);
+    assert!(p.host.migrations_injected > 0, "{:?}", p.host);
+    assert_eq!(threads_named("inj-"), Vec::<String>::new());
+    assert_eq!(threads_named("vcpu-"), Vec::<String>::new());
+    assert_eq!(placement::get_affinity(0).unwrap(), mask_before);
+}
