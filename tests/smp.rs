@@ -170,9 +170,12 @@ fn test_task_local_mask_is_allocated_above_64_vcpus() {
     });
     let d = &r.guest.designs[0];
     assert_eq!(d.mask_bytes_per_task, 16, "80 CPUs need two words");
-    assert_eq!(
-        d.mask_allocs, d.tasks_created,
-        "one mask per task created in the phase"
+    // Every task created in the phase got its mask (a spawn that fails after
+    // the allocation frees it again, so allocations may exceed creations).
+    assert!(
+        d.mask_allocs >= d.tasks_created,
+        "one mask per task: {:?}",
+        r.console_tail
     );
     assert_eq!(d.mask_allocs, d.mask_frees);
     assert_eq!(d.violations, 0, "{:?}", d.violation_log);
@@ -220,4 +223,55 @@ fn test_cli_designs_table_and_bad_design_name() {
     let (_, stderr) = common::text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown design 'fast': valid designs are upstream, task-local, stack, alloc-in-path, unsafe-percpu"), "{stderr}");
+}
+
+#[test]
+fn test_torture_mix_passes_every_check() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let safe = [Design::Upstream, Design::TaskLocal];
+    let r = run(4, Workload::Torture, &safe, 2.0, |c| {
+        c.inject = pause_and_migrate()
+    });
+    for d in &r.guest.designs {
+        assert_clean(d);
+    }
+    assert_eq!(r.guest.torture.len(), 8);
+    for (name, invocations, errors) in &r.guest.torture {
+        assert!(*invocations > 0, "{name} never ran");
+        assert_eq!(*errors, 0, "{name}: failed checks");
+    }
+}
+
+/// vCPU pauses and migrations from the host while the guest works.
+fn pause_and_migrate() -> ipivirt::InjectConfig {
+    ipivirt::InjectConfig {
+        preempt: ipivirt::PreemptMode::Pause,
+        preempt_len: Duration::from_micros(200),
+        preempt_every: Duration::from_millis(2),
+        migrate_every: Some(Duration::from_millis(2)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn test_broken_checker_misses_unsafe_percpu() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    // The same scenario as test_unsafe_percpu_is_caught, with the
+    // checker's test-only fault on: it must see nothing, so the catch test
+    // above would fail against a broken checker.
+    let r = run(4, Workload::Shootdown, &[Design::UnsafePercpu], 2.0, |c| {
+        c.tasks_per_cpu = 4;
+        c.guest_preempt_prob = 0.5;
+        c.test_hook = ipivirt::TestHook::BrokenChecker;
+    });
+    let d = &r.guest.designs[0];
+    assert!(
+        d.calls > 0 && d.waits_preempted > 0,
+        "the scenario ran: {d:?}"
+    );
+    assert_eq!(d.violations, 0, "a broken checker records nothing");
 }

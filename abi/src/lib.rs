@@ -134,6 +134,8 @@ pub mod syscall {
     pub const PING: u64 = 7;
     /// An asynchronous single-target call to a random vCPU (rdi seeds it).
     pub const ASYNC_CALL: u64 = 8;
+    /// One torture primitive, drawn by weight (rdi seeds the draws).
+    pub const TORTURE: u64 = 9;
 }
 
 /// The host kind as the guest's calibration sees it.
@@ -234,6 +236,10 @@ pub enum TestHook {
     /// The hooked AP comes online, waits until the workload has run for
     /// half its duration, then triple-faults while the others run.
     TripleFaultLate = 11,
+    /// Test-only fault in the guest's invariant checker: it records no
+    /// violation, so a run of `unsafe-percpu` must then go uncaught (proving
+    /// that the test which requires the catch can fail).
+    BrokenChecker = 12,
 }
 
 /// Console bytes written by [`TestHook::ConsoleFlood`].
@@ -255,6 +261,7 @@ impl TryFrom<u32> for TestHook {
             9 => TestHook::HaltEarly,
             10 => TestHook::DoneFromAp,
             11 => TestHook::TripleFaultLate,
+            12 => TestHook::BrokenChecker,
             other => return Err(other),
         })
     }
@@ -325,8 +332,11 @@ pub struct Control {
     pub alloc_fail_prob: u32,
     /// csd-lock-wait watchdog threshold in microseconds (0: 100 ms).
     pub csd_watchdog_us: u32,
+    /// Relative weights of the torture primitives (index: [`torture`]);
+    /// all zero means equal weights.
+    pub torture_weights: [u8; torture::COUNT],
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 48],
+    pub reserved: [u64; 47],
 }
 
 /// How many designs one run can compare.
@@ -495,6 +505,45 @@ pub enum Workload {
     /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
     /// subset of vCPUs and waiting, with think time; once per design.
     Shootdown = 6,
+    /// scftorture-style: every task draws primitives from a weighted mix
+    /// ([`torture`], [`Control::torture_weights`]); callbacks check their
+    /// CPU and memory ordering; once per design. (7 is the floor workload.)
+    Torture = 8,
+}
+
+/// The primitives of the torture workload ([`Workload::Torture`]), indexes
+/// of [`Control::torture_weights`] and [`Results::torture`].
+pub mod torture {
+    /// Reschedule IPI to a random vCPU.
+    pub const RESCHED: usize = 0;
+    /// Single call, no wait.
+    pub const SINGLE: usize = 1;
+    /// Single call, waiting.
+    pub const SINGLE_WAIT: usize = 2;
+    /// Single call used as an RPC: the callback writes a reply the caller
+    /// checks after the wait.
+    pub const SINGLE_RPC: usize = 3;
+    /// Many (random subset), no wait.
+    pub const MANY: usize = 4;
+    /// Many, waiting.
+    pub const MANY_WAIT: usize = 5;
+    /// All vCPUs, no wait.
+    pub const ALL: usize = 6;
+    /// All vCPUs, waiting.
+    pub const ALL_WAIT: usize = 7;
+    /// Number of primitives.
+    pub const COUNT: usize = 8;
+    /// Names, for reports and the CLI.
+    pub const NAMES: [&str; COUNT] = [
+        "resched",
+        "single",
+        "single-wait",
+        "single-rpc",
+        "many",
+        "many-wait",
+        "all",
+        "all-wait",
+    ];
 }
 
 impl TryFrom<u32> for Workload {
@@ -508,6 +557,7 @@ impl TryFrom<u32> for Workload {
             4 => Workload::Churn,
             5 => Workload::Ping,
             6 => Workload::Shootdown,
+            8 => Workload::Torture,
             other => return Err(other),
         })
     }
@@ -565,6 +615,20 @@ pub struct ExceptionRecord {
     pub task_name: [u8; 16],
 }
 
+/// Invocations and failed checks of one torture primitive.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TortureCounts {
+    /// Times the primitive ran.
+    pub invocations: u64,
+    /// Failed checks: a callback on a CPU it was not sent to, stale memory
+    /// in a callback, a wrong RPC reply.
+    pub errors: u64,
+}
+
+// SAFETY: two u64, no padding.
+unsafe impl Pod for TortureCounts {}
+
 /// Progress of one workload task.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -617,8 +681,11 @@ pub struct Results {
     pub churn_cycles: u64,
     /// Per-task progress of the hog workload (first 64 tasks).
     pub hogs: [TaskProgress; 64],
+    /// Torture workload: per primitive (index: [`torture`]), invocations
+    /// and failed checks, over all design phases.
+    pub torture: [TortureCounts; torture::COUNT],
     /// Room for later results; zero.
-    pub reserved: [u64; 273],
+    pub reserved: [u64; 257],
 }
 
 /// One vCPU's status, written by that vCPU.
@@ -903,10 +970,10 @@ mod tests {
             assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
         }
         assert_eq!(GuestStatus::try_from(0), Err(0));
-        for h in 0..=11 {
+        for h in 0..=12 {
             assert_eq!(TestHook::try_from(h).map(|h| h as u32), Ok(h));
         }
-        assert_eq!(TestHook::try_from(12), Err(12));
+        assert_eq!(TestHook::try_from(13), Err(13));
     }
 
     #[test]
@@ -926,6 +993,7 @@ mod tests {
             Workload::Churn,
             Workload::Ping,
             Workload::Shootdown,
+            Workload::Torture,
         ] {
             assert_eq!(Workload::try_from(w as u32), Ok(w));
         }

@@ -159,9 +159,10 @@ fn bsp_main() -> ! {
             Ordering::Relaxed,
         );
         workload::start_test_hook_task(&control);
-        if control.workload == Workload::Ping as u32
-            || control.workload == Workload::Shootdown as u32
-        {
+        if matches!(
+            Workload::try_from(control.workload),
+            Ok(Workload::Ping | Workload::Shootdown | Workload::Torture)
+        ) {
             workload::run_designs(&control);
         } else {
             workload::run(&control);

@@ -22,6 +22,10 @@ struct Request {
     remaining: AtomicU32,
     returned: AtomicBool,
     wait: AtomicBool,
+    /// Written by the caller before the call; callbacks must see it.
+    payload: AtomicU64,
+    /// Written by an RPC callback; the caller checks it after the wait.
+    reply: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // array initialiser
@@ -32,10 +36,15 @@ const REQUEST_INIT: Request = Request {
     remaining: AtomicU32::new(0),
     returned: AtomicBool::new(false),
     wait: AtomicBool::new(false),
+    payload: AtomicU64::new(0),
+    reply: AtomicU64::new(0),
 };
 
 static TABLE: [Request; SLOTS] = [REQUEST_INIT; SLOTS];
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Test-only fault (TestHook::BrokenChecker): record nothing.
+pub static BROKEN: AtomicBool = AtomicBool::new(false);
 
 /// Per-phase counters of the checker (reset by [`reset`]).
 pub struct CheckerStats {
@@ -74,6 +83,9 @@ pub fn reset(start_tsc: u64) {
 }
 
 fn record(kind: u32, cpu: u32, request: u64) {
+    if BROKEN.load(Ordering::Relaxed) {
+        return;
+    }
     let cycles = cpu::rdtsc().saturating_sub(STATS.phase_start.load(Ordering::Relaxed));
     STATS.violations.fetch_add(1, Ordering::Relaxed);
     STATS.first_violation.fetch_min(cycles, Ordering::Relaxed);
@@ -83,6 +95,60 @@ fn record(kind: u32, cpu: u32, request: u64) {
         e[1].store(request, Ordering::Relaxed);
         e[2].store(cycles, Ordering::Relaxed);
     }
+}
+
+/// The value a request's payload must hold (derived from its id).
+pub fn expected_payload(token: usize) -> Option<u64> {
+    let r = TABLE.get(token.checked_sub(1)?)?;
+    Some(
+        r.id.load(Ordering::Acquire)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    )
+}
+
+/// Caller: writes the payload of `token` (plain relaxed store: the cross
+/// call itself must publish it to the callbacks).
+pub fn set_payload(token: usize) {
+    if let (Some(v), Some(r)) = (
+        expected_payload(token),
+        token.checked_sub(1).and_then(|i| TABLE.get(i)),
+    ) {
+        r.payload.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Callback: whether the caller's payload is visible here.
+pub fn payload_visible(token: usize) -> bool {
+    match (
+        expected_payload(token),
+        token.checked_sub(1).and_then(|i| TABLE.get(i)),
+    ) {
+        (Some(v), Some(r)) => r.payload.load(Ordering::Relaxed) == v,
+        _ => true,
+    }
+}
+
+/// RPC callback: writes the reply for the caller.
+pub fn set_reply(token: usize, value: u64) {
+    if let Some(r) = token.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        r.reply.store(value, Ordering::Relaxed);
+    }
+}
+
+/// Whether `cpu` is a target of `token`'s request (true if untracked).
+pub fn is_target(token: usize, cpu: u32) -> bool {
+    match token.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        Some(r) => r.targets[cpu as usize / 64].load(Ordering::Relaxed) & (1 << (cpu % 64)) != 0,
+        None => true,
+    }
+}
+
+/// RPC caller, after the wait: the reply.
+pub fn reply(token: usize) -> Option<u64> {
+    token
+        .checked_sub(1)
+        .and_then(|i| TABLE.get(i))
+        .map(|r| r.reply.load(Ordering::Relaxed))
 }
 
 /// A csd was written without its lock held (invariant 2).

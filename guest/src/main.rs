@@ -27,6 +27,7 @@ mod smp;
 mod spin;
 mod sync;
 mod syscall;
+mod torture;
 mod trap;
 mod user;
 mod workload;

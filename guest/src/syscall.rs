@@ -42,6 +42,10 @@ pub fn dispatch(frame: &mut TrapFrame) {
             async_call(frame.rdi);
             workload::END_TSC.load(Ordering::Relaxed)
         }
+        syscall::TORTURE => {
+            crate::torture::one(frame.rdi);
+            workload::END_TSC.load(Ordering::Relaxed)
+        }
         _ => u64::MAX,
     };
 }
@@ -58,7 +62,7 @@ fn xorshift(mut x: u64) -> u64 {
 }
 
 /// Records a call's latency on the CPU the caller returned on.
-fn record_latency(cycles: u64) {
+pub fn record_latency(cycles: u64) {
     let irq = cpu::irq_save();
     let r = layout::vcpu_results_addr(percpu::cpu_id()) as *mut VcpuResults;
     // SAFETY: this CPU's results slot; with interrupts off no other task
@@ -68,9 +72,9 @@ fn record_latency(cycles: u64) {
     cpu::irq_restore(irq);
 }
 
-/// Runs a waiting cross call with interrupts on (a waiter must service
+/// Runs a cross call with interrupts on (a waiter must service
 /// incoming calls), bracketed by the checker.
-fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize)) {
+pub fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize)) -> usize {
     let token = checker::begin(targets, wait);
     let start = cpu::rdtsc();
     // SAFETY: the kernel is fully set up; cross calls run with interrupts on.
@@ -81,6 +85,7 @@ fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize)) {
     if wait {
         record_latency(cpu::rdtsc() - start);
     }
+    token
 }
 
 /// `on_each_cpu_cond_mask()` to a random subset of vCPUs, waiting.

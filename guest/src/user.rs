@@ -176,6 +176,19 @@ pub extern "C" fn shooter(seed: usize) -> ! {
     unreachable!()
 }
 
+/// The torture workload task: one weighted primitive per call.
+pub extern "C" fn torturer(seed: usize) -> ! {
+    let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut end = u64::MAX;
+    while crate::cpu::rdtsc() < end {
+        x = xorshift(x);
+        think(2_000 + x % 20_000);
+        end = sys(syscall::TORTURE, x);
+    }
+    sys(syscall::EXIT, 0);
+    unreachable!()
+}
+
 /// The ping workload task: synchronous calls to the next vCPU.
 pub extern "C" fn pinger(_: usize) -> ! {
     let mut end = u64::MAX;

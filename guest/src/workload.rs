@@ -272,6 +272,16 @@ pub fn run_designs(control: &Control) {
         .watchdog_cycles
         .store(watchdog_us * cycles_per_us, Ordering::Relaxed);
     mask::ALLOC_FAIL_PROB.store(control.alloc_fail_prob, Ordering::Relaxed);
+    checker::BROKEN.store(
+        control.test_hook == TestHook::BrokenChecker as u32,
+        Ordering::Relaxed,
+    );
+    for (w, &v) in crate::torture::WEIGHTS
+        .iter()
+        .zip(control.torture_weights.iter())
+    {
+        w.store(v, Ordering::Relaxed);
+    }
     let heap_baseline = heap::used();
     let run_start = cpu::rdtsc();
     for (i, &code) in control
@@ -334,13 +344,13 @@ pub fn run_designs(control: &Control) {
                     let seed = (control.seed as usize)
                         .wrapping_mul(31)
                         .wrapping_add(k as usize + 1);
-                    spawn(
-                        "shooter",
-                        Class::Normal,
-                        Body::User(user::shooter, seed),
-                        k % nr,
-                        false,
-                    );
+                    let (name, body): (&str, extern "C" fn(usize) -> !) =
+                        if workload == Workload::Torture {
+                            ("torturer", user::torturer)
+                        } else {
+                            ("shooter", user::shooter)
+                        };
+                    spawn(name, Class::Normal, Body::User(body, seed), k % nr, false);
                 }
             }
         }
@@ -396,6 +406,13 @@ pub fn run_designs(control: &Control) {
         let r = shared::results();
         // SAFETY: BSP-only fields.
         unsafe {
+            let counts = crate::torture::INVOCATIONS
+                .iter()
+                .zip(&crate::torture::ERRORS);
+            for (t, (inv, err)) in (*r).torture.iter_mut().zip(counts) {
+                t.invocations = inv.load(Ordering::Relaxed);
+                t.errors = err.load(Ordering::Relaxed);
+            }
             (*r).heap_baseline = heap_baseline;
             (*r).heap_used = heap::used();
             (*r).workload_start_tsc = run_start;

@@ -115,6 +115,12 @@ struct ScenarioArgs {
     /// preemptible wait (0..1).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     guest_preempt_prob: f64,
+    /// Torture workload: relative weights of the primitives, e.g.
+    /// `single-rpc=4,all-wait=1` (names: resched, single, single-wait,
+    /// single-rpc, many, many-wait, all, all-wait; unnamed ones weigh 0;
+    /// default: all equal).
+    #[arg(long, value_name = "LIST", value_parser = parse_weights)]
+    torture_weights: Option<Weights>,
     /// Injected allocation failures of the alloc-in-path design (0..1).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     alloc_fail_prob: f64,
@@ -136,6 +142,36 @@ struct ScenarioArgs {
     /// kernel code is emulated].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     probe_period: Option<Duration>,
+}
+
+/// Parsed `--torture-weights`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Weights([u8; abi::torture::COUNT]);
+
+fn parse_weights(s: &str) -> Result<Weights, String> {
+    let mut w = [0u8; abi::torture::COUNT];
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not NAME=WEIGHT"))?;
+        let i = abi::torture::NAMES
+            .iter()
+            .position(|n| *n == name.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown primitive '{name}': valid are {}",
+                    abi::torture::NAMES.join(", ")
+                )
+            })?;
+        w[i] = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("weight of {name} must be 0..=255"))?;
+    }
+    if w.iter().all(|&v| v == 0) {
+        return Err("give at least one primitive a weight above 0".into());
+    }
+    Ok(Weights(w))
 }
 
 /// A parsed `--designs` list.
@@ -235,6 +271,8 @@ enum WorkloadArg {
     Ping,
     /// Tasks broadcasting to random vCPU subsets and waiting, once per design.
     Shootdown,
+    /// scftorture-style weighted mix of primitives, once per design.
+    Torture,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -251,6 +289,7 @@ enum HookArg {
     HaltEarly,
     DoneFromAp,
     TripleFaultLate,
+    BrokenChecker,
 }
 
 impl From<HookArg> for TestHook {
@@ -268,6 +307,7 @@ impl From<HookArg> for TestHook {
             HookArg::HaltEarly => TestHook::HaltEarly,
             HookArg::DoneFromAp => TestHook::DoneFromAp,
             HookArg::TripleFaultLate => TestHook::TripleFaultLate,
+            HookArg::BrokenChecker => TestHook::BrokenChecker,
         }
     }
 }
@@ -317,7 +357,11 @@ impl RunCmd {
             WorkloadArg::Churn => abi::Workload::Churn,
             WorkloadArg::Ping => abi::Workload::Ping,
             WorkloadArg::Shootdown => abi::Workload::Shootdown,
+            WorkloadArg::Torture => abi::Workload::Torture,
         };
+        if let Some(Weights(w)) = &s.torture_weights {
+            config.torture_weights = *w;
+        }
         config.designs = s.designs.0.clone();
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
@@ -430,7 +474,15 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
         .iter()
         .filter(|d| d.violations > 0 && d.design.expected_safe())
         .count();
-    if unsafe_violations > 0 {
+    // Torture checks are counted over all phases: they are violations only
+    // when every design of the run is expected to be safe.
+    let torture_errors: u64 = report.guest.torture.iter().map(|t| t.2).sum();
+    let all_safe = report
+        .guest
+        .designs
+        .iter()
+        .all(|d| d.design.expected_safe());
+    if unsafe_violations > 0 || (torture_errors > 0 && all_safe) {
         let _ = writeln!(
             std::io::stderr().lock(),
             "ipivirt: invariant violation in a design expected to be safe (see the violations row)"

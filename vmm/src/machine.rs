@@ -69,13 +69,19 @@ pub struct MachineConfig {
     pub alloc_fail_prob: f64,
     /// csd-lock-wait watchdog threshold.
     pub csd_watchdog: Duration,
+    /// Relative weights of the torture primitives (index: [`abi::torture`];
+    /// all zero: equal).
+    pub torture_weights: [u8; abi::torture::COUNT],
 }
 
 impl MachineConfig {
     /// The designs whose results the guest writes (none unless the
     /// workload runs per design).
     pub fn ran_designs(&self) -> Vec<Design> {
-        if matches!(self.workload, Workload::Ping | Workload::Shootdown) {
+        if matches!(
+            self.workload,
+            Workload::Ping | Workload::Shootdown | Workload::Torture
+        ) {
             self.designs
                 .iter()
                 .copied()
@@ -118,6 +124,7 @@ impl MachineConfig {
             guest_preempt_prob: 0.0,
             alloc_fail_prob: 0.0,
             csd_watchdog: Duration::from_millis(100),
+            torture_weights: [0; abi::torture::COUNT],
             inject: InjectConfig::default(),
         }
     }
@@ -306,6 +313,7 @@ impl Machine {
         control.csd_watchdog_us = u32::try_from(config.csd_watchdog.as_micros())
             .unwrap_or(u32::MAX)
             .max(1);
+        control.torture_weights = config.torture_weights;
         if config.workload == Workload::Spin {
             control.pv_flags |= pv_flags::STEAL_TIME;
         }

@@ -237,6 +237,15 @@ pub fn designs_text(r: &BootReport) -> String {
         "task create (us)",
         per(&|d| us(d.task_create_mean_cycles, khz)),
     );
+    if !r.guest.torture.is_empty() {
+        let _ = writeln!(
+            out,
+            "torture primitives (all phases): invocations / failed checks"
+        );
+        for (name, inv, err) in &r.guest.torture {
+            let _ = writeln!(out, "  {name:<12} {inv:>10} / {err}");
+        }
+    }
     if let Some(stack) = designs.iter().find(|d| d.design == abi::Design::Stack) {
         let _ = writeln!(
             out,

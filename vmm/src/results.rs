@@ -461,8 +461,11 @@ pub struct GuestReport {
     pub hogs: Vec<TaskProgress>,
     /// Workload length as the guest measured it (cycles).
     pub workload_cycles: u64,
-    /// Per-design results (ping and shootdown workloads).
+    /// Per-design results (ping, shootdown and torture workloads).
     pub designs: Vec<DesignReport>,
+    /// Torture workload: (primitive name, invocations, failed checks), over
+    /// all design phases; empty for other workloads.
+    pub torture: Vec<(&'static str, u64, u64)>,
 }
 
 fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
@@ -538,6 +541,15 @@ pub fn guest_report(
             .filter(|h| h.iterations > 0)
             .collect(),
         workload_cycles: r.workload_end_tsc - r.workload_start_tsc,
+        torture: if r.torture.iter().any(|t| t.invocations > 0) {
+            abi::torture::NAMES
+                .iter()
+                .zip(r.torture.iter())
+                .map(|(n, t)| (*n, t.invocations, t.errors))
+                .collect()
+        } else {
+            Vec::new()
+        },
         designs: designs
             .iter()
             .enumerate()
