@@ -32,6 +32,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing would only obscure clap's derive
 enum Command {
     /// One scenario: boot the guest, run the workload under host-side
     /// injection, report (the default command).
