@@ -22,3 +22,7 @@ lint:
     cargo clippy --all-targets -- -D warnings
     cd guest && cargo fmt -- --check && cargo clippy --release -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+
+# The soak: safe designs under injection for SECONDS (default 600) at VCPUS (64).
+soak SECONDS="600" VCPUS="64":
+    SOAK_SECONDS={{SECONDS}} SOAK_VCPUS={{VCPUS}} scripts/soak

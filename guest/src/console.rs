@@ -25,7 +25,12 @@ impl Console {
 
     fn flush(&mut self) {
         if self.len > 0 {
+            // `rep outsb` is interruptible between bytes: a task preempted
+            // and moved to another vCPU mid-line would finish the line from
+            // there. With interrupts off a line stays on one vCPU.
+            let irq = cpu::irq_save();
             cpu::outsb(abi::Port::Console as u16, &self.buf[..self.len]);
+            cpu::irq_restore(irq);
             self.len = 0;
         }
     }

@@ -384,6 +384,17 @@ pub fn smp_call_function_many_cond(
     let ipi = unsafe { &mut *cfd.cpumask_ipi.get() };
     *ipi = CpuMask::new();
     let (mut nr_ipi, mut last) = (0u32, 0u32);
+    // Sends the IPIs owed so far: one single IPI for one target, a mask
+    // send (a loop of ICR writes in x2APIC physical mode) otherwise.
+    let send = |ipi: &mut CpuMask, nr_ipi: &mut u32, last: u32| {
+        match *nr_ipi {
+            0 => {}
+            1 => send_call_ipi(last),
+            _ => for_each_cpu(nr_words(), |i| ipi.words[i], send_call_ipi),
+        }
+        *ipi = CpuMask::new();
+        *nr_ipi = 0;
+    };
     for_each_cpu(
         nr_words(),
         |i| remote.words[i],
@@ -393,6 +404,14 @@ pub fn smp_call_function_many_cond(
                 return;
             }
             let csd = &cfd.csd[c as usize];
+            if csd.locked() {
+                // About to spin on a csd still in use (a preempted waiter's
+                // call from this CPU): first send the IPIs we owe for what
+                // we already queued. Otherwise two CPUs, each holding back
+                // the IPI another one's csd needs while spinning here, can
+                // deadlock (seen in the soak with preemptible waits).
+                send(ipi, &mut nr_ipi, last);
+            }
             csd_lock(csd);
             if queue(c, csd, func, info, wait) {
                 ipi.set(c);
@@ -401,11 +420,7 @@ pub fn smp_call_function_many_cond(
             }
         },
     );
-    if nr_ipi == 1 {
-        send_call_ipi(last);
-    } else if nr_ipi > 1 {
-        for_each_cpu(nr_words(), |i| ipi.words[i], send_call_ipi);
-    }
+    send(ipi, &mut nr_ipi, last);
     if run_local {
         let irq = cpu::irq_save();
         func(info);

@@ -39,6 +39,8 @@ fn cpl0_cycles_per_kiter() -> u64 {
 /// Measures CPL0 and CPL3 speed, picks the tick rate, records both.
 pub fn calibrate(control: &Control) -> u32 {
     let cpl0 = cpl0_cycles_per_kiter();
+    let live = || sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed);
+    let live_before = live();
     if let Err(e) = sched::spawn(
         "calibrate",
         Class::Normal,
@@ -50,6 +52,12 @@ pub fn calibrate(control: &Control) -> u32 {
     }
     let give_up = cpu::rdtsc() + 2_000 * sched::PARAMS.cycles_per_us.load(Ordering::Relaxed) * 1000;
     while CPL3_CYCLES.load(Ordering::Relaxed) == 0 && cpu::rdtsc() < give_up {
+        sched::sleep_us(1000);
+    }
+    // The task reports before it exits: wait until it is gone too, so that
+    // the workload's "all my tasks exited" accounting starts from a quiet
+    // scheduler (a late free would end a phase's wait one task early).
+    while live() > live_before && cpu::rdtsc() < give_up {
         sched::sleep_us(1000);
     }
     let cpl3 = CPL3_CYCLES.load(Ordering::Relaxed);
