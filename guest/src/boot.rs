@@ -159,11 +159,12 @@ fn bsp_main() -> ! {
             Ordering::Relaxed,
         );
         workload::start_test_hook_task(&control);
+        crate::floor::run(&control); // floor and ping only
         if control.workload == Workload::Ping as u32
             || control.workload == Workload::Shootdown as u32
         {
             workload::run_designs(&control);
-        } else {
+        } else if control.workload != Workload::Floor as u32 {
             workload::run(&control);
         }
     }

@@ -395,6 +395,8 @@ pub struct GuestReport {
     pub workload_cycles: u64,
     /// Per-design results (ping and shootdown workloads).
     pub designs: Vec<DesignReport>,
+    /// Raw IPI round trip (floor and ping workloads; zero count otherwise).
+    pub floor: abi::FloorResults,
 }
 
 fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
@@ -433,6 +435,7 @@ pub fn guest_report(
             expected: ">= start",
         });
     }
+    r.floor.validate()?;
     if r.tasks_freed > r.tasks_created {
         return Err(FieldError {
             field: "results.tasks_freed",
@@ -475,6 +478,7 @@ pub fn guest_report(
             .enumerate()
             .map(|(i, &d)| design_report(&page.designs[i], d, i))
             .collect::<Result<_, _>>()?,
+        floor: r.floor,
     })
 }
 
