@@ -409,6 +409,37 @@ pub struct DesignSummary {
     pub calls_per_s: f64,
     /// Whether the design is expected to keep every invariant.
     pub expected_safe: bool,
+    /// The first violations the guest recorded (at most 8).
+    pub violation_log: Vec<Violation>,
+}
+
+/// One recorded invariant violation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `not-run` (the caller returned before a target ran the callback),
+    /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
+    /// `lost` (an asynchronous call never ran by the end of the phase).
+    pub kind: String,
+    /// The target CPU concerned.
+    pub cpu: u32,
+    /// Request id.
+    pub request: u64,
+    /// Time since the phase's checker was reset, in ms.
+    pub ms: f64,
+}
+
+/// The report name of a [`abi::violation`] kind.
+pub fn violation_name(kind: u32) -> &'static str {
+    use abi::violation::*;
+    match kind {
+        NOT_RUN => "not-run",
+        RAN_TWICE => "ran-twice",
+        RAN_AFTER_RETURN => "ran-after-return",
+        WRONG_CPU => "wrong-cpu",
+        CSD_REINIT => "csd-reinit",
+        LOST => "lost",
+        _ => "unknown",
+    }
 }
 
 impl DesignSummary {
@@ -439,6 +470,16 @@ impl DesignSummary {
                 d.calls as f64 * 1e9 / phase_ns as f64
             },
             expected_safe: d.design.expected_safe(),
+            violation_log: d
+                .violation_log
+                .iter()
+                .map(|v| Violation {
+                    kind: violation_name(v.kind).to_string(),
+                    cpu: v.cpu,
+                    request: v.request,
+                    ms: cycles_to_ns(v.cycles, khz) as f64 / 1e6,
+                })
+                .collect(),
         }
     }
 }
@@ -667,6 +708,13 @@ mod tests {
         };
         let l = Latency::from_floor(&f, 1_000_000).unwrap();
         assert_eq!((l.p50, l.max, l.mean), (1000, 3000, 2000.0));
+    }
+
+    #[test]
+    fn test_violation_name_every_kind() {
+        assert_eq!(violation_name(abi::violation::NOT_RUN), "not-run");
+        assert_eq!(violation_name(abi::violation::LOST), "lost");
+        assert_eq!(violation_name(99), "unknown");
     }
 
     #[test]
