@@ -109,6 +109,8 @@ pub mod vector {
     pub const RESCHEDULE: u8 = 0xf1;
     /// Cross-call IPI: run the queued call_single_data callbacks.
     pub const CALL_FUNCTION: u8 = 0xf2;
+    /// Raw IPI ping-pong of the `floor` measurement (no cross-call layer).
+    pub const FLOOR: u8 = 0xf3;
     /// Spurious interrupt vector (SVR).
     pub const SPURIOUS: u8 = 0xff;
 }
@@ -505,6 +507,9 @@ pub enum Workload {
     /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
     /// subset of vCPUs and waiting, with think time; once per design.
     Shootdown = 6,
+    /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1, no
+    /// cross-call layer ([`Results::floor`]). `ping` runs measure it first.
+    Floor = 7,
     /// scftorture-style: every task draws primitives from a weighted mix
     /// ([`torture`], [`Control::torture_weights`]); callbacks check their
     /// CPU and memory ordering; once per design. (7 is the floor workload.)
@@ -557,6 +562,7 @@ impl TryFrom<u32> for Workload {
             4 => Workload::Churn,
             5 => Workload::Ping,
             6 => Workload::Shootdown,
+            7 => Workload::Floor,
             8 => Workload::Torture,
             other => return Err(other),
         })
@@ -684,8 +690,77 @@ pub struct Results {
     /// Torture workload: per primitive (index: [`torture`]), invocations
     /// and failed checks, over all design phases.
     pub torture: [TortureCounts; torture::COUNT],
+    /// The raw IPI round trip (`floor` and `ping` workloads; zero count
+    /// otherwise).
+    pub floor: FloorResults,
     /// Room for later results; zero.
-    pub reserved: [u64; 257],
+    pub reserved: [u64; 249],
+}
+
+/// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1 (TSC
+/// cycles), summarised by the guest: a full [`Histogram`] does not fit in
+/// the room [`Results`] had left.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FloorResults {
+    /// Round trips measured (0: not measured).
+    pub count: u64,
+    /// Sum of the round trips (wrapping).
+    pub sum: u64,
+    /// Shortest.
+    pub min: u64,
+    /// Longest.
+    pub max: u64,
+    /// Median ([`Histogram::quantile_ppm`]: a bucket's upper end).
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+}
+
+// SAFETY: repr(C) of eight u64: no padding.
+unsafe impl Pod for FloorResults {}
+const _: () = assert!(size_of::<FloorResults>() == 64);
+
+impl FloorResults {
+    /// The summary of `h`.
+    pub fn from_histogram(h: &Histogram) -> Self {
+        if h.count == 0 {
+            return FloorResults::default();
+        }
+        FloorResults {
+            count: h.count,
+            sum: h.sum,
+            min: h.min,
+            max: h.max,
+            p50: h.quantile_ppm(500_000),
+            p90: h.quantile_ppm(900_000),
+            p99: h.quantile_ppm(990_000),
+            p999: h.quantile_ppm(999_000),
+        }
+    }
+
+    /// Checks the summary is consistent (ordered percentiles within
+    /// min..=max); a zero count means not measured.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let ordered = self.min <= self.p50
+            && self.p50 <= self.p90
+            && self.p90 <= self.p99
+            && self.p99 <= self.p999
+            && self.p999 <= self.max;
+        check(
+            ordered,
+            "results.floor",
+            self.p50,
+            "min <= p50 <= p90 <= p99 <= p999 <= max",
+        )
+    }
 }
 
 /// One vCPU's status, written by that vCPU.

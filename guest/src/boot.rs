@@ -159,12 +159,13 @@ fn bsp_main() -> ! {
             Ordering::Relaxed,
         );
         workload::start_test_hook_task(&control);
+        crate::floor::run(&control); // floor and ping only
         if matches!(
             Workload::try_from(control.workload),
             Ok(Workload::Ping | Workload::Shootdown | Workload::Torture)
         ) {
             workload::run_designs(&control);
-        } else {
+        } else if control.workload != Workload::Floor as u32 {
             workload::run(&control);
         }
     }

@@ -14,6 +14,7 @@ mod checker;
 mod console;
 mod cpu;
 mod cpumask;
+mod floor;
 mod fmt;
 mod heap;
 mod mask;

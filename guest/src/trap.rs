@@ -288,6 +288,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             percpu::this().ipis_received.inc();
             sched::on_resched_ipi();
         }
+        v if v == u64::from(vector::FLOOR) => crate::floor::on_ipi(),
         v if v == u64::from(vector::SPURIOUS) => {}
         _ => {
             apic::eoi();

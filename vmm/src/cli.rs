@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::inject::{self, HostReport, InjectConfig, PreemptMode};
 use crate::machine::{self, BootReport, MachineConfig};
+use crate::scenario::{Report, Scenario};
 use crate::{ConsoleMode, Error, TestHook};
 
 /// Environment variable that overrides the KVM device path.
@@ -39,6 +40,44 @@ enum Command {
     Run(RunCmd),
     /// Boot N vCPUs, print `online N/N vCPUs in X ms`, exit.
     Boot(RunArgs),
+    /// The run for each overcommit ratio / vCPU count given, one table.
+    Sweep(SweepCmd),
+}
+
+/// Options of `sweep`: those of `run` and the matrix.
+#[derive(Debug, Clone, Args)]
+struct SweepCmd {
+    #[command(flatten)]
+    run: RunCmd,
+    /// Overcommit ratios vCPUs:host CPUs, comma-separated (e.g.
+    /// 1:1,2:1,4:1). Alone, each gives the vCPU count on all host CPUs;
+    /// with --vcpus-list, the host CPUs used for each count.
+    #[arg(long, value_name = "LIST", value_parser = parse_ratio_list)]
+    ratios: Option<RatioList>,
+    /// vCPU counts, comma-separated (e.g. 4,64,128) [default: --vcpus].
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=abi::MAX_VCPUS as i64))]
+    vcpus_list: Option<Vec<u32>>,
+}
+
+/// A parsed `--ratios` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RatioList(Vec<crate::sweep::Ratio>);
+
+fn parse_ratio_list(s: &str) -> Result<RatioList, String> {
+    crate::sweep::parse_ratios(s)
+        .map(RatioList)
+        .map_err(|e| e.to_string())
+}
+
+/// Report files of `run` (and `sweep`).
+#[derive(Debug, Clone, Args)]
+struct OutputArgs {
+    /// Write the machine-readable report (JSON, see the README).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write a latency CDF plot (SVG), one curve per design (run only).
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
 }
 
 /// Options shared by `run` and `boot`.
@@ -71,6 +110,8 @@ struct RunCmd {
     common: RunArgs,
     #[command(flatten)]
     scenario: ScenarioArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// The scenario of `run`: workload and host-side injection.
@@ -272,6 +313,9 @@ enum WorkloadArg {
     Ping,
     /// Tasks broadcasting to random vCPU subsets and waiting, once per design.
     Shootdown,
+    /// The raw x2APIC IPI ping-pong between vCPUs 0 and 1, no cross-call
+    /// layer (ping runs measure it first).
+    Floor,
     /// scftorture-style weighted mix of primitives, once per design.
     Torture,
 }
@@ -358,6 +402,7 @@ impl RunCmd {
             WorkloadArg::Churn => abi::Workload::Churn,
             WorkloadArg::Ping => abi::Workload::Ping,
             WorkloadArg::Shootdown => abi::Workload::Shootdown,
+            WorkloadArg::Floor => abi::Workload::Floor,
             WorkloadArg::Torture => abi::Workload::Torture,
         };
         if let Some(Weights(w)) = &s.torture_weights {
@@ -448,49 +493,129 @@ fn boot_or_partial(config: &MachineConfig) -> Result<BootReport, Error> {
     })
 }
 
+fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Output {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs a scenario with the progress bar (stderr, not with --quiet).
+fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
+    let scenario = Scenario::from_config(config);
+    let label = format!(
+        "{} on {} vCPUs",
+        crate::scenario::workload_name(scenario.config().workload),
+        scenario.config().vcpus
+    );
+    crate::signals::install()?;
+    crate::progress::with_progress(
+        !args.common.quiet,
+        scenario.expected_duration(),
+        &label,
+        || scenario.run(),
+    )
+    .inspect_err(|e| {
+        if let Error::Interrupted(p) = e {
+            say(&partial_text(p));
+        }
+    })
+}
+
 fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
-    let report = boot_or_partial(&config)?;
-    say(&online_line(&report));
-    if report.tsc_khz > 0 {
+    let report = run_scenario(args, config.clone())?;
+    let Some(raw) = report.raw.as_deref() else {
+        unreachable!("a fresh report carries the guest's")
+    };
+    say(&online_line(raw));
+    if raw.tsc_khz > 0 {
         say(&format!(
             "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
-            report.tsc_khz,
-            report.guest_boot_cycles as f64 / report.tsc_khz as f64
+            raw.tsc_khz,
+            raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
         ));
     }
     if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
-        say(&crate::report::scheduler_text(&config, &report));
+        say(&crate::report::scheduler_text(&config, raw));
     }
-    if !report.guest.designs.is_empty() {
-        say(&crate::report::designs_text(&report));
+    let floor = report.floor_text();
+    if !floor.is_empty() {
+        say(&floor);
     }
-    let block = host_block(&report.host, report.tsc_khz, config.vcpus);
+    if !raw.guest.designs.is_empty() {
+        say(&crate::report::designs_text(raw));
+    }
+    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus);
     if !block.is_empty() {
         say(&block);
     }
-    let unsafe_violations = report
-        .guest
-        .designs
-        .iter()
-        .filter(|d| d.violations > 0 && d.design.expected_safe())
-        .count();
-    // Torture checks are counted over all phases: they are violations only
-    // when every design of the run is expected to be safe.
-    let torture_errors: u64 = report.guest.torture.iter().map(|t| t.2).sum();
-    let all_safe = report
-        .guest
-        .designs
-        .iter()
-        .all(|d| d.design.expected_safe());
-    if unsafe_violations > 0 || (torture_errors > 0 && all_safe) {
+    if let Some(path) = &args.output.json {
+        write_file(path, &report.to_json())?;
+    }
+    if let Some(path) = &args.output.svg {
+        write_file(path, &report.svg().unwrap_or_default())?;
+    }
+    let code = report.exit_code();
+    if code == crate::exit_code::VIOLATION {
         let _ = writeln!(
             std::io::stderr().lock(),
             "ipivirt: invariant violation in a design expected to be safe (see the violations row)"
         );
-        return Ok(crate::exit_code::VIOLATION);
     }
-    Ok(crate::exit_code::OK)
+    Ok(code)
+}
+
+fn sweep(args: &SweepCmd) -> Result<u8, Error> {
+    if args.run.output.svg.is_some() {
+        return Err(Error::Scenario(
+            "--svg plots one run: use `ipivirt run --svg` for a cell".into(),
+        ));
+    }
+    let base = args.run.machine_config();
+    let available = base.inject.host_cpus.clone().unwrap_or_default();
+    let cells = crate::sweep::plan(
+        &available,
+        args.ratios.as_ref().map(|r| r.0.as_slice()),
+        args.vcpus_list.as_deref(),
+        base.vcpus,
+    );
+    let mut code = crate::exit_code::OK;
+    let mut table = crate::sweep::table_header() + "\n";
+    let mut reports = Vec::new();
+    for cell in &cells {
+        let outcome = if cell.skipped.is_some() {
+            Err(String::new())
+        } else {
+            let mut config = base.clone();
+            config.vcpus = cell.vcpus;
+            config.inject.host_cpus = Some(cell.host_cpus.clone());
+            match run_scenario(&args.run, config) {
+                Ok(r) => {
+                    code = code.max(r.exit_code());
+                    Ok(r)
+                }
+                Err(e) => {
+                    if code == crate::exit_code::OK {
+                        code = e.exit_code();
+                    }
+                    Err(e.to_string())
+                }
+            }
+        };
+        let rows = crate::sweep::table_rows(cell, outcome.as_ref().map_err(String::as_str));
+        let _ = write!(std::io::stderr().lock(), "{rows}");
+        table += &rows;
+        if let Ok(r) = outcome {
+            reports.push(r);
+        }
+    }
+    say(table.trim_end());
+    if let Some(path) = &args.run.output.json {
+        let json = serde_json::to_string_pretty(&reports).expect("reports serialise");
+        write_file(path, &json)?;
+    }
+    Ok(code)
 }
 
 fn ms(ns: u64) -> String {
@@ -592,6 +717,7 @@ pub fn main() -> ExitCode {
         None => run(&cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Boot(args)) => boot(args),
+        Some(Command::Sweep(args)) => sweep(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -18,9 +18,13 @@ pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod progress;
 pub mod report;
 pub mod results;
+pub mod scenario;
 pub mod signals;
+pub mod svg;
+pub mod sweep;
 pub mod vcpu;
 pub mod vm;
 
@@ -28,6 +32,7 @@ pub use abi::{Design, Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
 pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};
+pub use scenario::{Report, Scenario};
 
 /// Exit codes of the `ipivirt` binary (the interface contract).
 pub mod exit_code {
@@ -98,6 +103,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A report file (--json, --svg) could not be written.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -111,7 +124,9 @@ impl Error {
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,
             Error::Inject(e) if e.is_scenario() => exit_code::USAGE,
-            Error::Inject(_) | Error::Trace { .. } | Error::Signals(_) => exit_code::HOST_FAILURE,
+            Error::Inject(_) | Error::Trace { .. } | Error::Signals(_) | Error::Output { .. } => {
+                exit_code::HOST_FAILURE
+            }
             Error::Interrupted(p) => signals::exit_code(p.signal),
         }
     }

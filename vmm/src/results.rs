@@ -466,6 +466,8 @@ pub struct GuestReport {
     /// Torture workload: (primitive name, invocations, failed checks), over
     /// all design phases; empty for other workloads.
     pub torture: Vec<(&'static str, u64, u64)>,
+    /// Raw IPI round trip (floor and ping workloads; zero count otherwise).
+    pub floor: abi::FloorResults,
 }
 
 fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
@@ -504,6 +506,7 @@ pub fn guest_report(
             expected: ">= start",
         });
     }
+    r.floor.validate()?;
     if r.tasks_freed > r.tasks_created {
         return Err(FieldError {
             field: "results.tasks_freed",
@@ -555,6 +558,7 @@ pub fn guest_report(
             .enumerate()
             .map(|(i, &d)| design_report(&page.designs[i], d, i))
             .collect::<Result<_, _>>()?,
+        floor: r.floor,
     })
 }
 

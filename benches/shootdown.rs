@@ -1,0 +1,39 @@
+//! A broadcast cross call with wait (`shootdown`: tasks call random vCPU
+//! subsets), per design, at 1:1 (2 vCPUs on 2 host CPUs) and 2:1 (4 vCPUs
+//! on 2 host CPUs) overcommit, as the guest times it (mean call latency
+//! from the design's histogram).
+#![allow(missing_docs)] // criterion_group!/criterion_main! generate undocumented items
+
+mod guest;
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ipivirt::{Design, Workload};
+
+fn bench_shootdown(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shootdown");
+    guest::configure(&mut group);
+    for (ratio, vcpus) in [("1:1", 2), ("2:1", 4)] {
+        for design in [
+            Design::Upstream,
+            Design::TaskLocal,
+            Design::Stack,
+            Design::AllocInPath,
+        ] {
+            let s = guest::scenario(vcpus, 2, Duration::from_millis(200))
+                .workload(Workload::Shootdown)
+                .designs(&[design]);
+            guest::bench(
+                &mut group,
+                BenchmarkId::new(design.name(), ratio),
+                &s,
+                |r| r.designs[0].call_latency_ns.mean,
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_shootdown);
+criterion_main!(benches);

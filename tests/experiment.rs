@@ -1,0 +1,268 @@
+//! The experiment's outputs on real VMs: the `--json` report against the
+//! interface contract, the `--svg` plot, the floor of a `ping` run, and a
+//! sweep of two small cells. Short runs (2 vCPUs, 300 ms per design, no
+//! injection) with a timeout; no timing thresholds.
+
+mod common;
+
+use serde_json::Value;
+
+const QUIET: [&str; 8] = [
+    "--quiet",
+    "--preempt",
+    "none",
+    "--migrate-every",
+    "0",
+    "--timeout",
+    "120",
+    "--duration=300ms",
+];
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ipivirt-exp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn uint(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} is not an unsigned integer in {v}"))
+}
+
+fn number(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} is not a number in {v}"))
+}
+
+/// A latency object: every field there, percentiles monotone.
+fn check_latency(v: &Value, what: &str) -> u64 {
+    for f in ["count", "p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            v.get(f).and_then(Value::as_u64).is_some(),
+            "{what}.{f}: {v}"
+        );
+    }
+    let q: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|f| v[f].as_u64().unwrap())
+        .collect();
+    assert!(
+        q.windows(2).all(|w| w[0] <= w[1]),
+        "{what} not monotone: {v}"
+    );
+    v["count"].as_u64().unwrap()
+}
+
+/// Checks a report against the contract; returns the design names.
+fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
+    assert!(r["version"].is_string());
+    let s = &r["scenario"];
+    assert_eq!(uint(r, "/scenario/vcpus"), vcpus);
+    assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(s["workload"].is_string());
+    number(r, "/scenario/duration_s");
+    uint(r, "/scenario/tasks_per_cpu");
+    uint(r, "/scenario/seed");
+    assert!(s["preempt"]["mode"].is_string());
+    uint(r, "/scenario/preempt/len_us");
+    uint(r, "/scenario/preempt/every_us");
+    uint(r, "/scenario/migrate_every_us");
+    number(r, "/scenario/guest_preempt_prob");
+    assert!(s["pv"].is_array());
+    assert!(uint(r, "/tsc_khz") > 0);
+    assert!(number(r, "/boot_ms") > 0.0);
+    assert!(
+        r.get("floor_latency_ns").is_some(),
+        "floor_latency_ns missing"
+    );
+    assert!(number(r, "/platform/cpl0_cycles_per_iter") > 0.0);
+    number(r, "/platform/cpl3_cycles_per_iter");
+    assert!(r["platform"]["verdict"].is_string());
+    uint(r, "/host/preemptions_injected");
+    uint(r, "/host/migrations_injected");
+    let steal = r["host"]["steal_ns"].as_array().expect("steal_ns array");
+    assert_eq!(steal.len() as u64, vcpus);
+    assert!(steal.iter().all(|s| s.as_u64().is_some()));
+    for f in ["steal_time", "preempted_flag", "kvm_hypercalls"] {
+        assert!(r["host"]["pv"][f].is_boolean(), "host.pv.{f}");
+    }
+    let mut names = Vec::new();
+    for d in r["designs"].as_array().expect("designs array") {
+        let name = d["design"].as_str().expect("design name").to_string();
+        let calls = d["calls"].as_u64().unwrap();
+        let violations = d["violations"].as_u64().unwrap();
+        assert_eq!(violations, 0, "{name}");
+        assert!(d["first_violation_ms"].is_null(), "{name}");
+        let sync_calls = check_latency(&d["call_latency_ns"], "call_latency_ns");
+        // Synchronous calls are timed; asynchronous ones only counted.
+        assert!(
+            sync_calls > 0 && sync_calls <= calls,
+            "{name}: {sync_calls} timed, {calls} calls"
+        );
+        check_latency(&d["sched_latency_ns"], "sched_latency_ns");
+        for f in [
+            "waits_preempted",
+            "waits_migrated",
+            "mask_bytes_per_task",
+            "mask_allocs",
+            "fallbacks",
+        ] {
+            assert!(d[f].as_u64().is_some(), "{name}.{f}");
+        }
+        assert!(d["waits_preempted"].as_u64().unwrap() <= calls);
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn test_json_and_svg_of_a_short_shootdown_run() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let (json, svg) = (tmp("shootdown.json"), tmp("shootdown.svg"));
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "shootdown",
+        "--designs",
+        "upstream,task-local",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(check_report(&r, 2), vec!["upstream", "task-local"]);
+    assert!(r["floor_latency_ns"].is_null(), "no floor outside ping");
+    assert_eq!(r["scenario"]["workload"], "shootdown");
+    // The report reads back into the library's type.
+    let back: ipivirt::Report = serde_json::from_value(r).unwrap();
+    assert_eq!(back.designs.len(), 2);
+
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let curves: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("path") && n.attribute("class") == Some("curve"))
+        .collect();
+    assert_eq!(curves.len(), 4, "one path per design per panel");
+    for design in ["upstream", "task-local"] {
+        assert_eq!(
+            curves
+                .iter()
+                .filter(|n| n.attribute("data-design") == Some(design))
+                .count(),
+            2
+        );
+    }
+    assert!(text.contains("latency (log scale)") && text.contains("class=\"legend\""));
+}
+
+#[test]
+fn test_ping_run_states_latency_against_the_floor() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("ping.json");
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "ping",
+        "--designs",
+        "upstream",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("floor (raw x2APIC IPI round trip"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ping upstream: p50"), "{stdout}");
+    assert!(stdout.contains("the floor"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    check_report(&r, 2);
+    assert!(check_latency(&r["floor_latency_ns"], "floor_latency_ns") > 0);
+}
+
+#[test]
+fn test_floor_workload_measures_round_trips() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let s = ipivirt::Scenario::new()
+        .vcpus(2)
+        .workload(ipivirt::Workload::Floor)
+        .duration(std::time::Duration::from_millis(300))
+        .preempt(ipivirt::PreemptMode::None)
+        .migrate_every(None)
+        .timeout(std::time::Duration::from_secs(120));
+    let r = s.run().expect("floor run");
+    let f = r.floor_latency_ns.expect("floor measured");
+    assert!(f.count > 0 && f.p50 <= f.max, "{f:?}");
+    assert!(r.designs.is_empty());
+}
+
+#[test]
+fn test_sweep_of_two_small_cells() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("sweep.json");
+    let mut args = vec![
+        "sweep",
+        "--host-cpus",
+        "0",
+        "--vcpus-list",
+        "1,2",
+        "--designs",
+        "upstream",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("calls/s") && stdout.contains("probe p99"),
+        "{stdout}"
+    );
+    let rows: Vec<_> = stdout.lines().filter(|l| l.contains("upstream")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(
+        rows[0].contains("1:1") && rows[1].contains("2:1"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cells = r.as_array().expect("an array of reports");
+    assert_eq!(cells.len(), 2);
+    check_report(&cells[0], 1);
+    check_report(&cells[1], 2);
+}
+
+#[test]
+fn test_sweep_refuses_bad_ratio_with_exit_2() {
+    let out = common::ipivirt(&["sweep", "--ratios", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let (_, stderr) = common::text(&out);
+    assert!(stderr.contains("not a ratio"), "{stderr}");
+}

@@ -1,0 +1,750 @@
+//! The library API of an experiment: a [`Scenario`] (built with setters,
+//! defaults as the CLI's) runs once with [`Scenario::run`] and returns a
+//! [`Report`], whose serde serialisation is the `--json` report of the
+//! interface contract. The CLI, the tests and the benches all go through
+//! here; it wraps [`MachineConfig`] and [`crate::boot`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use ipivirt_vmm::{Design, PreemptMode, Scenario, Workload};
+//!
+//! # if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() { return; }
+//! let report = Scenario::new()
+//!     .vcpus(2)
+//!     .workload(Workload::Shootdown)
+//!     .designs(&[Design::Upstream, Design::TaskLocal])
+//!     .duration(Duration::from_millis(200))
+//!     .preempt(PreemptMode::None)
+//!     .migrate_every(None)
+//!     .timeout(Duration::from_secs(120))
+//!     .run()
+//!     .expect("a KVM host");
+//! assert_eq!(report.designs.len(), 2);
+//! for d in &report.designs {
+//!     println!("{}: {} calls, p99 {} ns", d.design, d.calls, d.call_latency_ns.p99);
+//! }
+//! println!("{}", serde_json::to_string_pretty(&report).unwrap());
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use abi::{Design, FloorResults, Histogram, Workload};
+use serde::{Deserialize, Serialize};
+
+use crate::inject::{self, PreemptMode};
+use crate::machine::{BootReport, MachineConfig};
+use crate::results::DesignReport;
+use crate::{ConsoleMode, Error};
+
+/// One experiment: the guest's workload, the designs compared, and the
+/// host-side injection. Every setter consumes and returns the scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    config: MachineConfig,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario::new()
+    }
+}
+
+impl Scenario {
+    /// The CLI's default scenario: 4 vCPUs on every host CPU the process may
+    /// use, the four safe designs, `shootdown` for 2 s per design, 2 tasks
+    /// per vCPU, antagonist preemption (pause where SCHED_FIFO is refused)
+    /// of 200 us every 2 ms, a migration every 5 ms, seed 1, 120 s timeout.
+    pub fn new() -> Self {
+        let mut config = MachineConfig::new(4);
+        config.workload = Workload::Shootdown;
+        config.inject = inject::InjectConfig {
+            host_cpus: inject::placement::process_cpus().ok(),
+            preempt: PreemptMode::Antagonist,
+            migrate_every: Some(Duration::from_millis(5)),
+            ..Default::default()
+        };
+        Scenario { config }
+    }
+
+    /// A scenario running exactly `config` (the CLI builds it this way).
+    pub fn from_config(config: MachineConfig) -> Self {
+        Scenario { config }
+    }
+
+    /// The machine configuration the run uses.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Mutable access to the configuration, for the settings without a
+    /// setter (tick, probe period, csd watchdog, test hooks).
+    pub fn config_mut(&mut self) -> &mut MachineConfig {
+        &mut self.config
+    }
+
+    /// Guest CPUs (1..=1024, at most what the host's KVM allows).
+    pub fn vcpus(mut self, n: u32) -> Self {
+        self.config.vcpus = n;
+        self
+    }
+
+    /// Host CPUs the vCPU threads are placed on (`vcpus : len` is the
+    /// overcommit ratio).
+    pub fn host_cpus(mut self, cpus: &[usize]) -> Self {
+        self.config.inject.host_cpus = Some(cpus.to_vec());
+        self
+    }
+
+    /// Wait-mask designs to compare, in run order.
+    pub fn designs(mut self, designs: &[Design]) -> Self {
+        self.config.designs = designs.to_vec();
+        self
+    }
+
+    /// What the guest runs.
+    pub fn workload(mut self, workload: Workload) -> Self {
+        self.config.workload = workload;
+        self
+    }
+
+    /// Measured time (per design for `ping` and `shootdown`).
+    pub fn duration(mut self, d: Duration) -> Self {
+        self.config.duration = d;
+        self
+    }
+
+    /// Workload tasks per vCPU.
+    pub fn tasks_per_cpu(mut self, n: u32) -> Self {
+        self.config.tasks_per_cpu = n;
+        self
+    }
+
+    /// Host-side preemption mode.
+    pub fn preempt(mut self, mode: PreemptMode) -> Self {
+        self.config.inject.preempt = mode;
+        self
+    }
+
+    /// Length of one injected preemption.
+    pub fn preempt_len(mut self, d: Duration) -> Self {
+        self.config.inject.preempt_len = d;
+        self
+    }
+
+    /// Mean gap between preemptions per host CPU.
+    pub fn preempt_every(mut self, d: Duration) -> Self {
+        self.config.inject.preempt_every = d;
+        self
+    }
+
+    /// Mean gap between vCPU thread migrations (`None` or zero: none).
+    pub fn migrate_every(mut self, d: Option<Duration>) -> Self {
+        self.config.inject.migrate_every = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Guest-side forced preemption at each spin of a preemptible wait.
+    pub fn guest_preempt_prob(mut self, p: f64) -> Self {
+        self.config.guest_preempt_prob = p;
+        self
+    }
+
+    /// Injected allocation failures of `alloc-in-path`.
+    pub fn alloc_fail_prob(mut self, p: f64) -> Self {
+        self.config.alloc_fail_prob = p;
+        self
+    }
+
+    /// Chance per guest tick that the running task moves to another vCPU.
+    pub fn forced_migration(mut self, p: f64) -> Self {
+        self.config.forced_migration = p;
+        self
+    }
+
+    /// Seed of every random choice, host and guest.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Watchdog for the whole run.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.config.timeout = d;
+        self
+    }
+
+    /// Where the guest console goes (default: captured, not printed).
+    pub fn console(mut self, mode: ConsoleMode) -> Self {
+        self.config.console = mode;
+        self
+    }
+
+    /// Chrome trace-event JSON of the injected events.
+    pub fn trace(mut self, path: Option<PathBuf>) -> Self {
+        self.config.inject.trace = path;
+        self
+    }
+
+    /// About how long the run takes (boot and calibration excluded): the
+    /// workload's duration, once per design where it runs per design, plus
+    /// the floor measurement of a `ping` run.
+    pub fn expected_duration(&self) -> Duration {
+        let c = &self.config;
+        let phases = c.ran_designs().len().max(1) as u32;
+        let floor = if c.workload == Workload::Ping && c.vcpus > 1 {
+            c.duration.min(Duration::from_millis(200))
+        } else {
+            Duration::ZERO
+        };
+        match c.workload {
+            Workload::None => Duration::ZERO,
+            _ => c.duration * phases + floor,
+        }
+    }
+
+    /// Boots the guest, runs the scenario and returns the report.
+    pub fn run(&self) -> Result<Report, Error> {
+        let boot = crate::machine::boot(&self.config)?;
+        Ok(Report::new(&self.config, boot))
+    }
+}
+
+/// Runs `scenario` (the same as [`Scenario::run`]).
+pub fn run(scenario: &Scenario) -> Result<Report, Error> {
+    scenario.run()
+}
+
+/// Latency percentiles in nanoseconds (converted from TSC cycles with the
+/// guest's `tsc_khz`). Percentiles are the upper ends of histogram buckets
+/// (at most 6.25% wide), clamped to the exact maximum; all 0 when empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest value.
+    pub max: u64,
+    /// Mean (exact, from the sum of the values).
+    pub mean: f64,
+}
+
+/// TSC cycles to nanoseconds (0 when the TSC frequency is unknown).
+pub fn cycles_to_ns(cycles: u64, tsc_khz: u64) -> u64 {
+    if tsc_khz == 0 {
+        return 0;
+    }
+    (cycles as u128 * 1_000_000 / tsc_khz as u128).min(u64::MAX as u128) as u64
+}
+
+impl Latency {
+    /// The figures of a histogram of TSC cycles.
+    pub fn from_histogram(h: &Histogram, tsc_khz: u64) -> Self {
+        let ns = |c| cycles_to_ns(c, tsc_khz);
+        if h.count == 0 {
+            return Latency::default();
+        }
+        Latency {
+            count: h.count,
+            p50: ns(h.quantile_ppm(500_000)),
+            p90: ns(h.quantile_ppm(900_000)),
+            p99: ns(h.quantile_ppm(990_000)),
+            p999: ns(h.quantile_ppm(999_000)),
+            max: ns(h.max),
+            mean: if tsc_khz == 0 {
+                0.0
+            } else {
+                h.sum as f64 / h.count as f64 * 1e6 / tsc_khz as f64
+            },
+        }
+    }
+
+    /// The figures of the guest's floor summary (None when not measured).
+    pub fn from_floor(f: &FloorResults, tsc_khz: u64) -> Option<Self> {
+        let ns = |c| cycles_to_ns(c, tsc_khz);
+        (f.count > 0).then(|| Latency {
+            count: f.count,
+            p50: ns(f.p50),
+            p90: ns(f.p90),
+            p99: ns(f.p99),
+            p999: ns(f.p999),
+            max: ns(f.max),
+            mean: if tsc_khz == 0 {
+                0.0
+            } else {
+                f.sum as f64 / f.count as f64 * 1e6 / tsc_khz as f64
+            },
+        })
+    }
+}
+
+/// Host-side preemption settings as run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptInfo {
+    /// `none`, `pause` or `antagonist` (the mode used, after any fallback).
+    pub mode: String,
+    /// Length of one preemption, in us.
+    pub len_us: u64,
+    /// Mean gap between preemptions per host CPU, in us.
+    pub every_us: u64,
+}
+
+/// The scenario as run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioInfo {
+    /// Guest CPUs.
+    pub vcpus: u32,
+    /// Host CPUs the vCPU threads were placed on.
+    pub host_cpus: Vec<usize>,
+    /// Workload name (as on the command line).
+    pub workload: String,
+    /// Measured time per design, in seconds.
+    pub duration_s: f64,
+    /// Workload tasks per vCPU.
+    pub tasks_per_cpu: u32,
+    /// The seed.
+    pub seed: u64,
+    /// Host-side preemption.
+    pub preempt: PreemptInfo,
+    /// Mean gap between migrations, in us (0: none).
+    pub migrate_every_us: u64,
+    /// Guest-side forced preemption probability.
+    pub guest_preempt_prob: f64,
+    /// Paravirtual features the guest used.
+    pub pv: Vec<String>,
+    /// Designs run, in order.
+    pub designs: Vec<String>,
+    /// Injected allocation failure probability (alloc-in-path).
+    pub alloc_fail_prob: f64,
+    /// Forced guest task migration probability per tick.
+    pub forced_migration: f64,
+}
+
+/// The guest's calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Platform {
+    /// TSC cycles per iteration of a `dec; jnz` loop at CPL0 (the guest
+    /// times 1024 iterations; this is that figure / 1024).
+    pub cpl0_cycles_per_iter: f64,
+    /// The same at CPL3 (0: not measured).
+    pub cpl3_cycles_per_iter: f64,
+    /// `hardware-accelerated`, `CPL0 emulated` or `not measured`.
+    pub verdict: String,
+    /// Guest scheduler tick, in Hz.
+    pub tick_hz: u32,
+}
+
+/// Paravirtual features seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PvInfo {
+    /// KVM steal time registered by the guest.
+    pub steal_time: bool,
+    /// The guest saw the steal-time `preempted` flag set at least once.
+    pub preempted_flag: bool,
+    /// KVM hypercalls used (never, so far).
+    pub kvm_hypercalls: bool,
+}
+
+/// Host-side injection figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Antagonist bursts or pauses injected.
+    pub preemptions_injected: u64,
+    /// vCPU thread migrations applied.
+    pub migrations_injected: u64,
+    /// Steal time per vCPU, in ns (measured by the `spin` workload only;
+    /// zero otherwise).
+    pub steal_ns: Vec<u64>,
+    /// Paravirtual features.
+    pub pv: PvInfo,
+    /// Preemption mode used.
+    pub mode: String,
+    /// Planned migrations folded into later ones.
+    pub migrations_coalesced: u64,
+}
+
+/// One design's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesignSummary {
+    /// Design name.
+    pub design: String,
+    /// Cross calls completed.
+    pub calls: u64,
+    /// Invariant violations.
+    pub violations: u64,
+    /// Time from phase start to the first violation, in ms.
+    pub first_violation_ms: Option<f64>,
+    /// Cross-call latency, entry to return (wait=true).
+    pub call_latency_ns: Latency,
+    /// The latency probe during the phase.
+    pub sched_latency_ns: Latency,
+    /// Waits during which the waiting task was switched out.
+    pub waits_preempted: u64,
+    /// Waits that resumed on another vCPU.
+    pub waits_migrated: u64,
+    /// Extra bytes each task carries for this design.
+    pub mask_bytes_per_task: u64,
+    /// Mask allocations.
+    pub mask_allocs: u64,
+    /// Fallbacks to the pinned wait (alloc-in-path).
+    pub fallbacks: u64,
+    /// Mask frees.
+    pub mask_frees: u64,
+    /// Callbacks run.
+    pub callbacks: u64,
+    /// Stack bytes per call for the mask (stack design).
+    pub stack_bytes_per_call: u64,
+    /// csd-lock waits over the watchdog threshold.
+    pub csd_watchdog_fires: u64,
+    /// Phase length as the guest measured it, in ms.
+    pub phase_ms: f64,
+    /// Calls per second of guest time.
+    pub calls_per_s: f64,
+    /// Whether the design is expected to keep every invariant.
+    pub expected_safe: bool,
+    /// The first violations the guest recorded (at most 8).
+    pub violation_log: Vec<Violation>,
+}
+
+/// One recorded invariant violation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `not-run` (the caller returned before a target ran the callback),
+    /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
+    /// `lost` (an asynchronous call never ran by the end of the phase).
+    pub kind: String,
+    /// The target CPU concerned.
+    pub cpu: u32,
+    /// Request id.
+    pub request: u64,
+    /// Time since the phase's checker was reset, in ms.
+    pub ms: f64,
+}
+
+/// The report name of a [`abi::violation`] kind.
+pub fn violation_name(kind: u32) -> &'static str {
+    use abi::violation::*;
+    match kind {
+        NOT_RUN => "not-run",
+        RAN_TWICE => "ran-twice",
+        RAN_AFTER_RETURN => "ran-after-return",
+        WRONG_CPU => "wrong-cpu",
+        CSD_REINIT => "csd-reinit",
+        LOST => "lost",
+        _ => "unknown",
+    }
+}
+
+impl DesignSummary {
+    fn new(d: &DesignReport, khz: u64) -> Self {
+        let phase_ns = cycles_to_ns(d.phase_cycles, khz);
+        DesignSummary {
+            design: d.design.name().to_string(),
+            calls: d.calls,
+            violations: d.violations,
+            first_violation_ms: d
+                .first_violation_cycles
+                .map(|c| cycles_to_ns(c, khz) as f64 / 1e6),
+            call_latency_ns: Latency::from_histogram(&d.call_latency, khz),
+            sched_latency_ns: Latency::from_histogram(&d.sched_latency, khz),
+            waits_preempted: d.waits_preempted,
+            waits_migrated: d.waits_migrated,
+            mask_bytes_per_task: d.mask_bytes_per_task,
+            mask_allocs: d.mask_allocs,
+            fallbacks: d.fallbacks,
+            mask_frees: d.mask_frees,
+            callbacks: d.callbacks,
+            stack_bytes_per_call: d.stack_bytes_per_call,
+            csd_watchdog_fires: d.csd_watchdog_fires,
+            phase_ms: phase_ns as f64 / 1e6,
+            calls_per_s: if phase_ns == 0 {
+                0.0
+            } else {
+                d.calls as f64 * 1e9 / phase_ns as f64
+            },
+            expected_safe: d.design.expected_safe(),
+            violation_log: d
+                .violation_log
+                .iter()
+                .map(|v| Violation {
+                    kind: violation_name(v.kind).to_string(),
+                    cpu: v.cpu,
+                    request: v.request,
+                    ms: cycles_to_ns(v.cycles, khz) as f64 / 1e6,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a run produced: the `--json` report (interface contract). The raw
+/// guest report (histograms, per-vCPU counters) rides along for the text
+/// report and the SVG, and is not serialised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// ipivirt's version.
+    pub version: String,
+    /// The scenario as run.
+    pub scenario: ScenarioInfo,
+    /// Guest TSC frequency (kHz) as KVM reports it.
+    pub tsc_khz: u64,
+    /// From VM creation to every vCPU online, as the VMM measured it, in ms.
+    pub boot_ms: f64,
+    /// The same, guest-measured from BSP entry, in ms.
+    pub guest_boot_ms: f64,
+    /// Raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1 (`ping`
+    /// and `floor` runs; null otherwise).
+    pub floor_latency_ns: Option<Latency>,
+    /// The guest's calibration.
+    pub platform: Platform,
+    /// Host-side injection.
+    pub host: HostInfo,
+    /// One entry per design, in run order.
+    pub designs: Vec<DesignSummary>,
+    /// The guest's report with its histograms (not serialised).
+    #[serde(skip)]
+    pub raw: Option<Box<BootReport>>,
+}
+
+impl Report {
+    /// Builds the report of a finished run of `config`.
+    pub fn new(config: &MachineConfig, boot: BootReport) -> Self {
+        let khz = boot.tsc_khz;
+        let g = &boot.guest;
+        let h = &boot.host;
+        let workload_name = workload_name(config.workload);
+        let steal_time = config.workload == Workload::Spin;
+        let mode = if h.active {
+            h.mode.unwrap_or(PreemptMode::None)
+        } else {
+            config.inject.preempt
+        };
+        let mut steal_ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
+        steal_ns.resize(config.vcpus as usize, 0);
+        Report {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            scenario: ScenarioInfo {
+                vcpus: config.vcpus,
+                host_cpus: if h.active {
+                    h.host_cpus.clone()
+                } else {
+                    config.inject.host_cpus.clone().unwrap_or_default()
+                },
+                workload: workload_name.to_string(),
+                duration_s: config.duration.as_secs_f64(),
+                tasks_per_cpu: config.tasks_per_cpu,
+                seed: config.seed,
+                preempt: PreemptInfo {
+                    mode: mode.name().to_string(),
+                    len_us: config.inject.preempt_len.as_micros() as u64,
+                    every_us: config.inject.preempt_every.as_micros() as u64,
+                },
+                migrate_every_us: config
+                    .inject
+                    .migrate_every
+                    .map_or(0, |d| d.as_micros() as u64),
+                guest_preempt_prob: config.guest_preempt_prob,
+                pv: if steal_time {
+                    vec!["steal-time".to_string()]
+                } else {
+                    Vec::new()
+                },
+                designs: config
+                    .ran_designs()
+                    .iter()
+                    .map(|d| d.name().to_string())
+                    .collect(),
+                alloc_fail_prob: config.alloc_fail_prob,
+                forced_migration: config.forced_migration,
+            },
+            tsc_khz: khz,
+            boot_ms: boot.boot_time.as_secs_f64() * 1e3,
+            guest_boot_ms: cycles_to_ns(boot.guest_boot_cycles, khz) as f64 / 1e6,
+            floor_latency_ns: Latency::from_floor(&g.floor, khz),
+            platform: Platform {
+                cpl0_cycles_per_iter: g.cpl0_cycles_per_kiter as f64 / 1024.0,
+                cpl3_cycles_per_iter: g.cpl3_cycles_per_kiter as f64 / 1024.0,
+                verdict: g.verdict.split(':').next().unwrap_or("").to_string(),
+                tick_hz: g.tick_hz,
+            },
+            host: HostInfo {
+                preemptions_injected: h.preemptions_injected,
+                migrations_injected: h.migrations_injected,
+                steal_ns,
+                pv: PvInfo {
+                    steal_time,
+                    preempted_flag: h.vcpus.iter().any(|v| v.preempted_seen > 0),
+                    kvm_hypercalls: false,
+                },
+                mode: mode.name().to_string(),
+                migrations_coalesced: h.migrations_coalesced,
+            },
+            designs: g
+                .designs
+                .iter()
+                .map(|d| DesignSummary::new(d, khz))
+                .collect(),
+            raw: Some(Box::new(boot)),
+        }
+    }
+
+    /// The CLI's exit code for this report: [`crate::exit_code::VIOLATION`]
+    /// when a design expected to be safe violated an invariant.
+    pub fn exit_code(&self) -> u8 {
+        // Torture checks are counted over all phases: they are violations
+        // only when every design of the run is expected to be safe.
+        let torture_errors: u64 = self
+            .raw
+            .as_ref()
+            .map_or(0, |r| r.guest.torture.iter().map(|t| t.2).sum());
+        let all_safe = self.designs.iter().all(|d| d.expected_safe);
+        if self
+            .designs
+            .iter()
+            .any(|d| d.expected_safe && d.violations > 0)
+            || (torture_errors > 0 && all_safe)
+        {
+            crate::exit_code::VIOLATION
+        } else {
+            crate::exit_code::OK
+        }
+    }
+
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+
+    /// The floor and, for a `ping` run, each design's call latency as a
+    /// ratio to it (empty when the floor was not measured).
+    pub fn floor_text(&self) -> String {
+        let Some(f) = &self.floor_latency_ns else {
+            return String::new();
+        };
+        let us = |ns: u64| ns as f64 / 1e3;
+        let mut out = format!(
+            "floor (raw x2APIC IPI round trip vCPU 0 -> 1 -> 0, no cross-call layer): n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us\n",
+            f.count,
+            us(f.p50),
+            us(f.p99),
+            us(f.max)
+        );
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                "n/a".to_string()
+            } else {
+                format!("{:.1}x", a as f64 / b as f64)
+            }
+        };
+        for d in &self.designs {
+            out += &format!(
+                "ping {}: p50 {:.1} us = {} the floor, p99 {:.1} us = {} the floor's p99\n",
+                d.design,
+                us(d.call_latency_ns.p50),
+                ratio(d.call_latency_ns.p50, f.p50),
+                us(d.call_latency_ns.p99),
+                ratio(d.call_latency_ns.p99, f.p99)
+            );
+        }
+        out.trim_end().to_string()
+    }
+}
+
+/// The command-line name of a workload.
+pub fn workload_name(w: Workload) -> &'static str {
+    match w {
+        Workload::None => "none",
+        Workload::Idle => "idle",
+        Workload::Spin => "spin",
+        Workload::Hogs => "hogs",
+        Workload::Churn => "churn",
+        Workload::Ping => "ping",
+        Workload::Shootdown => "shootdown",
+        Workload::Floor => "floor",
+        Workload::Torture => "torture",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_latency_from_histogram_monotone_ns() {
+        let mut h = Histogram::new();
+        for v in [2600u64, 5200, 26_000, 260_000, 2_600_000] {
+            h.record(v);
+        }
+        let l = Latency::from_histogram(&h, 2_600_000);
+        assert_eq!(l.count, 5);
+        assert!(l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max);
+        assert_eq!(l.max, 1_000_000);
+        assert!(
+            (l.mean - (2_893_800.0 / 5.0) / 2.6).abs() < 1.0,
+            "{}",
+            l.mean
+        );
+    }
+
+    #[test]
+    fn test_latency_from_histogram_empty_is_zero() {
+        assert_eq!(
+            Latency::from_histogram(&Histogram::new(), 1000),
+            Latency::default()
+        );
+        assert_eq!(cycles_to_ns(5, 0), 0);
+    }
+
+    #[test]
+    fn test_latency_from_floor_none_when_unmeasured() {
+        assert!(Latency::from_floor(&FloorResults::default(), 1000).is_none());
+        let f = FloorResults {
+            count: 2,
+            sum: 4000,
+            min: 1000,
+            max: 3000,
+            p50: 1000,
+            p90: 3000,
+            p99: 3000,
+            p999: 3000,
+        };
+        let l = Latency::from_floor(&f, 1_000_000).unwrap();
+        assert_eq!((l.p50, l.max, l.mean), (1000, 3000, 2000.0));
+    }
+
+    #[test]
+    fn test_violation_name_every_kind() {
+        assert_eq!(violation_name(abi::violation::NOT_RUN), "not-run");
+        assert_eq!(violation_name(abi::violation::LOST), "lost");
+        assert_eq!(violation_name(99), "unknown");
+    }
+
+    #[test]
+    fn test_scenario_builder_sets_config() {
+        let s = Scenario::new()
+            .vcpus(2)
+            .host_cpus(&[0])
+            .designs(&[Design::Stack])
+            .workload(Workload::Ping)
+            .duration(Duration::from_millis(300))
+            .preempt(PreemptMode::None)
+            .migrate_every(Some(Duration::ZERO))
+            .seed(7);
+        let c = s.config();
+        assert_eq!((c.vcpus, c.seed), (2, 7));
+        assert_eq!(c.inject.host_cpus, Some(vec![0]));
+        assert_eq!(c.inject.migrate_every, None);
+        assert_eq!(c.designs, vec![Design::Stack]);
+        assert_eq!(
+            s.expected_duration(),
+            Duration::from_millis(300) + Duration::from_millis(200)
+        );
+    }
+}
