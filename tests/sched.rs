@@ -203,3 +203,30 @@ fn test_cli_run_idle_prints_counters_and_probe() {
         "{stdout}"
     );
 }
+
+#[test]
+fn test_probe_sees_vcpu_pauses() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _serial = common::heavy();
+    // 30 ms pauses every ~60 ms on each host CPU: while its vCPU is held
+    // out of KVM_RUN the probe cannot run, so some wake-up is late by
+    // nearly a pause (a structural bound, not a timing threshold).
+    let r = run(2, Workload::Idle, 2.0, |c| {
+        c.probe_period = Some(Duration::from_millis(5));
+        c.inject = ipivirt::InjectConfig {
+            preempt: ipivirt::PreemptMode::Pause,
+            preempt_len: Duration::from_millis(30),
+            preempt_every: Duration::from_millis(60),
+            max_duty: 0.9,
+            ..Default::default()
+        };
+    });
+    assert!(r.host.preemptions_injected > 0, "pauses were injected");
+    let max_ms = r.guest.probe.max as f64 / r.tsc_khz as f64;
+    assert!(
+        max_ms >= 20.0,
+        "a paused vCPU's probe ran at most {max_ms:.1} ms late"
+    );
+}
