@@ -293,11 +293,18 @@ pub fn spawn(
             }
         }
     }
-    // Initial stack: six zeroed callee-saved registers, then the return
-    // address of switch_to.
+    prepare_first_switch(t);
+    enqueue(t, cpu);
+    Ok(t)
+}
+
+/// Lays out a new task's kernel stack so that the first switch_to into it
+/// pops six zeroed callee-saved registers and "returns" to task_trampoline.
+fn prepare_first_switch(t: TaskRef) {
     let top = t.get().kstack_top;
     let frame = (top - 8 * 8) as *mut u64;
-    // SAFETY: the frame lies inside the fresh kernel stack.
+    // SAFETY: the frame lies inside the task's fresh kernel stack, which
+    // nothing else uses before the task first runs.
     unsafe {
         for i in 0..6 {
             frame.add(i).write(0);
@@ -306,8 +313,6 @@ pub fn spawn(
         frame.add(7).write(0);
         *t.get().rsp.get() = frame as u64;
     }
-    enqueue(t, cpu);
-    Ok(t)
 }
 
 fn free_task(t: TaskRef) {
@@ -373,17 +378,7 @@ pub fn start_cpu(is_bsp: bool) {
             kstack,
             true,
         );
-        let top = idle.get().kstack_top;
-        let frame = (top - 8 * 8) as *mut u64;
-        // SAFETY: as in spawn.
-        unsafe {
-            for i in 0..6 {
-                frame.add(i).write(0);
-            }
-            frame.add(6).write(task_trampoline as *const () as u64);
-            frame.add(7).write(0);
-            *idle.get().rsp.get() = frame as u64;
-        }
+        prepare_first_switch(idle);
         pc.idle.set(idle.ptr());
     } else {
         pc.idle.set(boot.ptr());
