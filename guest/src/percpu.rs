@@ -30,6 +30,12 @@ pub mod selector {
 /// Offsets used by assembly (trap.rs): keep in sync with the field order.
 pub const OFFSET_KSTACK_TOP: usize = 8;
 
+/// Offset of [`PerCpu::current`], for a gs-relative load.
+pub const OFFSET_CURRENT: usize = core::mem::offset_of!(PerCpu, current);
+
+/// Offset of [`PerCpu::preempt_count`], for gs-relative updates.
+pub const OFFSET_PREEMPT_COUNT: usize = core::mem::offset_of!(PerCpu, preempt_count);
+
 /// Interrupt stack table slots (1-based, as in the IDT).
 pub const IST_INTERRUPT: u8 = 1;
 /// Exceptions other than #DF/NMI.

@@ -428,11 +428,19 @@ extern "C" fn task_start() -> ! {
     }
 }
 
-/// The running task.
+/// The running task. One gs-relative load, so that a task preempted and
+/// moved to another vCPU cannot read its old CPU's `current` (two loads
+/// through `percpu::this()` could).
 pub fn current() -> &'static Task {
-    // SAFETY: `current` is set by start_cpu before anything calls this and
-    // always points at a live task.
-    unsafe { &*percpu::this().current.get() }
+    let p: *const Task;
+    // SAFETY: GS base is this CPU's PerCpu and OFFSET_CURRENT the offset of
+    // its `current` pointer, set by start_cpu before anything calls this.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr gs:[{off}]", out(reg) p, off = const percpu::OFFSET_CURRENT,
+            options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: `current` always points at a live task (the running one).
+    unsafe { &*p }
 }
 
 /// Id and name of the running task (0 and empty before start_cpu).
@@ -448,18 +456,41 @@ pub fn current_identity() -> (u64, [u8; 16]) {
 }
 
 /// Disables preemption on this CPU.
+///
+/// One gs-relative `add`: atomic with respect to interrupts, and always on
+/// the count of the CPU the task runs on. A read-modify-write through a
+/// pointer taken first (`this().count.set(get() + 1)`) could be preempted
+/// between the load and the store, the task moved to another vCPU, and the
+/// old CPU's count incremented: the "pinned" section then ran unpinned (the
+/// soak caught the upstream design under-waiting because of that).
 pub fn preempt_disable() {
-    let pc = percpu::this();
-    pc.preempt_count.set(pc.preempt_count.get() + 1);
+    // SAFETY: GS base is this CPU's PerCpu (set before any task runs) and
+    // OFFSET_PREEMPT_COUNT is the offset of its u32 preempt_count.
+    unsafe {
+        core::arch::asm!("add dword ptr gs:[{off}], 1", off = const percpu::OFFSET_PREEMPT_COUNT, options(nostack))
+    };
 }
 
 /// Re-enables preemption; reschedules if a reschedule became due.
 pub fn preempt_enable() {
-    let pc = percpu::this();
-    let n = pc.preempt_count.get();
-    debug_assert!(n > 0);
-    pc.preempt_count.set(n - 1);
-    if n == 1 && pc.need_resched.load(Ordering::Acquire) && cpu::rflags() & cpu::RFLAGS_IF != 0 {
+    let left: u32;
+    // SAFETY: as in preempt_disable; `sub` then reading the same slot: if
+    // the task moves between the two, it reads its new CPU's count, which
+    // is 0 (it runs preemptible code there), and a reschedule check there
+    // is right.
+    unsafe {
+        core::arch::asm!(
+            "sub dword ptr gs:[{off}], 1",
+            "mov {left:e}, dword ptr gs:[{off}]",
+            off = const percpu::OFFSET_PREEMPT_COUNT,
+            left = out(reg) left,
+            options(nostack)
+        )
+    };
+    if left == 0
+        && percpu::this().need_resched.load(Ordering::Acquire)
+        && cpu::rflags() & cpu::RFLAGS_IF != 0
+    {
         schedule();
     }
 }
