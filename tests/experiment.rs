@@ -85,9 +85,15 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     let steal = r["host"]["steal_ns"].as_array().expect("steal_ns array");
     assert_eq!(steal.len() as u64, vcpus);
     assert!(steal.iter().all(|s| s.as_u64().is_some()));
-    for f in ["steal_time", "preempted_flag", "kvm_hypercalls"] {
+    for f in ["steal_time", "preempted_flag"] {
         assert!(r["host"]["pv"][f].is_boolean(), "host.pv.{f}");
     }
+    // Not probed yet (issue 8): null, never an unmeasured `false`.
+    let hc = &r["host"]["pv"]["kvm_hypercalls"];
+    assert!(
+        hc.is_boolean() || hc.is_null(),
+        "host.pv.kvm_hypercalls: {hc}"
+    );
     let mut names = Vec::new();
     for d in r["designs"].as_array().expect("designs array") {
         let name = d["design"].as_str().expect("design name").to_string();

@@ -348,8 +348,11 @@ pub struct PvInfo {
     pub steal_time: bool,
     /// The guest saw the steal-time `preempted` flag set at least once.
     pub preempted_flag: bool,
-    /// KVM hypercalls used (never, so far).
-    pub kvm_hypercalls: bool,
+    /// Whether KVM hypercalls complete on this host: `None` (JSON null)
+    /// until the capability probe of issue 8 exists. Not claimed either
+    /// way without a measurement (on some nested hosts a `vmcall` never
+    /// returns, so ipivirt issues none).
+    pub kvm_hypercalls: Option<bool>,
 }
 
 /// Host-side injection figures.
@@ -581,7 +584,7 @@ impl Report {
                 pv: PvInfo {
                     steal_time,
                     preempted_flag: h.vcpus.iter().any(|v| v.preempted_seen > 0),
-                    kvm_hypercalls: false,
+                    kvm_hypercalls: None,
                 },
                 mode: mode.name().to_string(),
                 migrations_coalesced: h.migrations_coalesced,

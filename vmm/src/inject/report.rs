@@ -79,7 +79,7 @@ impl HostReport {
         let seen = self.vcpus.iter().any(|v| v.preempted_seen > 0);
         format!(
             "{{\"preemptions_injected\": {}, \"migrations_injected\": {}, \"steal_ns\": [{}], \
-             \"pv\": {{\"steal_time\": {steal_time}, \"preempted_flag\": {seen}, \"kvm_hypercalls\": false}}, \
+             \"pv\": {{\"steal_time\": {steal_time}, \"preempted_flag\": {seen}, \"kvm_hypercalls\": null}}, \
              \"mode\": \"{}\"}}",
             self.preemptions_injected,
             self.migrations_injected,
