@@ -10,19 +10,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ipivirt, kvm_or_skip, text};
 use ipivirt::inject::placement;
 use ipivirt::inject::trace::EventKind;
 use ipivirt::{boot, BootReport, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
-
-/// One injection test at a time: they measure time on a 2-CPU machine.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn spin_config(vcpus: u32, host_cpus: Vec<usize>, duration: Duration) -> MachineConfig {
     let mut c = MachineConfig::new(vcpus);
@@ -44,22 +38,12 @@ fn gap_ms(r: &BootReport, v: usize) -> f64 {
     r.host.vcpus[v].max_gap_cycles as f64 / r.tsc_khz as f64
 }
 
-/// Threads of this process whose name starts with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with(prefix))
-        .collect()
-}
-
 #[test]
 fn test_pause_gap_matches_injected_length() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let mut c = spin_config(1, vec![allowed()[0]], Duration::from_secs(1));
     c.inject.preempt = PreemptMode::Pause;
     c.inject.preempt_len = Duration::from_millis(5);
@@ -98,7 +82,7 @@ fn test_antagonist_steal_time_grows_by_injected_total() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let mut c = spin_config(1, vec![allowed()[0]], Duration::from_millis(1500));
     c.inject.preempt = PreemptMode::Antagonist;
     c.inject.preempt_len = Duration::from_micros(500);
@@ -149,7 +133,7 @@ fn test_migrations_match_timeline_and_move_threads() {
         eprintln!("skipped: needs two host CPUs");
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let mut c = spin_config(2, cpus[..2].to_vec(), Duration::from_secs(1));
     c.inject.migrate_every = Some(Duration::from_millis(2));
     // Sample where the vCPU threads run (field 39 of their stat) meanwhile.
@@ -196,7 +180,7 @@ fn test_duty_cycle_above_90_percent_is_refused() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     for args in [
         &["--preempt-len", "1ms", "--preempt-every", "1ms"][..],
         &["--preempt-len", "950us", "--preempt-every", "1ms"],
@@ -234,7 +218,7 @@ fn test_nothing_left_behind_after_ok_crash_and_timeout() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let mask_before = placement::get_affinity(0).unwrap();
     let cpus = allowed();
     for (hook, timeout) in [
@@ -256,8 +240,16 @@ fn test_nothing_left_behind_after_ok_crash_and_timeout() {
             TestHook::Panic => assert_eq!(result.unwrap_err().exit_code(), 3),
             _ => assert_eq!(result.unwrap_err().exit_code(), 4),
         }
-        assert_eq!(threads_named("inj-"), Vec::<String>::new(), "{hook:?}");
-        assert_eq!(threads_named("vcpu-"), Vec::<String>::new(), "{hook:?}");
+        assert_eq!(
+            common::threads_named("inj-"),
+            Vec::<String>::new(),
+            "{hook:?}"
+        );
+        assert_eq!(
+            common::threads_named("vcpu-"),
+            Vec::<String>::new(),
+            "{hook:?}"
+        );
         assert_eq!(placement::get_affinity(0).unwrap(), mask_before, "{hook:?}");
         assert_eq!(sched_policy(), 0, "still SCHED_OTHER: {hook:?}");
     }
@@ -278,7 +270,7 @@ fn test_cli_reports_counts_steal_and_writes_valid_trace() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let dir = std::env::temp_dir();
     let cpus = allowed();
     let two = if cpus.len() >= 2 {
@@ -360,7 +352,7 @@ fn test_ctrl_c_leaves_nothing_running() {
     if !kvm_or_skip() {
         return;
     }
-    let _serial = serial();
+    let _serial = common::heavy();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipivirt"))
         .args([
             "run",

@@ -7,29 +7,11 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{ipivirt, kvm_or_skip, text};
 use ipivirt::inject::placement;
 use ipivirt::{boot, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
-
-/// One in-process run at a time: the leftover checks count this process's
-/// threads.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Threads of this process whose name starts with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with(prefix))
-        .collect()
-}
 
 /// Runs `hook` on `vcpu` of a 4-vCPU guest with pause preemption and a
 /// 2 ms migration storm; returns the error's exit code and message after
@@ -40,7 +22,7 @@ fn hooked_with_injection(
     workload: Workload,
     timeout: Duration,
 ) -> (u8, String) {
-    let _serial = serial();
+    let _serial = common::heavy();
     let mask_before = placement::get_affinity(0).unwrap();
     let mut c = MachineConfig::new(4);
     c.timeout = timeout;
@@ -59,8 +41,16 @@ fn hooked_with_injection(
     let started = Instant::now();
     let result = boot(&c);
     let elapsed = started.elapsed();
-    assert_eq!(threads_named("inj-"), Vec::<String>::new(), "{hook:?}");
-    assert_eq!(threads_named("vcpu-"), Vec::<String>::new(), "{hook:?}");
+    assert_eq!(
+        common::threads_named("inj-"),
+        Vec::<String>::new(),
+        "{hook:?}"
+    );
+    assert_eq!(
+        common::threads_named("vcpu-"),
+        Vec::<String>::new(),
+        "{hook:?}"
+    );
     assert_eq!(placement::get_affinity(0).unwrap(), mask_before, "{hook:?}");
     // Ended by its own failure or the watchdog, not by the stop grace.
     assert!(

@@ -15,17 +15,6 @@ use common::kvm_or_skip;
 use ipivirt::inject::placement;
 use ipivirt::{boot, Error, InjectConfig, MachineConfig, PreemptMode, Workload};
 
-fn task_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-                .map(|c| c.trim().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn kill(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -63,7 +52,7 @@ fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
             .expect("ipivirt starts");
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !task_names(pid).iter().any(|n| n == "inj-migrate") {
+        while !common::task_names(pid).iter().any(|n| n == "inj-migrate") {
             assert!(Instant::now() < deadline, "no injector thread started");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -102,14 +91,6 @@ fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
     }
 }
 
-/// Threads of this process whose name starts with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
-    task_names(std::process::id())
-        .into_iter()
-        .filter(|c| c.starts_with(prefix))
-        .collect()
-}
-
 #[test]
 fn test_signal_in_process_stops_run_and_leaves_nothing() {
     if !kvm_or_skip() {
@@ -129,7 +110,10 @@ fn test_signal_in_process_stops_run_and_leaves_nothing() {
     };
     let run = std::thread::spawn(move || boot(&c));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !threads_named("inj-").iter().any(|n| n == "inj-migrate") {
+    while !common::threads_named("inj-")
+        .iter()
+        .any(|n| n == "inj-migrate")
+    {
         assert!(Instant::now() < deadline, "no injector thread started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -145,7 +129,7 @@ fn test_signal_in_process_stops_run_and_leaves_nothing() {
     assert_eq!((p.online, p.vcpus), (2, 2));
     assert!(p.host.active && p.host.affinity_restored, "{:?}", p.host);
     assert!(p.host.migrations_injected > 0, "{:?}", p.host);
-    assert_eq!(threads_named("inj-"), Vec::<String>::new());
-    assert_eq!(threads_named("vcpu-"), Vec::<String>::new());
+    assert_eq!(common::threads_named("inj-"), Vec::<String>::new());
+    assert_eq!(common::threads_named("vcpu-"), Vec::<String>::new());
     assert_eq!(placement::get_affinity(0).unwrap(), mask_before);
 }
