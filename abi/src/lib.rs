@@ -20,7 +20,7 @@ pub use hist::Histogram;
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
@@ -75,8 +75,22 @@ pub mod layout {
     pub const PERCPU_AREA_ADDR: u64 = USER_WINDOW_ADDR + USER_WINDOW_SIZE;
     /// Size of one vCPU's area.
     pub const PERCPU_AREA_SIZE: u64 = 32 << 10;
+    /// The ipivirt PV state area: one [`PvVcpuState`](super::PvVcpuState)
+    /// per vCPU, written by the VMM while the guest runs (see [`super::pv`]).
+    pub const PV_STATE_ADDR: u64 = PERCPU_AREA_ADDR + MAX_VCPUS as u64 * PERCPU_AREA_SIZE;
+    /// Room reserved for the PV state area.
+    pub const PV_STATE_SIZE: u64 = 2 << 20;
     /// First byte after the fixed layout: the guest heap starts here.
-    pub const FREE_MEM_ADDR: u64 = PERCPU_AREA_ADDR + MAX_VCPUS as u64 * PERCPU_AREA_SIZE;
+    pub const FREE_MEM_ADDR: u64 = PV_STATE_ADDR + PV_STATE_SIZE;
+
+    /// Guest-physical address of vCPU `index`'s PV state.
+    pub const fn pv_state_addr(index: u32) -> u64 {
+        PV_STATE_ADDR + index as u64 * core::mem::size_of::<super::PvVcpuState>() as u64
+    }
+
+    const _: () = assert!(
+        MAX_VCPUS as u64 * core::mem::size_of::<super::PvVcpuState>() as u64 <= PV_STATE_SIZE
+    );
 
     /// vCPU `index`'s per-CPU area.
     pub const fn percpu_area(index: u32) -> u64 {
@@ -111,6 +125,11 @@ pub mod vector {
     pub const CALL_FUNCTION: u8 = 0xf2;
     /// Raw IPI ping-pong of the `floor` measurement (no cross-call layer).
     pub const FLOOR: u8 = 0xf3;
+    /// flush-defer: the VMM sends it (KVM_SIGNAL_MSI) to a vCPU it resumes
+    /// whose `preempted` state a caller marked with
+    /// [`pv::STATE_FLUSH`](super::pv::STATE_FLUSH): the highest vector in
+    /// use, so it is the first thing the vCPU runs.
+    pub const FLUSH_DEFER: u8 = 0xfe;
     /// Spurious interrupt vector (SVR).
     pub const SPURIOUS: u8 = 0xff;
 }
@@ -160,6 +179,10 @@ pub enum Port {
     Console = 0x3f8,
     /// Status: a 32-bit [`GuestStatus`] code.
     Status = 0xf4,
+    /// The ipivirt PV hypercall: a 32-bit `in` after filling the request
+    /// in the caller's [`PvVcpuState`]; the value read is the result
+    /// (see [`pv`]).
+    Hypercall = 0xf8,
 }
 
 impl TryFrom<u16> for Port {
@@ -168,6 +191,7 @@ impl TryFrom<u16> for Port {
         match port {
             0x3f8 => Ok(Port::Console),
             0xf4 => Ok(Port::Status),
+            0xf8 => Ok(Port::Hypercall),
             other => Err(other),
         }
     }
@@ -311,7 +335,8 @@ pub struct Control {
     pub test_hook_vcpu: u32,
     /// A [`Workload`] code: what the guest runs after boot.
     pub workload: u32,
-    /// [`pv_flags`] bits: paravirtual features the guest enables.
+    /// [`pv`] feature bits the guest enables for the whole run
+    /// (`STEAL_TIME`, `PREEMPTED`); the others are per phase (`phase_pv`).
     pub pv_flags: u32,
     /// Measured time of the workload, in microseconds.
     pub duration_us: u64,
@@ -337,8 +362,16 @@ pub struct Control {
     /// Relative weights of the torture primitives (index: [`torture`]);
     /// all zero means equal weights.
     pub torture_weights: [u8; torture::COUNT],
+    /// [`pv`] features served by KVM's own mechanism (the VMM sets them from
+    /// its host probe); the others use ipivirt's.
+    pub pv_kvm: u32,
+    /// Non-zero: the KVM hypercall instruction is `vmmcall` (AMD).
+    pub pv_amd: u32,
+    /// [`pv`] features of each design phase (index as `designs`), on top
+    /// of the global `pv_flags`.
+    pub phase_pv: [u32; MAX_DESIGNS],
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 47],
+    pub reserved: [u64; 42],
 }
 
 /// How many designs one run can compare.
@@ -410,6 +443,9 @@ pub mod violation {
     pub const CSD_REINIT: u32 = 5;
     /// An asynchronous call never ran on a target by the end of the phase.
     pub const LOST: u32 = 6;
+    /// flush-defer: a deferred target ran something else (another callback,
+    /// a task switch) before its deferred work.
+    pub const DEFERRED_LATE: u32 = 7;
 }
 
 /// One recorded invariant violation.
@@ -467,6 +503,26 @@ pub struct DesignResults {
     pub task_create_cycles: u64,
     /// Length of the phase in cycles.
     pub phase_cycles: u64,
+    /// [`pv`] features of the phase.
+    pub pv: u32,
+    /// Those served by KVM's mechanism (the rest: ipivirt's).
+    pub pv_kvm: u32,
+    /// Send-IPI hypercalls made.
+    pub pv_send_ipi_calls: u64,
+    /// Directed yields (sched-yield hypercalls) made.
+    pub pv_yields: u64,
+    /// Of those, yields that ended an injected pause early.
+    pub pv_yields_effective: u64,
+    /// Shootdown targets deferred (flush-defer).
+    pub pv_deferrals: u64,
+    /// Deferred callbacks run by their targets.
+    pub pv_deferred_runs: u64,
+    /// csd waits that saw their target preempted.
+    pub waits_on_preempted: u64,
+    /// Of those, seen through KVM's steal-time flag.
+    pub preempted_seen_kvm: u64,
+    /// Of those, seen through ipivirt's PV state.
+    pub preempted_seen_ipivirt: u64,
     /// Cross-call latency (cycles, entry to return; wait=true).
     pub call_latency: Histogram,
     /// Latency probe during the phase.
@@ -482,7 +538,7 @@ unsafe impl Pod for DesignResults {}
 unsafe impl Pod for ViolationRecord {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+        == 8 + 16 * 8 + 8 + 8 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
 );
 
 /// What the guest runs after every vCPU is online ([`Control::workload`]).
@@ -569,11 +625,109 @@ impl TryFrom<u32> for Workload {
     }
 }
 
-/// [`Control::pv_flags`] bits.
-pub mod pv_flags {
-    /// Register KVM steal time (MSR_KVM_STEAL_TIME) on every vCPU.
+/// Paravirtual features and the ipivirt PV interface.
+///
+/// Features (bits of [`Control::pv_flags`], [`Control::phase_pv`],
+/// [`Control::pv_kvm`] and [`DesignResults::pv`]) each use KVM's mechanism
+/// when the host offers it and ipivirt's otherwise:
+///
+/// | feature | KVM | ipivirt |
+/// |---|---|---|
+/// | `steal-time` | MSR_KVM_STEAL_TIME | (none: KVM's only) |
+/// | `preempted` | steal-time `preempted` byte | [`PvVcpuState::state`] |
+/// | `send-ipi` | KVM_HC_SEND_IPI (`vmcall`) | [`OP_SEND_IPI`] hypercall |
+/// | `sched-yield` | KVM_HC_SCHED_YIELD (`vmcall`) | [`OP_YIELD_TO`] hypercall |
+/// | `flush-defer` | (KVM flushes in the host: not usable here) | [`STATE_FLUSH`] |
+///
+/// The ipivirt interface: vCPU `i` owns a [`PvVcpuState`] at
+/// [`layout::pv_state_addr`]. The VMM writes `state`, `seq`, `since_ns` and
+/// `preemptions` while it holds the vCPU (injection `pause`, exact) or while
+/// an antagonist runs on the vCPU's host CPU (`antagonist`). A hypercall:
+/// the vCPU writes `op` and its arguments into its own block, then reads
+/// 32 bits from [`Port::Hypercall`]; the value read is the result. A
+/// malformed request stops the run with an error.
+pub mod pv {
+    /// KVM steal time on every vCPU (global).
     pub const STEAL_TIME: u32 = 1 << 0;
+    /// Track whether wait targets are preempted (global, and per phase).
+    pub const PREEMPTED: u32 = 1 << 1;
+    /// Multicast IPIs with one hypercall.
+    pub const SEND_IPI: u32 = 1 << 2;
+    /// A waiter yields to a preempted target (rate-limited).
+    pub const SCHED_YIELD: u32 = 1 << 3;
+    /// Shootdowns defer preempted targets instead of waiting for them.
+    pub const FLUSH_DEFER: u32 = 1 << 4;
+    /// Every feature.
+    pub const ALL: u32 = 0x1f;
+    /// Feature names, in bit order.
+    pub const NAMES: [&str; 5] = [
+        "steal-time",
+        "preempted",
+        "send-ipi",
+        "sched-yield",
+        "flush-defer",
+    ];
+
+    /// [`super::PvVcpuState::state`]: the VMM holds this vCPU.
+    pub const STATE_PREEMPTED: u32 = 1 << 0;
+    /// Held with interrupts enabled: a deferred flush requested meanwhile
+    /// runs (vector FLUSH_DEFER) before anything else when it resumes.
+    pub const STATE_DEFERRABLE: u32 = 1 << 1;
+    /// A caller deferred work to this vCPU's resume (guest, compare-and-swap
+    /// while PREEMPTED and DEFERRABLE are set; the VMM clears the word with
+    /// an exchange when it resumes the vCPU and sends FLUSH_DEFER if set).
+    pub const STATE_FLUSH: u32 = 1 << 2;
+
+    /// Hypercall: send `vector` to every vCPU in `bitmap` (x2APIC id =
+    /// vCPU index) with KVM_SIGNAL_MSI. Result: IPIs sent.
+    pub const OP_SEND_IPI: u32 = 1;
+    /// Hypercall: directed yield to vCPU `arg`: ends an injected pause of
+    /// it early. Result: 1 if a pause was ended, 0 if it was not held.
+    pub const OP_YIELD_TO: u32 = 2;
+
+    /// Calls `out` with the name of every feature in `features`, in bit order.
+    pub fn names(features: u32, mut out: impl FnMut(&'static str)) {
+        for (i, n) in NAMES.iter().enumerate() {
+            if features & (1 << i) != 0 {
+                out(n);
+            }
+        }
+    }
 }
+
+/// One vCPU's ipivirt PV state ([`pv`]), at [`layout::pv_state_addr`].
+/// `state`, `seq`, `since_ns`, `preemptions` and `flushes` are the VMM's
+/// (the guest only reads them, and sets [`pv::STATE_FLUSH`] in `state`);
+/// the request fields are the vCPU's own.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+pub struct PvVcpuState {
+    /// [`pv`] `STATE_*` bits.
+    pub state: u32,
+    /// Incremented when a preemption starts and when it ends (odd: held).
+    pub seq: u32,
+    /// When the current (or last) preemption started: host ns since the VM
+    /// was created.
+    pub since_ns: u64,
+    /// Preemptions so far.
+    pub preemptions: u64,
+    /// Resumes at which the VMM sent FLUSH_DEFER.
+    pub flushes: u64,
+    /// Request: a [`pv`] `OP_*`.
+    pub op: u32,
+    /// Request: the vector of `OP_SEND_IPI`.
+    pub vector: u32,
+    /// Request: the target vCPU of `OP_YIELD_TO`.
+    pub arg: u64,
+    /// Request: the targets of `OP_SEND_IPI`, bit `i` = vCPU `i`.
+    pub bitmap: [u64; MAX_VCPUS / 64],
+    /// Zero.
+    pub reserved: [u64; 2],
+}
+
+// SAFETY: repr(C) of u32 pairs and u64s, no padding (size assert).
+unsafe impl Pod for PvVcpuState {}
+const _: () = assert!(size_of::<PvVcpuState>() == 192);
 
 /// Where and why the guest panicked.
 #[repr(C)]
@@ -1029,7 +1183,7 @@ mod tests {
 
     #[test]
     fn test_port_roundtrip() {
-        for port in [Port::Console, Port::Status] {
+        for port in [Port::Console, Port::Status, Port::Hypercall] {
             assert_eq!(Port::try_from(port as u16), Ok(port));
         }
         assert_eq!(Port::try_from(0x80), Err(0x80));

@@ -81,6 +81,9 @@ fn init_cpu(index: u32, seed: u64) {
     trap::init_cpu();
     apic::init();
     percpu::seed(seed);
+    if crate::pv::steal_registered() {
+        crate::pv::enable_steal_time(index);
+    }
 }
 
 fn bsp_main() -> ! {
@@ -125,6 +128,7 @@ fn bsp_main() -> ! {
         .tick_cycles
         .store(cycles_per_us * 10_000, Ordering::Relaxed);
     crate::cpumask::set_nr_cpu_ids(control.nr_vcpus);
+    crate::pv::configure(&control);
     init_cpu(0, control.seed);
     sched::start_cpu(true);
     cpu::outl(Port::Status as u16, GuestStatus::StartAps as u32);

@@ -18,6 +18,9 @@ struct Request {
     id: AtomicU64,
     targets: [AtomicU64; MAX_WORDS],
     ran: [AtomicU64; MAX_WORDS],
+    /// Targets the caller deferred (flush-defer): they run the callback when
+    /// they resume, after the caller returned.
+    deferred: [AtomicU64; MAX_WORDS],
     /// Targets still to run, plus one for the caller's return; 0: free.
     remaining: AtomicU32,
     returned: AtomicBool,
@@ -33,6 +36,7 @@ const REQUEST_INIT: Request = Request {
     id: AtomicU64::new(0),
     targets: [const { AtomicU64::new(0) }; MAX_WORDS],
     ran: [const { AtomicU64::new(0) }; MAX_WORDS],
+    deferred: [const { AtomicU64::new(0) }; MAX_WORDS],
     remaining: AtomicU32::new(0),
     returned: AtomicBool::new(false),
     wait: AtomicBool::new(false),
@@ -195,6 +199,7 @@ pub fn begin(targets: &CpuMask, wait: bool) -> usize {
     for i in 0..nr_words() {
         r.targets[i].store(targets.words[i], Ordering::Relaxed);
         r.ran[i].store(0, Ordering::Relaxed);
+        r.deferred[i].store(0, Ordering::Relaxed);
     }
     r.returned.store(false, Ordering::Relaxed);
     r.wait.store(wait, Ordering::Relaxed);
@@ -210,6 +215,42 @@ fn release(r: &Request) {
 
 /// Records that this CPU ran the callback of `token`.
 pub fn on_callback(token: usize) {
+    // flush-defer: work deferred to this CPU must run before anything else.
+    crate::pv::run_deferred(false);
+    run(token, false);
+}
+
+/// Records that this CPU ran the deferred callback of `token` (flush-defer:
+/// after the caller returned, by design).
+pub fn on_deferred_callback(token: usize) {
+    run(token, true);
+}
+
+/// flush-defer: the caller of `token` deferred `cpu` (it will run the
+/// callback when it resumes; the caller does not wait for it).
+pub fn defer(token: usize, cpu: u32) {
+    if let Some(r) = token.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        r.deferred[cpu as usize / 64].fetch_or(1 << (cpu % 64), Ordering::AcqRel);
+    }
+}
+
+/// flush-defer: the deferral of `cpu` was taken back (it resumed first).
+pub fn undefer(token: usize, cpu: u32) {
+    if let Some(r) = token.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        r.deferred[cpu as usize / 64].fetch_and(!(1 << (cpu % 64)), Ordering::AcqRel);
+    }
+}
+
+/// flush-defer: `cpu` ran something else before the work deferred to it.
+pub fn record_deferred_late(cpu: u32, token: usize) {
+    let id = token
+        .checked_sub(1)
+        .and_then(|i| TABLE.get(i))
+        .map_or(0, |r| r.id.load(Ordering::Relaxed));
+    record(violation::DEFERRED_LATE, cpu, id);
+}
+
+fn run(token: usize, deferred: bool) {
     STATS.callbacks.fetch_add(1, Ordering::Relaxed);
     if token == 0 {
         return;
@@ -218,7 +259,7 @@ pub fn on_callback(token: usize) {
     let id = r.id.load(Ordering::Acquire);
     let me = percpu::cpu_id();
     let (w, bit) = (me as usize / 64, 1u64 << (me % 64));
-    if r.wait.load(Ordering::Relaxed) && r.returned.load(Ordering::Acquire) {
+    if !deferred && r.wait.load(Ordering::Relaxed) && r.returned.load(Ordering::Acquire) {
         record(violation::RAN_AFTER_RETURN, me, id);
     }
     if r.targets[w].load(Ordering::Relaxed) & bit == 0 {
@@ -243,7 +284,10 @@ pub fn end(token: usize) {
     let id = r.id.load(Ordering::Relaxed);
     if r.wait.load(Ordering::Relaxed) {
         for i in 0..nr_words() {
-            let missing = r.targets[i].load(Ordering::Relaxed) & !r.ran[i].load(Ordering::Acquire);
+            // Deferred targets run later, when they resume (flush-defer).
+            let missing = r.targets[i].load(Ordering::Relaxed)
+                & !r.ran[i].load(Ordering::Acquire)
+                & !r.deferred[i].load(Ordering::Acquire);
             for_each_cpu(
                 1,
                 |_| missing,

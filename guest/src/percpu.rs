@@ -71,8 +71,12 @@ impl LocalCounter {
     }
     /// Adds one (owning CPU only).
     pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n` (owning CPU only).
+    pub fn add(&self, n: u64) {
         self.0
-            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            .store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
     /// Current value.
     pub fn get(&self) -> u64 {

@@ -533,6 +533,8 @@ pub fn schedule() {
         }
     };
     if next != prev {
+        // flush-defer: deferred work before another task runs.
+        crate::pv::run_deferred(false);
         switch(prev, next); // rearms the timer in finish_switch
     } else {
         rearm_timer();

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use abi::{vector, Design, MAX_VCPUS};
 
 use crate::cpumask::{for_each_cpu, nr_cpu_ids, nr_words, CpuMask, SharedMask};
-use crate::{apic, checker, cpu, mask, percpu, sched};
+use crate::{apic, checker, cpu, mask, percpu, pv, sched};
 
 /// The csd is in use (set by its writer, cleared by the target).
 const CSD_FLAG_LOCK: u32 = 0x01;
@@ -90,10 +90,12 @@ pub struct Cfd {
     pub cpumask: SharedMask,
     /// Targets whose queue went from empty to non-empty (owner only).
     cpumask_ipi: UnsafeCell<CpuMask>,
+    /// flush-defer's scratch mask (`__pv_cpu_mask`; owner only, pinned).
+    flushmask: UnsafeCell<CpuMask>,
 }
 
-// SAFETY: `csd` entries are Sync; `cpumask` is atomic; `cpumask_ipi` is
-// only touched by the owning CPU while pinned.
+// SAFETY: `csd` entries are Sync; `cpumask` is atomic; `cpumask_ipi` and
+// `flushmask` are only touched by the owning CPU while pinned.
 unsafe impl Sync for Cfd {}
 
 /// CPU `cpu`'s cfd. Allocated by that CPU (pinned) on its first call.
@@ -107,6 +109,7 @@ pub fn cfd_of(cpu: u32) -> &'static Cfd {
             csd: csd.into_boxed_slice(),
             cpumask: SharedMask::new(),
             cpumask_ipi: UnsafeCell::new(CpuMask::new()),
+            flushmask: UnsafeCell::new(CpuMask::new()),
         });
         p = Box::into_raw(cfd);
         // Release: the initialised cfd before its pointer.
@@ -144,6 +147,9 @@ pub struct SmpParams {
     pub guest_preempt_prob: AtomicU32,
     /// csd-lock watchdog threshold in cycles.
     pub watchdog_cycles: AtomicU64,
+    /// sched-yield on KVM's flag alone: at most one yield per this many
+    /// cycles per wait.
+    pub yield_gap_cycles: AtomicU64,
 }
 
 /// The settings.
@@ -151,6 +157,7 @@ pub static PARAMS: SmpParams = SmpParams {
     design: AtomicU32::new(0),
     guest_preempt_prob: AtomicU32::new(0),
     watchdog_cycles: AtomicU64::new(u64::MAX),
+    yield_gap_cycles: AtomicU64::new(u64::MAX),
 };
 
 /// The design in force.
@@ -224,6 +231,8 @@ fn send_call_ipi(target: u32) {
 pub fn handle_ipi() {
     let me = percpu::cpu_id() as usize;
     IN_CALLBACK[me].store(true, Ordering::Relaxed);
+    // flush-defer: deferred work before any other callback.
+    pv::run_deferred(false);
     // Acquire: pairs with the Release push in `queue`.
     let mut head = QUEUES[me].swap(ptr::null_mut(), Ordering::Acquire);
     // SAFETY: every csd in the drained list is locked and ours until we
@@ -276,8 +285,15 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
     let limit = PARAMS.watchdog_cycles.load(Ordering::Relaxed);
     let chance = u64::from(PARAMS.guest_preempt_prob.load(Ordering::Relaxed));
     let mut resent = false;
+    // PV (preempted / sched-yield): one load of the feature word per wait.
+    let watch_pv = pv::enabled(abi::pv::PREEMPTED | abi::pv::SCHED_YIELD);
+    let mut watch = pv::WaitWatch::new();
+    let yield_gap = PARAMS.yield_gap_cycles.load(Ordering::Relaxed);
     while csd.locked() {
         cpu::pause();
+        if watch_pv {
+            watch.spin(target, yield_gap);
+        }
         if preemptible && chance > 0 && (percpu::random() & 0xffff) < chance {
             sched::yield_now();
         }
@@ -288,10 +304,17 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
             // Reported on the console for the first few of a phase only;
             // all are counted.
             if fires < 3 {
+                let preempted = match pv::preempted_sources(target) {
+                    0 => "no (as far as PV state tells)",
+                    pv::SEEN_KVM => "yes (KVM steal-time flag)",
+                    pv::SEEN_IPIVIRT => "yes (ipivirt PV state)",
+                    _ => "yes (KVM flag and ipivirt PV state)",
+                };
                 crate::console::println!(
-                "csd-lock watchdog: waiting for vCPU {} (running a callback: {}); resending the IPI",
-                crate::fmt::Dec(target),
-                    if busy { "yes" } else { "no" }
+                    "csd-lock watchdog: waiting for vCPU {} (running a callback: {}; preempted: {}); resending the IPI",
+                    crate::fmt::Dec(target),
+                    if busy { "yes" } else { "no" },
+                    preempted
                 );
             }
             send_call_ipi(target);
@@ -368,6 +391,20 @@ pub fn smp_call_function_many_cond(
     run_local: bool,
     cond: Option<CondFn>,
 ) {
+    call_many(targets, func, info, wait, run_local, cond, false);
+}
+
+/// [`smp_call_function_many_cond`]; with `pinned_wait` the wait stays
+/// pinned whatever the design (flush-defer's path, as in Linux).
+fn call_many(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    run_local: bool,
+    cond: Option<CondFn>,
+    pinned_wait: bool,
+) {
     debug_assert!(
         cpu::rflags() & cpu::RFLAGS_IF != 0,
         "cross calls need interrupts on"
@@ -384,11 +421,17 @@ pub fn smp_call_function_many_cond(
     let ipi = unsafe { &mut *cfd.cpumask_ipi.get() };
     *ipi = CpuMask::new();
     let (mut nr_ipi, mut last) = (0u32, 0u32);
-    // Sends the IPIs owed so far: one single IPI for one target, a mask
-    // send (a loop of ICR writes in x2APIC physical mode) otherwise.
+    // Sends the IPIs owed so far: with PV send-ipi one hypercall for the
+    // whole mask; otherwise one single IPI for one target, a mask send (a
+    // loop of ICR writes in x2APIC physical mode) for more.
+    let pv_send = pv::enabled(abi::pv::SEND_IPI);
     let send = |ipi: &mut CpuMask, nr_ipi: &mut u32, last: u32| {
         match *nr_ipi {
             0 => {}
+            _ if pv_send => {
+                pv::send_ipi_mask(ipi, vector::CALL_FUNCTION);
+                percpu::this().ipis_sent.add(u64::from(*nr_ipi));
+            }
             1 => send_call_ipi(last),
             _ => for_each_cpu(nr_words(), |i| ipi.words[i], send_call_ipi),
         }
@@ -426,7 +469,10 @@ pub fn smp_call_function_many_cond(
         func(info);
         cpu::irq_restore(irq);
     }
-    if wait {
+    if wait && pinned_wait {
+        wait_all(&WaitSet::Live(&cfd.cpumask), cfd, false);
+        sched::preempt_enable();
+    } else if wait {
         // The design decides where the wait set lives and whether the wait
         // is preemptible; it re-enables preemption (invariant 9: after
         // that, the current CPU may differ from `this`).
@@ -447,6 +493,36 @@ pub fn on_each_cpu_cond_mask(
     cond: Option<CondFn>,
 ) {
     smp_call_function_many_cond(targets, func, info, wait, true, cond);
+}
+
+/// flush-defer's shootdown, as Linux's `kvm_flush_tlb_multi()`: pinned,
+/// copy `targets` into this CPU's scratch mask, defer every preempted
+/// target (it runs `func` when it resumes: see [`pv::try_defer`]), then
+/// call the rest and wait, still pinned. `func` must be the workload's
+/// flush callback (the deferred runs call the checker's flush record).
+pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) {
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    let cfd = cfd_of(this);
+    // SAFETY: owner-only scratch mask, and we are pinned.
+    let flushmask = unsafe { &mut *cfd.flushmask.get() };
+    *flushmask = *targets;
+    let mut deferred = CpuMask::new();
+    for_each_cpu(
+        nr_words(),
+        |i| targets.words[i],
+        |c| {
+            if c != this && pv::try_defer(c, token) {
+                deferred.set(c);
+            }
+        },
+    );
+    for i in 0..nr_words() {
+        flushmask.words[i] &= !deferred.words[i];
+    }
+    let mask = *flushmask;
+    call_many(&mask, func, token, true, true, None, true);
+    sched::preempt_enable();
 }
 
 /// `smp_call_function_single()`: runs `func(info)` on `target`. With

@@ -8,7 +8,7 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use abi::{pv_flags, Control};
+use abi::Control;
 
 use crate::{cpu, pv, shared};
 
@@ -17,10 +17,8 @@ static DONE: AtomicU32 = AtomicU32::new(0);
 
 /// Runs the spin workload on vCPU `index` (every vCPU calls it once).
 pub fn run(control: &Control, index: u32) {
-    let steal = control.pv_flags & pv_flags::STEAL_TIME != 0;
-    if steal {
-        pv::enable_steal_time(index);
-    }
+    // Registered at boot (where the VMM's probe saw KVM accept it).
+    let steal = pv::steal_registered();
     let steal_start = if steal { pv::steal_ns(index) } else { 0 };
     let cycles = control.duration_us.saturating_mul(control.tsc_khz) / 1000;
     let mut prev = cpu::rdtsc();

@@ -102,9 +102,15 @@ fn shootdown(seed: u64) {
     if targets.weight() == 0 {
         targets.set((x % u64::from(nr)) as u32);
     }
-    checked_call(&targets, true, |token| {
-        smp::on_each_cpu_cond_mask(&targets, flush_callback, token, true, None)
-    });
+    if crate::pv::enabled(abi::pv::FLUSH_DEFER) {
+        checked_call(&targets, true, |token| {
+            smp::flush_tlb_multi(&targets, flush_callback, token)
+        });
+    } else {
+        checked_call(&targets, true, |token| {
+            smp::on_each_cpu_cond_mask(&targets, flush_callback, token, true, None)
+        });
+    }
 }
 
 /// A synchronous single-target call to the next vCPU.

@@ -276,6 +276,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         0..=31 => exception(frame),
         v if v == u64::from(vector::TIMER) => {
             apic::eoi();
+            crate::pv::run_deferred(false);
             sched::on_tick();
         }
         v if v == u64::from(vector::CALL_FUNCTION) => {
@@ -289,6 +290,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             sched::on_resched_ipi();
         }
         v if v == u64::from(vector::FLOOR) => crate::floor::on_ipi(),
+        v if v == u64::from(vector::FLUSH_DEFER) => {
+            apic::eoi();
+            // The VMM sent it before resuming this vCPU: nothing ran since.
+            crate::pv::run_deferred(true);
+        }
         v if v == u64::from(vector::SPURIOUS) => {}
         _ => {
             apic::eoi();

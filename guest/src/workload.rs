@@ -10,7 +10,7 @@ use abi::{layout, verdict, Control, Design, TestHook, VcpuResults, Workload, MAX
 use crate::console::println;
 use crate::fmt::Dec;
 use crate::sched::{self, Body, Class};
-use crate::{checker, cpu, cpumask, heap, mask, percpu, shared, smp, user};
+use crate::{checker, cpu, cpumask, heap, mask, percpu, pv, shared, smp, user};
 
 /// TSC at which the workload ends (user tasks read it with a syscall).
 pub static END_TSC: AtomicU64 = AtomicU64::new(0);
@@ -242,6 +242,10 @@ pub fn write_counters(nr: u32) {
             (*s).ticks = pc.ticks.get();
             (*s).ipis_sent = pc.ipis_sent.get();
             (*s).ipis_received = pc.ipis_received.get();
+            // The spin workload writes its own (workload-only) figure.
+            if pv::steal_registered() && (*s).steal_ns == 0 {
+                (*s).steal_ns = pv::steal_ns(c);
+            }
         }
     }
     let r = shared::results();
@@ -279,6 +283,9 @@ pub fn run_designs(control: &Control) {
     smp::PARAMS
         .watchdog_cycles
         .store(watchdog_us * cycles_per_us, Ordering::Relaxed);
+    smp::PARAMS
+        .yield_gap_cycles
+        .store(100 * cycles_per_us, Ordering::Relaxed);
     mask::ALLOC_FAIL_PROB.store(control.alloc_fail_prob, Ordering::Relaxed);
     checker::BROKEN.store(
         control.test_hook == TestHook::BrokenChecker as u32,
@@ -301,8 +308,11 @@ pub fn run_designs(control: &Control) {
         let Ok(design) = Design::try_from(code) else {
             continue;
         };
-        // No call is in flight between phases: switch the design.
+        // No call is in flight between phases: switch the design and its
+        // PV features.
         smp::PARAMS.design.store(design as u32, Ordering::Relaxed);
+        let features = control.pv_flags | control.phase_pv[i];
+        pv::start_phase(features, control.pv_kvm);
         smp::reset_stats();
         mask::reset_stats();
         reset_vcpu_histograms(nr);
@@ -409,6 +419,17 @@ pub fn run_designs(control: &Control) {
                 d.sched_latency.merge(&(*vcpu_results(c)).probe);
             }
             d.violation_log = checker::log();
+            d.pv = features;
+            d.pv_kvm = control.pv_kvm & features;
+            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            d.pv_send_ipi_calls = l(&pv::STATS.send_ipi_calls);
+            d.pv_yields = l(&pv::STATS.yields);
+            d.pv_yields_effective = l(&pv::STATS.yields_effective);
+            d.pv_deferrals = l(&pv::STATS.deferrals);
+            d.pv_deferred_runs = l(&pv::STATS.deferred_runs);
+            d.waits_on_preempted = l(&pv::STATS.waits_on_preempted);
+            d.preempted_seen_kvm = l(&pv::STATS.seen_kvm);
+            d.preempted_seen_ipivirt = l(&pv::STATS.seen_ipivirt);
             d.valid = 1;
         }
         let r = shared::results();
@@ -427,8 +448,9 @@ pub fn run_designs(control: &Control) {
             (*r).workload_end_tsc = cpu::rdtsc();
         }
         println!(
-            "design {}: {} calls, {} violations",
+            "design {} (pv {}): {} calls, {} violations",
             design.name(),
+            crate::fmt::Hex(u64::from(features)),
             Dec(smp::STATS.calls.load(Ordering::Relaxed)),
             Dec(checker::STATS.violations.load(Ordering::Relaxed))
         );

@@ -150,9 +150,20 @@ struct ScenarioArgs {
     workload: WorkloadArg,
     /// Wait-mask designs to compare (ping, shootdown), comma-separated:
     /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
-    /// one is wrong on purpose and runs only when named).
+    /// one is wrong on purpose and runs only when named). A design can carry
+    /// PV features of its own: `task-local+sched-yield`, `upstream+pv` (pv:
+    /// those of --pv). At most 8 columns.
     #[arg(long, value_name = "LIST", default_value = "upstream,task-local,stack,alloc-in-path", value_parser = parse_designs)]
     designs: DesignList,
+    /// Paravirtual features, comma-separated: steal-time, preempted,
+    /// send-ipi, sched-yield, flush-defer (or all). Each uses KVM's mechanism
+    /// where the host offers it (a probe runs first) and ipivirt's VMM-level
+    /// one otherwise. steal-time and preempted apply to the whole run; the
+    /// others add PV columns beside the plain designs: task-local+FEATURE
+    /// for each, and upstream+ALL OF THEM when there are several (unless
+    /// --designs already names PV columns).
+    #[arg(long, value_name = "LIST", value_parser = parse_pv)]
+    pv: Option<PvList>,
     /// Guest-side forced preemption: chance to yield at each spin of a
     /// preemptible wait (0..1).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
@@ -216,9 +227,24 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
     Ok(Weights(w))
 }
 
+/// A parsed `--pv` list ([`abi::pv`] bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PvList(u32);
+
+fn parse_pv(s: &str) -> Result<PvList, String> {
+    crate::pv::parse_features(s).map(PvList)
+}
+
+/// PV features of a design column: its own, or those of `--pv` (`+pv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnPv {
+    Own(u32),
+    FromPvFlag,
+}
+
 /// A parsed `--designs` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct DesignList(Vec<abi::Design>);
+struct DesignList(Vec<(abi::Design, ColumnPv)>);
 
 fn parse_designs(s: &str) -> Result<DesignList, String> {
     let valid = || {
@@ -229,15 +255,20 @@ fn parse_designs(s: &str) -> Result<DesignList, String> {
             .join(", ")
     };
     let mut out = Vec::new();
-    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for item in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let (name, features) = item.split_once('+').unwrap_or((item, ""));
         let d = abi::Design::ALL
             .into_iter()
             .find(|d| d.name() == name)
             .ok_or_else(|| format!("unknown design '{name}': valid designs are {}", valid()))?;
-        if out.contains(&d) {
-            return Err(format!("design '{name}' is named twice"));
+        let pv = match features {
+            "pv" => ColumnPv::FromPvFlag,
+            f => ColumnPv::Own(crate::pv::parse_features(f)?),
+        };
+        if out.contains(&(d, pv)) {
+            return Err(format!("design '{item}' is named twice"));
         }
-        out.push(d);
+        out.push((d, pv));
     }
     if out.is_empty() {
         return Err(format!("name at least one design: {}", valid()));
@@ -246,6 +277,44 @@ fn parse_designs(s: &str) -> Result<DesignList, String> {
         return Err(format!("at most {} designs per run", abi::MAX_DESIGNS));
     }
     Ok(DesignList(out))
+}
+
+/// The design columns of a run: those of `--designs`; with `--pv` path
+/// features and no PV column named, the PV columns are added:
+/// `task-local+F` for each feature F (the series with each mechanism
+/// alone), and `upstream+ALL` when there are several (Linux today: the
+/// pinned wait with every PV help).
+fn design_columns(list: &[(abi::Design, ColumnPv)], pv: u32) -> (Vec<abi::Design>, Vec<u32>) {
+    use abi::pv::{FLUSH_DEFER, SCHED_YIELD, SEND_IPI};
+    let path = pv & (SEND_IPI | SCHED_YIELD | FLUSH_DEFER);
+    let mut designs = Vec::new();
+    let mut phase = Vec::new();
+    for &(d, c) in list {
+        designs.push(d);
+        phase.push(match c {
+            ColumnPv::Own(bits) => bits,
+            ColumnPv::FromPvFlag => pv,
+        });
+    }
+    let named = list.iter().any(|(_, c)| *c != ColumnPv::Own(0));
+    if path != 0 && !named {
+        let series = if list.iter().any(|(d, _)| *d == abi::Design::TaskLocal) {
+            abi::Design::TaskLocal
+        } else {
+            list.first().map_or(abi::Design::TaskLocal, |d| d.0)
+        };
+        for f in [SEND_IPI, SCHED_YIELD, FLUSH_DEFER] {
+            if path & f != 0 {
+                designs.push(series);
+                phase.push(f);
+            }
+        }
+        if path.count_ones() > 1 {
+            designs.push(abi::Design::Upstream);
+            phase.push(path);
+        }
+    }
+    (designs, phase)
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -408,7 +477,11 @@ impl RunCmd {
         if let Some(Weights(w)) = &s.torture_weights {
             config.torture_weights = *w;
         }
-        config.designs = s.designs.0.clone();
+        let pv = s.pv.map_or(0, |p| p.0);
+        let (designs, design_pv) = design_columns(&s.designs.0, pv);
+        config.designs = designs;
+        config.design_pv = design_pv;
+        config.pv = pv & (abi::pv::STEAL_TIME | abi::pv::PREEMPTED);
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
         config.duration = s.duration;
@@ -524,6 +597,12 @@ fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
+    if config.all_pv() != 0 {
+        // The host capability probe (cached: the run reuses it).
+        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
+        let probe = crate::pv::host_pv(&kvm)?;
+        say(&format!("pv: {}", probe.summary()));
+    }
     let report = run_scenario(args, config.clone())?;
     let Some(raw) = report.raw.as_deref() else {
         unreachable!("a fresh report carries the guest's")

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod progress;
+pub mod pv;
 pub mod report;
 pub mod results;
 pub mod scenario;
@@ -86,6 +87,9 @@ pub enum Error {
     /// The guest did not finish in time.
     #[error("{0}")]
     Watchdog(results::WatchdogReport),
+    /// The host capability probe could not run.
+    #[error(transparent)]
+    Probe(#[from] pv::ProbeError),
     /// Host-side injection refused the scenario or failed.
     #[error(transparent)]
     Inject(#[from] inject::InjectError),
@@ -119,7 +123,7 @@ impl Error {
         match self {
             Error::KvmUnavailable(_) => exit_code::KVM_UNUSABLE,
             Error::Vm(vm::VmError::TooManyVcpus { .. }) | Error::Scenario(_) => exit_code::USAGE,
-            Error::Vm(_) => exit_code::KVM_UNUSABLE,
+            Error::Vm(_) | Error::Probe(_) => exit_code::KVM_UNUSABLE,
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,

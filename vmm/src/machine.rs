@@ -7,12 +7,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi::{pv_flags, Control, Design, GuestStatus, TestHook, Workload};
+use abi::{pv, Control, Design, GuestStatus, TestHook, Workload};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::{Console, ConsoleMode};
 use crate::inject::{self, HostReport, InjectConfig, Injector, Plan};
+use crate::pv::{HostPv, PvHost, PvHostTotals};
 use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
 use crate::vcpu::{self, RegisterDump, RunControl, VcpuEvent, VcpuHandle};
 use crate::{loader, memory, vm, Error};
@@ -72,6 +73,11 @@ pub struct MachineConfig {
     /// Relative weights of the torture primitives (index: [`abi::torture`];
     /// all zero: equal).
     pub torture_weights: [u8; abi::torture::COUNT],
+    /// [`abi::pv`] features for the whole run.
+    pub pv: u32,
+    /// [`abi::pv`] features of each design phase (index as `designs`;
+    /// missing entries: none), on top of `pv`.
+    pub design_pv: Vec<u32>,
 }
 
 impl MachineConfig {
@@ -90,6 +96,22 @@ impl MachineConfig {
         } else {
             Vec::new()
         }
+    }
+
+    /// The PV features of phase `i` (run-wide ones included).
+    pub fn phase_pv(&self, i: usize) -> u32 {
+        self.pv | self.design_pv.get(i).copied().unwrap_or(0)
+    }
+
+    /// Every PV feature the run uses (the spin workload always reads
+    /// steal time).
+    pub fn all_pv(&self) -> u32 {
+        let spin = if self.workload == Workload::Spin {
+            pv::STEAL_TIME
+        } else {
+            0
+        };
+        self.design_pv.iter().fold(self.pv | spin, |a, b| a | b)
     }
 }
 
@@ -126,6 +148,8 @@ impl MachineConfig {
             csd_watchdog: Duration::from_millis(100),
             torture_weights: [0; abi::torture::COUNT],
             inject: InjectConfig::default(),
+            pv: 0,
+            design_pv: Vec::new(),
         }
     }
 }
@@ -150,13 +174,20 @@ pub struct BootReport {
     /// Host-side injection and what host and guest saw (per-vCPU steal
     /// time, gaps, KVM statistics).
     pub host: HostReport,
+    /// The host capability probe (run when the run uses PV features).
+    pub pv_probe: Option<HostPv>,
+    /// What the VMM's PV interface served (when the run had it).
+    pub pv_host: Option<PvHostTotals>,
 }
 
 /// A VM with its memory and vCPU threads.
 struct Machine {
     // Field order is drop order: threads are joined explicitly before, and
     // the VM must go before the memory it maps.
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
+    /// The PV interface (kept alive by the vCPU threads too).
+    pv: Option<Arc<PvHost>>,
+    pv_probe: Option<HostPv>,
     mem: GuestMemoryMmap,
     _kvm: Kvm,
     vcpus: Vec<VcpuHandle>,
@@ -211,6 +242,8 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         .map(|mut r| {
             r.console_tail = machine.console.tail();
             r.host = std::mem::take(&mut machine.host);
+            r.pv_probe = machine.pv_probe.clone();
+            r.pv_host = machine.pv.as_ref().map(|p| p.totals());
             r
         })
         .map_err(|kind| machine.failure(kind, dumps)),
@@ -262,6 +295,27 @@ impl Machine {
                 config.vcpus
             )));
         }
+        if config.designs.len() > abi::MAX_DESIGNS {
+            return Err(Error::Scenario(format!(
+                "{} design columns (with the PV columns --pv adds); at most {}: name fewer designs or PV features",
+                config.designs.len(),
+                abi::MAX_DESIGNS
+            )));
+        }
+        for (i, d) in config.designs.iter().enumerate() {
+            let pv = config.phase_pv(i);
+            if config.designs[..i]
+                .iter()
+                .enumerate()
+                .any(|(j, e)| e == d && config.phase_pv(j) == pv)
+            {
+                return Err(Error::Scenario(format!(
+                    "design column {} (pv {:#x}) appears twice (a `+pv` column needs --pv)",
+                    d.name(),
+                    pv
+                )));
+            }
+        }
         if config.test_hook_vcpu >= config.vcpus {
             return Err(Error::Scenario(format!(
                 "test hook vCPU {} does not exist (vCPUs 0..{})",
@@ -282,7 +336,13 @@ impl Machine {
         memory::write_page_tables(&mem)?;
         memory::write_gdt(&mem)?;
         let entry = loader::load(&mem, loader::GUEST_ELF)?;
-        let vm_fd = vm::create_vm(&kvm, &mem, config.vcpus)?;
+        // The host capability probe, before the run (cached per process).
+        let pv_probe = if config.all_pv() != 0 {
+            Some(crate::pv::host_pv(&kvm)?)
+        } else {
+            None
+        };
+        let vm_fd = Arc::new(vm::create_vm(&kvm, &mem, config.vcpus)?);
         let cpuid = vm::supported_cpuid(&kvm)?;
         let fds = (0..config.vcpus)
             .map(|id| vm::create_vcpu(&vm_fd, &cpuid, id, config.vcpus, entry))
@@ -315,8 +375,26 @@ impl Machine {
             .max(1);
         control.torture_weights = config.torture_weights;
         if config.workload == Workload::Spin {
-            control.pv_flags |= pv_flags::STEAL_TIME;
+            control.pv_flags |= pv::STEAL_TIME;
         }
+        control.pv_flags |= config.pv & (pv::STEAL_TIME | pv::PREEMPTED);
+        for (i, slot) in control.phase_pv.iter_mut().enumerate() {
+            *slot = config.phase_pv(i) & pv::ALL;
+        }
+        if let Some(probe) = &pv_probe {
+            control.pv_kvm = crate::pv::kvm_bits(probe);
+            control.pv_amd = u32::from(probe.amd);
+        }
+        // The ipivirt PV interface, when a feature other than steal time
+        // is on (it costs nothing otherwise, but keeps the port closed).
+        let pv_host = if config.all_pv() & !pv::STEAL_TIME != 0 {
+            let host = PvHost::new(&mem, vm_fd.clone(), config.vcpus).ok_or_else(|| {
+                Error::Scenario("guest RAM does not cover the PV state area".into())
+            })?;
+            Some(Arc::new(host))
+        } else {
+            None
+        };
         memory::write_control(&mem, &control)?;
         // One stats fd per vCPU, for the first STATS_VCPUS only (fd limits).
         let stats = if plan.is_some() || config.workload != Workload::None {
@@ -333,6 +411,8 @@ impl Machine {
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {
             _vm: vm_fd,
+            pv: pv_host.clone(),
+            pv_probe,
             mem,
             _kvm: kvm,
             vcpus: Vec::with_capacity(fds.len()),
@@ -354,6 +434,7 @@ impl Machine {
                 machine.control.clone(),
                 tx.clone(),
                 plan.as_ref().and_then(|p| p.host_cpu_of(id)),
+                pv_host.clone(),
             ) {
                 Ok(handle) => machine.vcpus.push(handle),
                 Err(e) => {
@@ -362,9 +443,12 @@ impl Machine {
                 }
             }
         }
+        let kickers: Vec<_> = machine.vcpus.iter().map(|v| v.kicker.clone()).collect();
+        if let Some(pv) = &pv_host {
+            pv.set_kickers(kickers.clone());
+        }
         if let Some(plan) = plan {
-            let kickers: Vec<_> = machine.vcpus.iter().map(|v| v.kicker.clone()).collect();
-            match Injector::start(plan, config.seed, &kickers) {
+            match Injector::start(plan, config.seed, &kickers, pv_host.clone()) {
                 Ok(injector) => machine.injector = Some(injector),
                 Err(e) => {
                     machine.stop();

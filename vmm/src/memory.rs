@@ -69,7 +69,8 @@ pub fn allocate(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .map_err(|source| MemoryError::Allocate { size, source })
 }
 
-fn write(
+/// Writes `bytes` at guest-physical `addr` (`what` names it in errors).
+pub fn write_bytes(
     mem: &GuestMemoryMmap,
     what: &'static str,
     addr: u64,
@@ -93,7 +94,7 @@ fn is_user_page(phys: u64) -> bool {
 /// user access; the 2 MiB entries decide (user: the guest image and the user window).
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     let table_bits = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
-    write(
+    write_bytes(
         mem,
         "PML4",
         PML4_ADDR,
@@ -102,7 +103,7 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     let gibs = IDENTITY_MAP_SIZE >> 30;
     for gib in 0..gibs {
         let pd = PD_ADDR + gib * 4096;
-        write(
+        write_bytes(
             mem,
             "PDPT",
             PDPT_ADDR + gib * 8,
@@ -116,7 +117,7 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
                 &(phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE | user).to_le_bytes(),
             );
         }
-        write(mem, "page directory", pd, &table)?;
+        write_bytes(mem, "page directory", pd, &table)?;
     }
     Ok(())
 }
@@ -124,12 +125,12 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
 /// Writes the boot GDT at [`GDT_ADDR`].
 pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     let bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
-    write(mem, "GDT", GDT_ADDR, &bytes)
+    write_bytes(mem, "GDT", GDT_ADDR, &bytes)
 }
 
 /// Writes the control block at the start of the shared page.
 pub fn write_control(mem: &GuestMemoryMmap, control: &Control) -> Result<(), MemoryError> {
-    write(mem, "control block", SHARED_ADDR, control.as_bytes())
+    write_bytes(mem, "control block", SHARED_ADDR, control.as_bytes())
 }
 
 /// Copies the whole shared page out of guest memory. The copy is untrusted

@@ -121,34 +121,22 @@ pub fn designs_text(r: &BootReport) -> String {
     let designs = &r.guest.designs;
     let khz = r.tsc_khz;
     let mut out = String::new();
-    let width = designs
-        .iter()
-        .map(|d| d.design.name().len())
-        .max()
-        .unwrap_or(8)
-        .max(10)
-        + 2;
-    let row = |out: &mut String, label: &str, cells: Vec<String>| {
-        let _ = write!(out, "{label:<24}");
-        for c in cells {
-            let _ = write!(out, "{c:>width$}");
-        }
-        let _ = writeln!(out);
+    // Rows first, then each column as wide as its widest cell.
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let row = |rows: &mut Vec<(String, Vec<String>)>, label: &str, cells: Vec<String>| {
+        rows.push((label.to_string(), cells));
     };
     row(
-        &mut out,
+        &mut rows,
         "design",
-        designs
-            .iter()
-            .map(|d| d.design.name().to_string())
-            .collect(),
+        designs.iter().map(|d| d.label()).collect(),
     );
     let per = |f: &dyn Fn(&crate::results::DesignReport) -> String| {
         designs.iter().map(f).collect::<Vec<_>>()
     };
-    row(&mut out, "calls", per(&|d| d.calls.to_string()));
+    row(&mut rows, "calls", per(&|d| d.calls.to_string()));
     row(
-        &mut out,
+        &mut rows,
         "calls/s",
         per(&|d| {
             format!(
@@ -158,53 +146,53 @@ pub fn designs_text(r: &BootReport) -> String {
         }),
     );
     row(
-        &mut out,
+        &mut rows,
         "call p50 (us)",
         per(&|d| us(d.call_latency.quantile_ppm(500_000), khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "call p99 (us)",
         per(&|d| us(d.call_latency.quantile_ppm(990_000), khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "call p99.9 (us)",
         per(&|d| us(d.call_latency.quantile_ppm(999_000), khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "call max (us)",
         per(&|d| us(d.call_latency.max, khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "probe p50 (us)",
         per(&|d| us(d.sched_latency.quantile_ppm(500_000), khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "probe p99 (us)",
         per(&|d| us(d.sched_latency.quantile_ppm(990_000), khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "probe max (us)",
         per(&|d| us(d.sched_latency.max, khz)),
     );
     row(
-        &mut out,
+        &mut rows,
         "waits preempted",
         per(&|d| d.waits_preempted.to_string()),
     );
     row(
-        &mut out,
+        &mut rows,
         "waits migrated",
         per(&|d| d.waits_migrated.to_string()),
     );
-    row(&mut out, "violations", per(&|d| d.violations.to_string()));
+    row(&mut rows, "violations", per(&|d| d.violations.to_string()));
     row(
-        &mut out,
+        &mut rows,
         "first violation (ms)",
         per(&|d| {
             d.first_violation_cycles
@@ -212,31 +200,45 @@ pub fn designs_text(r: &BootReport) -> String {
         }),
     );
     row(
-        &mut out,
+        &mut rows,
         "extra B/task",
         per(&|d| d.mask_bytes_per_task.to_string()),
     );
     row(
-        &mut out,
+        &mut rows,
         "mask B/call on stack",
         per(&|d| d.stack_bytes_per_call.to_string()),
     );
     row(
-        &mut out,
+        &mut rows,
         "mask allocs/frees",
         per(&|d| format!("{}/{}", d.mask_allocs, d.mask_frees)),
     );
-    row(&mut out, "fallbacks", per(&|d| d.fallbacks.to_string()));
+    row(&mut rows, "fallbacks", per(&|d| d.fallbacks.to_string()));
     row(
-        &mut out,
+        &mut rows,
         "csd watchdog",
         per(&|d| d.csd_watchdog_fires.to_string()),
     );
     row(
-        &mut out,
+        &mut rows,
         "task create (us)",
         per(&|d| us(d.task_create_mean_cycles, khz)),
     );
+    if designs.iter().any(|d| d.pv != 0) {
+        rows.extend(pv_rows(designs));
+    }
+    let widths: Vec<usize> = (0..designs.len())
+        .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8) + 2)
+        .collect();
+    for (label, cells) in &rows {
+        let _ = write!(out, "{label:<24}");
+        for (c, w) in cells.iter().zip(&widths) {
+            let _ = write!(out, "{c:>w$}");
+        }
+        let _ = writeln!(out);
+    }
+    pv_lines(&mut out, r);
     if !r.guest.torture.is_empty() {
         let _ = writeln!(
             out,
@@ -254,7 +256,10 @@ pub fn designs_text(r: &BootReport) -> String {
             8192 / 8
         );
     }
-    if let Some(base) = designs.iter().find(|d| d.design == abi::Design::Upstream) {
+    if let Some(base) = designs
+        .iter()
+        .find(|d| d.design == abi::Design::Upstream && d.label() == "upstream")
+    {
         let ratio = |a: u64, b: u64| {
             if b == 0 {
                 "n/a".to_string()
@@ -262,11 +267,11 @@ pub fn designs_text(r: &BootReport) -> String {
                 format!("{:.2}x", a as f64 / b as f64)
             }
         };
-        for d in designs.iter().filter(|d| d.design != abi::Design::Upstream) {
+        for d in designs.iter().filter(|d| d.label() != "upstream") {
             let _ = writeln!(
                 out,
                 "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task",
-                d.design.name(),
+                d.label(),
                 ratio(
                     d.sched_latency.quantile_ppm(990_000),
                     base.sched_latency.quantile_ppm(990_000)
@@ -277,6 +282,37 @@ pub fn designs_text(r: &BootReport) -> String {
                 ),
                 ratio(d.calls, base.calls),
                 d.mask_bytes_per_task
+            );
+        }
+    }
+    // Each PV column against its plain design, measured in the same run.
+    for d in designs.iter().filter(|d| d.label() != d.design.name()) {
+        if let Some(plain) = designs
+            .iter()
+            .find(|p| p.design == d.design && p.label() == p.design.name())
+        {
+            let ratio = |a: u64, b: u64| {
+                if b == 0 {
+                    "n/a".to_string()
+                } else {
+                    format!("{:.2}x", a as f64 / b as f64)
+                }
+            };
+            let _ = writeln!(
+                out,
+                "{} vs {}: call p99 {}, call max {}, probe p99 {}, calls {}",
+                d.label(),
+                plain.label(),
+                ratio(
+                    d.call_latency.quantile_ppm(990_000),
+                    plain.call_latency.quantile_ppm(990_000)
+                ),
+                ratio(d.call_latency.max, plain.call_latency.max),
+                ratio(
+                    d.sched_latency.quantile_ppm(990_000),
+                    plain.sched_latency.quantile_ppm(990_000)
+                ),
+                ratio(d.calls, plain.calls),
             );
         }
     }
@@ -301,4 +337,87 @@ pub fn designs_text(r: &BootReport) -> String {
         }
     }
     out
+}
+
+/// The PV rows of the design table ("-" where the phase lacks the feature).
+fn pv_rows(designs: &[crate::results::DesignReport]) -> Vec<(String, Vec<String>)> {
+    let cell = |d: &crate::results::DesignReport, f: u32, v: String| {
+        if d.pv & f != 0 {
+            v
+        } else {
+            "-".to_string()
+        }
+    };
+    let row = |label: &str, f: &dyn Fn(&crate::results::DesignReport) -> String| {
+        (label.to_string(), designs.iter().map(f).collect())
+    };
+    vec![
+        row("pv send-ipi hypercalls", &|d| {
+            cell(d, abi::pv::SEND_IPI, d.pv_counts.send_ipi_calls.to_string())
+        }),
+        row("pv yields (ended pause)", &|d| {
+            cell(
+                d,
+                abi::pv::SCHED_YIELD,
+                format!("{} ({})", d.pv_counts.yields, d.pv_counts.yields_effective),
+            )
+        }),
+        row("pv deferred (ran)", &|d| {
+            cell(
+                d,
+                abi::pv::FLUSH_DEFER,
+                format!("{} ({})", d.pv_counts.deferrals, d.pv_counts.deferred_runs),
+            )
+        }),
+        row("waits on preempted", &|d| {
+            cell(
+                d,
+                abi::pv::PREEMPTED | abi::pv::SCHED_YIELD,
+                d.pv_counts.waits_on_preempted.to_string(),
+            )
+        }),
+    ]
+}
+
+/// Which mechanism served each PV feature, and what the VMM served.
+fn pv_lines(out: &mut String, r: &BootReport) {
+    let used = r.guest.designs.iter().fold(0, |a, d| a | d.pv);
+    if let Some(probe) = &r.pv_probe {
+        let mut parts = Vec::new();
+        abi::pv::names(used, |n| {
+            let bit = 1 << abi::pv::NAMES.iter().position(|x| *x == n).unwrap_or(0);
+            parts.push(format!("{n} {}", crate::pv::mechanism(bit, probe).name()));
+        });
+        let seen_kvm: u64 = r
+            .guest
+            .designs
+            .iter()
+            .map(|d| d.pv_counts.preempted_seen_kvm)
+            .sum();
+        let seen_ipv: u64 = r
+            .guest
+            .designs
+            .iter()
+            .map(|d| d.pv_counts.preempted_seen_ipivirt)
+            .sum();
+        let _ = writeln!(
+            out,
+            "PV mechanisms: {}; waits that saw a preempted target: {seen_kvm} through KVM's flag, {seen_ipv} through ipivirt's state",
+            parts.join(", ")
+        );
+    }
+    if let Some(h) = &r.pv_host {
+        let _ = writeln!(
+            out,
+            "PV host: {} hypercalls ({} send-ipi delivering {} IPIs, {} yield-to of which {} ended a pause), {} preemptions published ({} deferrable), {} FLUSH_DEFER sent",
+            h.hypercalls,
+            h.send_ipi_calls,
+            h.ipis_sent,
+            h.yields,
+            h.yields_effective,
+            h.preemptions_marked,
+            h.deferrable,
+            h.flushes_signalled
+        );
+    }
 }

@@ -319,11 +319,38 @@ pub struct VcpuCounters {
     pub ipis_received: u64,
 }
 
+/// The PV figures of one design phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PvCounts {
+    /// Send-IPI hypercalls.
+    pub send_ipi_calls: u64,
+    /// Directed yields (sched-yield hypercalls).
+    pub yields: u64,
+    /// Yields that ended an injected pause early.
+    pub yields_effective: u64,
+    /// Shootdown targets deferred (flush-defer).
+    pub deferrals: u64,
+    /// Deferred callbacks their targets ran.
+    pub deferred_runs: u64,
+    /// csd waits that saw their target preempted.
+    pub waits_on_preempted: u64,
+    /// ... through KVM's steal-time flag.
+    pub preempted_seen_kvm: u64,
+    /// ... through ipivirt's PV state.
+    pub preempted_seen_ipivirt: u64,
+}
+
 /// One design's results, validated.
 #[derive(Debug, Clone)]
 pub struct DesignReport {
     /// The design.
     pub design: Design,
+    /// [`abi::pv`] features of the phase (0: the plain design).
+    pub pv: u32,
+    /// Those KVM's mechanism served.
+    pub pv_kvm: u32,
+    /// PV counters.
+    pub pv_counts: PvCounts,
     /// Cross calls completed.
     pub calls: u64,
     /// Callbacks run.
@@ -364,9 +391,24 @@ pub struct DesignReport {
     pub violation_log: Vec<ViolationRecord>,
 }
 
+impl DesignReport {
+    /// The column name: the design, plus `+feature` for each PV feature
+    /// of the phase that changes the cross-call path (steal time and
+    /// `preempted` alone only observe), e.g. `task-local+sched-yield`.
+    pub fn label(&self) -> String {
+        let shown = self.pv & !(abi::pv::STEAL_TIME | abi::pv::PREEMPTED);
+        if shown == 0 {
+            self.design.name().to_string()
+        } else {
+            format!("{}+{}", self.design.name(), crate::pv::feature_names(shown))
+        }
+    }
+}
+
 fn design_report(
     d: &DesignResults,
     expected: Design,
+    expected_pv: u32,
     index: usize,
 ) -> Result<DesignReport, FieldError> {
     let field = |name| FieldError {
@@ -388,13 +430,30 @@ fn design_report(
             ..field("designs[].design")
         });
     }
+    if d.pv != expected_pv || d.pv_kvm & !d.pv != 0 {
+        return Err(FieldError {
+            found: d.pv.into(),
+            expected: "the PV features of this slot (pv_kvm a subset)",
+            ..field("designs[].pv")
+        });
+    }
+    if d.pv_yields_effective > d.pv_yields
+        || d.preempted_seen_kvm > d.waits_on_preempted
+        || d.preempted_seen_ipivirt > d.waits_on_preempted
+    {
+        return Err(FieldError {
+            found: d.pv_yields_effective,
+            expected: "effective yields <= yields, sightings <= waits on preempted",
+            ..field("designs[].pv_yields_effective")
+        });
+    }
     d.call_latency.validate("designs[].call_latency")?;
     d.sched_latency.validate("designs[].sched_latency")?;
     let logged = d.violations.min(8) as usize;
     let log = d.violation_log[..logged].to_vec();
     if log
         .iter()
-        .any(|v| !(abi::violation::NOT_RUN..=abi::violation::LOST).contains(&v.kind))
+        .any(|v| !(abi::violation::NOT_RUN..=abi::violation::DEFERRED_LATE).contains(&v.kind))
     {
         return Err(FieldError {
             found: index as u64,
@@ -404,6 +463,18 @@ fn design_report(
     }
     Ok(DesignReport {
         design: expected,
+        pv: d.pv,
+        pv_kvm: d.pv_kvm,
+        pv_counts: PvCounts {
+            send_ipi_calls: d.pv_send_ipi_calls,
+            yields: d.pv_yields,
+            yields_effective: d.pv_yields_effective,
+            deferrals: d.pv_deferrals,
+            deferred_runs: d.pv_deferred_runs,
+            waits_on_preempted: d.waits_on_preempted,
+            preempted_seen_kvm: d.preempted_seen_kvm,
+            preempted_seen_ipivirt: d.preempted_seen_ipivirt,
+        },
         calls: d.calls,
         callbacks: d.callbacks,
         violations: d.violations,
@@ -489,6 +560,7 @@ pub fn guest_report(
     per_vcpu: &[VcpuResults],
     vcpus: u32,
     designs: &[Design],
+    phase_pv: impl Fn(usize) -> u32,
 ) -> Result<GuestReport, FieldError> {
     let r = &page.results;
     let statuses = vcpu_statuses(page, vcpus)?;
@@ -556,7 +628,7 @@ pub fn guest_report(
         designs: designs
             .iter()
             .enumerate()
-            .map(|(i, &d)| design_report(&page.designs[i], d, i))
+            .map(|(i, &d)| design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i))
             .collect::<Result<_, _>>()?,
         floor: r.floor,
     })
@@ -592,9 +664,13 @@ pub fn boot_report(
         tsc_khz,
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
-        guest: guest_report(page, per_vcpu, config.vcpus, &config.ran_designs())
-            .map_err(FailureKind::InvalidResults)?,
+        guest: guest_report(page, per_vcpu, config.vcpus, &config.ran_designs(), |i| {
+            config.phase_pv(i)
+        })
+        .map_err(FailureKind::InvalidResults)?,
         host: Default::default(),
+        pv_probe: None,
+        pv_host: None,
     })
 }
 

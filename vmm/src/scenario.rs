@@ -99,6 +99,23 @@ impl Scenario {
     /// Wait-mask designs to compare, in run order.
     pub fn designs(mut self, designs: &[Design]) -> Self {
         self.config.designs = designs.to_vec();
+        self.config.design_pv.clear();
+        self
+    }
+
+    /// Design phases with their own [`abi::pv`] features (e.g.
+    /// `(Design::TaskLocal, pv::SCHED_YIELD)` is `task-local+sched-yield`),
+    /// in run order.
+    pub fn variants(mut self, variants: &[(Design, u32)]) -> Self {
+        self.config.designs = variants.iter().map(|v| v.0).collect();
+        self.config.design_pv = variants.iter().map(|v| v.1).collect();
+        self
+    }
+
+    /// [`abi::pv`] features for every phase (steal time and `preempted`
+    /// are run-wide by nature).
+    pub fn pv(mut self, features: u32) -> Self {
+        self.config.pv = features;
         self
     }
 
@@ -341,18 +358,27 @@ pub struct Platform {
     pub tick_hz: u32,
 }
 
-/// Paravirtual features seen.
+/// Paravirtual features: what the host offers (its probe) and what ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PvInfo {
-    /// KVM steal time registered by the guest.
+    /// KVM accepted steal time (the probe; without a probe: whether the
+    /// guest registered it).
     pub steal_time: bool,
-    /// The guest saw the steal-time `preempted` flag set at least once.
+    /// The guest saw KVM's steal-time `preempted` flag set at least once.
     pub preempted_flag: bool,
-    /// Whether KVM hypercalls complete on this host: `None` (JSON null)
-    /// until the capability probe of issue 8 exists. Not claimed either
-    /// way without a measurement (on some nested hosts a `vmcall` never
-    /// returns, so ipivirt issues none).
+    /// Whether a KVM hypercall completed in the probe; `None` (JSON null)
+    /// when the run used no PV feature and so did not probe.
     pub kvm_hypercalls: Option<bool>,
+    /// Why hypercalls are unavailable (empty when they work or were not
+    /// probed).
+    pub kvm_hypercalls_note: String,
+    /// How long the probe took, in ms (null: not probed).
+    pub probe_ms: Option<f64>,
+    /// The mechanism that served each feature the run used (`kvm`,
+    /// `ipivirt`, `kvm+ipivirt`, `unavailable`).
+    pub mechanisms: std::collections::BTreeMap<String, String>,
+    /// What the VMM's PV interface served (null when the run had none).
+    pub served: Option<crate::pv::PvHostTotals>,
 }
 
 /// Host-side injection figures.
@@ -376,8 +402,17 @@ pub struct HostInfo {
 /// One design's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesignSummary {
-    /// Design name.
+    /// Column name: the design, plus `+feature` for each PV feature that
+    /// changes its path (e.g. `task-local+sched-yield`).
     pub design: String,
+    /// The wait-mask design alone.
+    pub base_design: String,
+    /// PV features of the phase.
+    pub pv: Vec<String>,
+    /// Those KVM's mechanism served (the rest: ipivirt's).
+    pub pv_kvm: Vec<String>,
+    /// PV counters of the phase.
+    pub pv_counts: crate::results::PvCounts,
     /// Cross calls completed.
     pub calls: u64,
     /// Invariant violations.
@@ -441,6 +476,7 @@ pub fn violation_name(kind: u32) -> &'static str {
         WRONG_CPU => "wrong-cpu",
         CSD_REINIT => "csd-reinit",
         LOST => "lost",
+        DEFERRED_LATE => "deferred-late",
         _ => "unknown",
     }
 }
@@ -448,8 +484,17 @@ pub fn violation_name(kind: u32) -> &'static str {
 impl DesignSummary {
     fn new(d: &DesignReport, khz: u64) -> Self {
         let phase_ns = cycles_to_ns(d.phase_cycles, khz);
+        let names = |bits: u32| {
+            let mut v = Vec::new();
+            abi::pv::names(bits, |n| v.push(n.to_string()));
+            v
+        };
         DesignSummary {
-            design: d.design.name().to_string(),
+            design: d.label(),
+            base_design: d.design.name().to_string(),
+            pv: names(d.pv),
+            pv_kvm: names(d.pv_kvm),
+            pv_counts: d.pv_counts,
             calls: d.calls,
             violations: d.violations,
             first_violation_ms: d
@@ -523,7 +568,26 @@ impl Report {
         let g = &boot.guest;
         let h = &boot.host;
         let workload_name = workload_name(config.workload);
-        let steal_time = config.workload == Workload::Spin;
+        let probe = boot.pv_probe.as_ref();
+        let steal_time = probe.map_or(config.workload == Workload::Spin, |p| p.steal_time);
+        let used_pv = config.all_pv() & abi::pv::ALL;
+        let mut pv_names = Vec::new();
+        abi::pv::names(used_pv, |n| pv_names.push(n.to_string()));
+        let mechanisms = probe
+            .map(|p| {
+                (0..abi::pv::NAMES.len())
+                    .filter(|i| used_pv & (1 << i) != 0)
+                    .map(|i| {
+                        (
+                            abi::pv::NAMES[i].to_string(),
+                            crate::pv::mechanism(1 << i, p).name().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let seen_kvm = h.vcpus.iter().any(|v| v.preempted_seen > 0)
+            || g.designs.iter().any(|d| d.pv_counts.preempted_seen_kvm > 0);
         let mode = if h.active {
             h.mode.unwrap_or(PreemptMode::None)
         } else {
@@ -554,16 +618,8 @@ impl Report {
                     .migrate_every
                     .map_or(0, |d| d.as_micros() as u64),
                 guest_preempt_prob: config.guest_preempt_prob,
-                pv: if steal_time {
-                    vec!["steal-time".to_string()]
-                } else {
-                    Vec::new()
-                },
-                designs: config
-                    .ran_designs()
-                    .iter()
-                    .map(|d| d.name().to_string())
-                    .collect(),
+                pv: pv_names,
+                designs: g.designs.iter().map(|d| d.label()).collect(),
                 alloc_fail_prob: config.alloc_fail_prob,
                 forced_migration: config.forced_migration,
             },
@@ -583,8 +639,14 @@ impl Report {
                 steal_ns,
                 pv: PvInfo {
                     steal_time,
-                    preempted_flag: h.vcpus.iter().any(|v| v.preempted_seen > 0),
-                    kvm_hypercalls: None,
+                    preempted_flag: seen_kvm,
+                    kvm_hypercalls: probe.map(|p| p.kvm_hypercalls),
+                    kvm_hypercalls_note: probe
+                        .map(|p| p.hypercall_note.clone())
+                        .unwrap_or_default(),
+                    probe_ms: probe.map(|p| p.elapsed.as_secs_f64() * 1e3),
+                    mechanisms,
+                    served: boot.pv_host,
                 },
                 mode: mode.name().to_string(),
                 migrations_coalesced: h.migrations_coalesced,

@@ -15,12 +15,13 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::console::Console;
+use crate::pv::PvHost;
 
 /// Stack of a vCPU thread: it only runs the exit handlers.
 const VCPU_THREAD_STACK: usize = 256 << 10;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -30,7 +31,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 
 /// Installs the (empty) kick handler once per process. Without a handler
 /// the default action of a real-time signal would kill the process.
-fn install_kick_handler() -> std::io::Result<()> {
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     INSTALLED
         .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
@@ -68,7 +69,7 @@ pub struct Kicker {
 }
 
 impl Kicker {
-    fn new(fd: &mut VcpuFd) -> Self {
+    pub(crate) fn new(fd: &mut VcpuFd) -> Self {
         let run = fd.get_kvm_run();
         Kicker {
             immediate_exit: Mutex::new(ImmediateExit(std::ptr::addr_of_mut!(run.immediate_exit))),
@@ -105,6 +106,29 @@ impl Kicker {
     pub fn release(&self) {
         *self.pause_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.pause_wake.notify_all();
+    }
+
+    /// Whether a pause is pending (the thread will hold at its next kick).
+    pub(crate) fn pause_pending(&self) -> bool {
+        self.pause_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// A directed yield to this vCPU (PV yield-to): ends a pending or
+    /// running pause now. True if there was one.
+    pub fn end_pause_early(&self) -> bool {
+        let ended = self
+            .pause_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
+        if ended {
+            self.pause_wake.notify_all();
+        }
+        ended
     }
 
     /// Pauses the thread served (count) and the time it was held.
@@ -172,8 +196,15 @@ impl Kicker {
         }
     }
 
+    /// Records the thread to signal (once).
+    pub(crate) fn set_thread<T>(&self, thread: &JoinHandle<T>) {
+        let _ = self
+            .thread
+            .set(std::os::unix::thread::JoinHandleExt::as_pthread_t(thread));
+    }
+
     /// Nulls the pointer: called by the vCPU thread before its fd drops.
-    fn detach(&self) {
+    pub(crate) fn detach(&self) {
         self.immediate_exit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -206,6 +237,8 @@ pub enum VcpuFault {
     },
     /// A status port write of the wrong size or an unknown code.
     BadStatus(Vec<u8>),
+    /// A PV hypercall the VMM refused (see [`crate::pv::HypercallError`]).
+    BadHypercall(String),
     /// An access to unbacked guest-physical memory.
     Mmio(u64),
     /// Any other exit the guest should never cause.
@@ -242,6 +275,7 @@ impl fmt::Display for VcpuFault {
                 )
             }
             VcpuFault::BadStatus(data) => write!(f, "bad write to the status port: {data:02x?}"),
+            VcpuFault::BadHypercall(why) => write!(f, "bad PV hypercall: {why}"),
             VcpuFault::Mmio(addr) => write!(f, "access to unbacked guest-physical address {addr:#x}"),
             VcpuFault::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
             VcpuFault::Ioctl(errno) => {
@@ -263,10 +297,26 @@ pub enum ExitAction {
 }
 
 /// Decides what one exit means. A free function so it can be tested with
-/// made-up exits.
-pub fn handle_exit(exit: VcpuExit<'_>, vcpu: u32, console: &Console) -> ExitAction {
+/// made-up exits. `pv` serves the PV hypercall port (None: the run has
+/// no PV interface, and the port is unknown).
+pub fn handle_exit(
+    exit: VcpuExit<'_>,
+    vcpu: u32,
+    console: &Console,
+    pv: Option<&PvHost>,
+) -> ExitAction {
     match exit {
         VcpuExit::IoOut(port, data) => handle_out(port, data, vcpu, console),
+        VcpuExit::IoIn(port, data) if port == Port::Hypercall as u16 && data.len() == 4 => {
+            match pv.map(|pv| pv.hypercall(vcpu)) {
+                Some(Ok(ret)) => {
+                    data.copy_from_slice(&ret.to_le_bytes());
+                    ExitAction::Continue
+                }
+                Some(Err(e)) => ExitAction::Fault(VcpuFault::BadHypercall(e.to_string())),
+                None => ExitAction::Fault(VcpuFault::UnknownPort { port, write: false }),
+            }
+        }
         VcpuExit::IoIn(port, _) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: false }),
         // With the in-kernel irqchip HLT blocks in KVM; an exit here is harmless.
         VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => ExitAction::Continue,
@@ -297,6 +347,8 @@ fn handle_out(port: u16, data: &[u8], vcpu: u32, console: &Console) -> ExitActio
             },
             Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
         },
+        // The hypercall port is read, never written.
+        Ok(Port::Hypercall) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),
         Err(port) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),
     }
 }
@@ -514,6 +566,7 @@ pub fn spawn(
     control: Arc<RunControl>,
     events: Sender<VcpuEvent>,
     pin: Option<usize>,
+    pv: Option<Arc<PvHost>>,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler()?;
     let kicker = Arc::new(Kicker::new(&mut fd));
@@ -530,16 +583,28 @@ pub fn spawn(
                     eprintln!("ipivirt: cannot pin vCPU {index} to host CPU {cpu}: {e}");
                 }
             }
-            run_loop(index, fd, &thread_kicker, &console, &control, &events)
+            run_loop(index, fd, &thread_kicker, &console, &control, &events, pv)
         })?;
-    let _ = kicker
-        .thread
-        .set(std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread));
+    kicker.set_thread(&thread);
     Ok(VcpuHandle {
         index,
         kicker,
         thread,
     })
+}
+
+/// Whether work deferred to this (stopped) vCPU will run first when it
+/// resumes: interrupts were enabled, and no event was in the middle of
+/// being injected (KVM would deliver that one first on re-entry, and its
+/// handler would run before FLUSH_DEFER's).
+fn deferrable(fd: &mut VcpuFd) -> bool {
+    if fd.get_kvm_run().if_flag == 0 {
+        return false;
+    }
+    match fd.get_vcpu_events() {
+        Ok(ev) => ev.interrupt.injected == 0 && ev.exception.injected == 0 && ev.nmi.injected == 0,
+        Err(_) => false,
+    }
 }
 
 /// `kvm_run.internal` after a KVM_EXIT_INTERNAL_ERROR.
@@ -559,12 +624,13 @@ fn run_loop(
     console: &Console,
     control: &RunControl,
     events: &Sender<VcpuEvent>,
+    pv: Option<Arc<PvHost>>,
 ) {
     // Send errors mean the controller is gone; the thread just ends.
     let released = index == 0 || control.wait_for_release();
     while released && !control.stop.load(Ordering::SeqCst) {
         match fd.run() {
-            Ok(exit) => match handle_exit(exit, index, console) {
+            Ok(exit) => match handle_exit(exit, index, console, pv.as_deref()) {
                 ExitAction::Continue => {}
                 ExitAction::Report(status) => {
                     let _ = events.send(VcpuEvent::Status {
@@ -585,8 +651,23 @@ fn run_loop(
                 // Kicked: re-arm before looking at the stop flag again
                 // (a kick after this store sets the flag to 1 anew).
                 kicker.store(0);
-                // A host-side pause (injection): hold outside KVM_RUN.
-                kicker.hold(&control.stop);
+                // A host-side pause (injection): hold outside KVM_RUN,
+                // published in the PV state while held. Deferrable if the
+                // guest had interrupts on: then the FLUSH_DEFER vector the
+                // resume may bring is the first thing it runs.
+                if let Some(pv) = pv.as_deref().filter(|_| kicker.pause_pending()) {
+                    pv.begin_preemption(index, deferrable(&mut fd));
+                    kicker.hold(&control.stop);
+                    if let Err(e) = pv.end_preemption(index) {
+                        let _ = events.send(VcpuEvent::Fault {
+                            vcpu: index,
+                            fault: VcpuFault::BadHypercall(e.to_string()),
+                        });
+                        break;
+                    }
+                } else {
+                    kicker.hold(&control.stop);
+                }
             }
             Err(e) => {
                 let _ = events.send(VcpuEvent::Fault {
@@ -617,13 +698,13 @@ mod tests {
         let c = console();
         let text = *b"hi\n";
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x3f8, &text), 1, &c),
+            handle_exit(VcpuExit::IoOut(0x3f8, &text), 1, &c, None),
             ExitAction::Continue
         );
         assert_eq!(c.tail(), ["[vcpu 1] hi"]);
         let done = 2u32.to_le_bytes();
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0xf4, &done), 0, &c),
+            handle_exit(VcpuExit::IoOut(0xf4, &done), 0, &c, None),
             ExitAction::Report(GuestStatus::Done)
         );
     }
@@ -633,12 +714,12 @@ mod tests {
         let c = console();
         let short = [2u8];
         assert!(matches!(
-            handle_exit(VcpuExit::IoOut(0xf4, &short), 0, &c),
+            handle_exit(VcpuExit::IoOut(0xf4, &short), 0, &c, None),
             ExitAction::Fault(VcpuFault::BadStatus(_))
         ));
         let unknown = 99u32.to_le_bytes();
         assert!(matches!(
-            handle_exit(VcpuExit::IoOut(0xf4, &unknown), 0, &c),
+            handle_exit(VcpuExit::IoOut(0xf4, &unknown), 0, &c, None),
             ExitAction::Fault(VcpuFault::BadStatus(_))
         ));
     }
@@ -648,28 +729,31 @@ mod tests {
         let c = console();
         let mut b = [0u8; 1];
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x80, &b), 0, &c),
+            handle_exit(VcpuExit::IoOut(0x80, &b), 0, &c, None),
             ExitAction::Fault(VcpuFault::UnknownPort {
                 port: 0x80,
                 write: true
             })
         );
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x3f8, &mut b), 0, &c),
+            handle_exit(VcpuExit::IoIn(0x3f8, &mut b), 0, &c, None),
             ExitAction::Fault(VcpuFault::UnknownPort {
                 port: 0x3f8,
                 write: false
             })
         );
         assert_eq!(
-            handle_exit(VcpuExit::Shutdown, 0, &c),
+            handle_exit(VcpuExit::Shutdown, 0, &c, None),
             ExitAction::Fault(VcpuFault::Shutdown)
         );
         assert_eq!(
-            handle_exit(VcpuExit::MmioRead(0xfee0_0000, &mut b), 0, &c),
+            handle_exit(VcpuExit::MmioRead(0xfee0_0000, &mut b), 0, &c, None),
             ExitAction::Fault(VcpuFault::Mmio(0xfee0_0000))
         );
-        assert_eq!(handle_exit(VcpuExit::Hlt, 0, &c), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::Hlt, 0, &c, None),
+            ExitAction::Continue
+        );
     }
 
     #[test]

@@ -45,11 +45,23 @@ pub(crate) fn run(
         }
         let start = Instant::now();
         let end = start + ev.len;
+        // The vCPUs placed here are runnable but cannot run: publish them
+        // as preempted (not deferrable: they may have interrupts off).
+        let vcpus = shared.vcpus_on(slot);
+        if let Some(pv) = &shared.pv {
+            vcpus.iter().for_each(|&v| pv.begin_preemption(v, false));
+        }
         while Instant::now() < end && !shared.stopped() {
             std::hint::spin_loop();
         }
+        if let Some(pv) = &shared.pv {
+            for &v in &vcpus {
+                if let Err(e) = pv.end_preemption(v) {
+                    out.errors.push(format!("antagonist: {e}"));
+                }
+            }
+        }
         last_start = Some(start);
-        let vcpus = shared.vcpus_on(slot);
         out.push(shared.event(start, EventKind::Antagonist, vcpus, slot, start.elapsed()));
     }
     placement::set_normal();

@@ -11,6 +11,7 @@ use super::{
     antagonist, migrate, pause, placement, schedule, HostReport, InjectError, Plan, PreemptMode,
     VcpuHostFigures, TIMELINE_LIMIT,
 };
+use crate::pv::PvHost;
 use crate::vcpu::Kicker;
 
 /// State shared by the injector threads.
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) host_cpus: Vec<usize>,
     /// Current slot of each vCPU (updated by the migrator).
     pub(crate) slots: Vec<AtomicUsize>,
+    /// The PV interface, where antagonists publish whom they preempt.
+    pub(crate) pv: Option<Arc<PvHost>>,
 }
 
 impl Shared {
@@ -136,7 +139,14 @@ const TID_WAIT: Duration = Duration::from_secs(5);
 
 impl Injector {
     /// Starts the injectors of `plan` for the vCPUs behind `kickers`.
-    pub fn start(plan: Plan, seed: u64, kickers: &[Arc<Kicker>]) -> Result<Injector, InjectError> {
+    /// With `pv`, antagonists publish the vCPUs they preempt in the PV state
+    /// (pauses are published by the vCPU threads themselves).
+    pub fn start(
+        plan: Plan,
+        seed: u64,
+        kickers: &[Arc<Kicker>],
+        pv: Option<Arc<PvHost>>,
+    ) -> Result<Injector, InjectError> {
         let deadline = Instant::now() + TID_WAIT;
         let mut tids = Vec::with_capacity(kickers.len());
         for (v, k) in kickers.iter().enumerate() {
@@ -162,6 +172,7 @@ impl Injector {
             t0: Instant::now(),
             host_cpus: plan.host_cpus.clone(),
             slots: start_slots.iter().map(|&s| AtomicUsize::new(s)).collect(),
+            pv,
         });
         let run_delay_start = tids.iter().map(|&t| placement::run_delay_ns(t)).collect();
         let mut injector = Injector {

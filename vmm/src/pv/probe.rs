@@ -1,0 +1,318 @@
+//! The host capability probe: before a run, a throwaway 1-vCPU VM in real
+//! mode asks KVM what paravirtual features really work here.
+//!
+//! - **Steal time**: the probe guest writes MSR_KVM_STEAL_TIME and exits
+//!   twice; KVM updates the area on the re-entry in between, so a non-zero
+//!   `version` afterwards means KVM accepted it.
+//! - **KVM hypercalls**: the probe guest issues `KVM_HC_VAPIC_POLL_IRQ` (a
+//!   no-op returning 0) with `vmcall` (Intel) or `vmmcall` (AMD) and reports
+//!   the return value through a port. On some hosts (nested ones among
+//!   them) the vCPU never comes back from the instruction: after
+//!   [`HYPERCALL_TIMEOUT`] the probe kicks its vCPU thread out of KVM_RUN
+//!   and answers "no". A thread that does not even leave KVM_RUN is left
+//!   behind (it owns its VM), never waited on: the probe cannot hang.
+//! - **KVM's `preempted` flag** cannot be probed in a few milliseconds (KVM
+//!   sets it only when a vCPU thread is involuntarily descheduled): the
+//!   guest reports whether it saw it during the run.
+//!
+//! The result is computed once per process (a sweep probes once).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::memory::MemoryError;
+
+use crate::vcpu::Kicker;
+
+/// How long the hypercall may take before the answer is "no".
+pub const HYPERCALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a kicked probe vCPU thread gets to leave KVM_RUN.
+const KICK_GRACE: Duration = Duration::from_millis(500);
+
+/// KVM's paravirtual CPUID leaf (KVM_CPUID_FEATURES) and its feature bits.
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+const KVM_FEATURE_STEAL_TIME: u32 = 5;
+const KVM_FEATURE_PV_TLB_FLUSH: u32 = 9;
+const KVM_FEATURE_PV_SEND_IPI: u32 = 11;
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 13;
+
+/// Probe guest layout: the boot GDT and page tables the real guest gets
+/// (below 0x8000), then the steal-time area and the code.
+const PROBE_MEM: u64 = 2 << 20;
+const STEAL_AREA: u64 = 0x9000;
+const CODE_ADDR: u64 = 0xa000;
+/// Ports of the probe guest.
+const PORT_STEP: u16 = 0xf5;
+const PORT_HYPERCALL_DONE: u16 = 0xf6;
+
+/// What the host offers, as probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPv {
+    /// KVM accepted the steal-time area (and advertises it in CPUID).
+    pub steal_time: bool,
+    /// A KVM hypercall completed (returned to the guest).
+    pub kvm_hypercalls: bool,
+    /// Why hypercalls are unavailable, in words (empty when they work).
+    pub hypercall_note: String,
+    /// KVM advertises PV send-IPI (KVM_FEATURE_PV_SEND_IPI).
+    pub cpuid_send_ipi: bool,
+    /// KVM advertises PV sched-yield (KVM_FEATURE_PV_SCHED_YIELD).
+    pub cpuid_sched_yield: bool,
+    /// KVM advertises PV TLB flush (KVM_FEATURE_PV_TLB_FLUSH).
+    pub cpuid_flush_tlb: bool,
+    /// The hypercall instruction is `vmmcall` (AMD) rather than `vmcall`.
+    pub amd: bool,
+    /// How long the probe took.
+    pub elapsed: Duration,
+}
+
+impl HostPv {
+    /// Whether KVM's PV send-IPI can be used (hypercalls work, advertised).
+    pub fn kvm_send_ipi(&self) -> bool {
+        self.kvm_hypercalls && self.cpuid_send_ipi
+    }
+
+    /// Whether KVM's PV sched-yield can be used.
+    pub fn kvm_sched_yield(&self) -> bool {
+        self.kvm_hypercalls && self.cpuid_sched_yield
+    }
+
+    /// The one-line summary of the run header.
+    pub fn summary(&self) -> String {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let mut s = format!(
+            "steal-time {}, preempted-flag unknown until seen, kvm-hypercalls {}",
+            yn(self.steal_time),
+            yn(self.kvm_hypercalls)
+        );
+        if !self.kvm_hypercalls && !self.hypercall_note.is_empty() {
+            s += &format!(" ({})", self.hypercall_note);
+        }
+        s += &format!(" [probe {} ms]", self.elapsed.as_millis());
+        s
+    }
+}
+
+/// Why the probe could not run at all.
+#[derive(Debug, thiserror::Error)]
+#[error("host capability probe: {what} failed: {source}")]
+pub struct ProbeError {
+    what: &'static str,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> ProbeError {
+    move |e| ProbeError {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// The probe result for this process (probed on first use).
+pub fn host_pv(kvm: &Kvm) -> Result<HostPv, ProbeError> {
+    static CACHE: Mutex<Option<HostPv>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(pv) = &*cache {
+        return Ok(pv.clone());
+    }
+    let pv = probe(kvm)?;
+    *cache = Some(pv.clone());
+    Ok(pv)
+}
+
+/// Runs the probe (uncached).
+pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
+    let start = Instant::now();
+    let cpuid = crate::vm::supported_cpuid(kvm).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+    let features = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == KVM_CPUID_FEATURES)
+        .map_or(0, |e| e.eax);
+    let has = |bit: u32| features & (1 << bit) != 0;
+    let amd = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| e.ebx == u32::from_le_bytes(*b"Auth"));
+    // The probe guest runs as the real one does: 64-bit mode at CPL0 (the
+    // same page tables, GDT and vCPU set-up), in-kernel irqchip.
+    let mem = crate::memory::allocate(PROBE_MEM).map_err(err("allocating probe memory"))?;
+    crate::memory::write_page_tables(&mem).map_err(err("writing the probe page tables"))?;
+    crate::memory::write_gdt(&mem).map_err(err("writing the probe GDT"))?;
+    write_probe_guest(&mem, amd).map_err(err("writing the probe guest"))?;
+    let vm = crate::vm::create_vm(kvm, &mem, 1).map_err(err("creating the probe VM"))?;
+    let vcpu = crate::vm::create_vcpu(&vm, &cpuid, 0, 1, GuestAddress(CODE_ADDR))
+        .map_err(err("creating the probe vCPU"))?;
+    crate::vcpu::install_kick_handler().map_err(err("installing the kick handler"))?;
+
+    let (steal_time, hypercall) = run_probe_vcpu(vm, vcpu, mem);
+    let (kvm_hypercalls, hypercall_note) = match hypercall {
+        Hypercall::Returned(0) => (true, String::new()),
+        Hypercall::Returned(r) => (false, format!("the hypercall returned error {r:#x}")),
+        Hypercall::TimedOut => (
+            false,
+            format!(
+                "the probe vCPU did not return from {} within {} ms",
+                if amd { "vmmcall" } else { "vmcall" },
+                HYPERCALL_TIMEOUT.as_millis()
+            ),
+        ),
+        Hypercall::Stuck => (
+            false,
+            "the probe vCPU hung in the hypercall and ignored the kick; its thread was left behind"
+                .to_string(),
+        ),
+        Hypercall::Failed(why) => (false, why),
+    };
+    Ok(HostPv {
+        steal_time: steal_time && has(KVM_FEATURE_STEAL_TIME),
+        kvm_hypercalls,
+        hypercall_note,
+        cpuid_send_ipi: has(KVM_FEATURE_PV_SEND_IPI),
+        cpuid_sched_yield: has(KVM_FEATURE_PV_SCHED_YIELD),
+        cpuid_flush_tlb: has(KVM_FEATURE_PV_TLB_FLUSH),
+        amd,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The probe guest (64-bit code): writes the steal-time MSR, exits twice,
+/// then makes the hypercall and reports its return value. It has no IDT:
+/// any exception is a triple fault (KVM_EXIT_SHUTDOWN).
+fn write_probe_guest(mem: &GuestMemoryMmap, amd: bool) -> Result<(), MemoryError> {
+    let mut code = vec![0xb9];
+    code.extend_from_slice(&0x4b56_4d03u32.to_le_bytes()); // mov ecx, MSR_KVM_STEAL_TIME
+    code.push(0xb8);
+    code.extend_from_slice(&(STEAL_AREA as u32 | 1).to_le_bytes()); // mov eax, area | enable
+    code.extend_from_slice(&[0x31, 0xd2]); // xor edx, edx
+    code.extend_from_slice(&[0x0f, 0x30]); // wrmsr
+    code.extend_from_slice(&[0xe6, PORT_STEP as u8]); // out PORT_STEP, al
+    code.extend_from_slice(&[0xe6, PORT_STEP as u8]); // again, after a re-entry
+    code.extend_from_slice(&[0xb8, 1, 0, 0, 0]); // mov eax, KVM_HC_VAPIC_POLL_IRQ
+    code.extend_from_slice(&[0x31, 0xdb]); // xor ebx, ebx
+    code.extend_from_slice(if amd {
+        &[0x0f, 0x01, 0xd9] // vmmcall
+    } else {
+        &[0x0f, 0x01, 0xc1] // vmcall
+    });
+    code.extend_from_slice(&[0xe7, PORT_HYPERCALL_DONE as u8]); // out port, eax
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
+    crate::memory::write_bytes(mem, "the probe guest", CODE_ADDR, &code)
+}
+
+enum Hypercall {
+    Returned(u32),
+    TimedOut,
+    Stuck,
+    Failed(String),
+}
+
+enum Step {
+    StealVersion(u32),
+    Hypercall(u32),
+    Failed(String),
+}
+
+/// Runs the probe vCPU on its own thread and watches it.
+fn run_probe_vcpu(vm: VmFd, mut vcpu: VcpuFd, mem: GuestMemoryMmap) -> (bool, Hypercall) {
+    let kicker = Arc::new(Kicker::new(&mut vcpu));
+    let thread_kicker = kicker.clone();
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("pv-probe".into())
+        .spawn(move || {
+            // The VM, vCPU and memory live as long as this thread.
+            let (_vm, mut vcpu, mem) = (vm, vcpu, mem);
+            let mut steps = 0;
+            let tx = tx;
+            // The kick pointer is nulled before the vCPU fd drops.
+            let _detach = DetachOnDrop(&thread_kicker);
+            loop {
+                let step = match vcpu.run() {
+                    Ok(VcpuExit::IoOut(PORT_STEP, _)) => {
+                        steps += 1;
+                        if steps < 2 {
+                            continue;
+                        }
+                        let v = mem
+                            .read_obj::<u32>(GuestAddress(STEAL_AREA + 8))
+                            .unwrap_or(0);
+                        Step::StealVersion(v)
+                    }
+                    Ok(VcpuExit::IoOut(PORT_HYPERCALL_DONE, data)) => {
+                        let mut b = [0u8; 4];
+                        let n = data.len().min(4);
+                        b[..n].copy_from_slice(&data[..n]);
+                        let _ = tx.send(Step::Hypercall(u32::from_le_bytes(b)));
+                        return;
+                    }
+                    Ok(VcpuExit::Shutdown) => Step::Failed(format!(
+                        "the probe guest triple-faulted (after {steps} of 2 steps)"
+                    )),
+                    Ok(VcpuExit::Hlt) => continue,
+                    Ok(other) => Step::Failed(format!("unexpected exit {other:?}")),
+                    Err(e) => Step::Failed(format!("KVM_RUN: {e}")),
+                };
+                let last = matches!(step, Step::Failed(_));
+                if tx.send(step).is_err() || last {
+                    return;
+                }
+            }
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                false,
+                Hypercall::Failed(format!("cannot start the probe thread: {e}")),
+            )
+        }
+    };
+    let mut steal = false;
+    let deadline = Instant::now() + HYPERCALL_TIMEOUT;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Step::StealVersion(v)) => steal = v != 0,
+            Ok(Step::Hypercall(r)) => {
+                let _ = thread.join();
+                return (steal, Hypercall::Returned(r));
+            }
+            Ok(Step::Failed(why)) => {
+                let _ = thread.join();
+                return (steal, Hypercall::Failed(why));
+            }
+            Err(_) => break,
+        }
+    }
+    // Timed out: kick the thread out of KVM_RUN and give it a grace period.
+    kicker.set_thread(&thread);
+    kicker.kick();
+    let grace = Instant::now() + KICK_GRACE;
+    while Instant::now() < grace {
+        if thread.is_finished() {
+            let _ = thread.join();
+            return (steal, Hypercall::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Never joined: the thread (and its VM) are left behind.
+    drop(thread);
+    (steal, Hypercall::Stuck)
+}
+
+/// Nulls the kicker's pointer into `kvm_run` when the probe thread ends
+/// (declared after the vCPU fd's owner, so it runs first).
+struct DetachOnDrop<'a>(&'a Kicker);
+
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
