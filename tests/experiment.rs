@@ -88,7 +88,8 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     for f in ["steal_time", "preempted_flag"] {
         assert!(r["host"]["pv"][f].is_boolean(), "host.pv.{f}");
     }
-    // Not probed yet (issue 8): null, never an unmeasured `false`.
+    // Probed only when the run uses PV features: null otherwise, never an
+    // unmeasured `false`.
     let hc = &r["host"]["pv"]["kvm_hypercalls"];
     assert!(
         hc.is_boolean() || hc.is_null(),

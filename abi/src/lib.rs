@@ -266,6 +266,9 @@ pub enum TestHook {
     /// violation, so a run of `unsafe-percpu` must then go uncaught (proving
     /// that the test which requires the catch can fail).
     BrokenChecker = 12,
+    /// The hooked vCPU makes an ipivirt PV hypercall with an unknown
+    /// operation: the VMM must stop the run with a clear error.
+    BadHypercall = 13,
 }
 
 /// Console bytes written by [`TestHook::ConsoleFlood`].
@@ -288,6 +291,7 @@ impl TryFrom<u32> for TestHook {
             10 => TestHook::DoneFromAp,
             11 => TestHook::TripleFaultLate,
             12 => TestHook::BrokenChecker,
+            13 => TestHook::BadHypercall,
             other => return Err(other),
         })
     }
@@ -519,6 +523,8 @@ pub struct DesignResults {
     pub pv_deferred_runs: u64,
     /// csd waits that saw their target preempted.
     pub waits_on_preempted: u64,
+    /// Their total time from the first sighting to the wait's end (cycles).
+    pub preempted_wait_cycles: u64,
     /// Of those, seen through KVM's steal-time flag.
     pub preempted_seen_kvm: u64,
     /// Of those, seen through ipivirt's PV state.
@@ -538,7 +544,7 @@ unsafe impl Pod for DesignResults {}
 unsafe impl Pod for ViolationRecord {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8 + 8 + 8 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+        == 8 + 16 * 8 + 8 + 9 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
 );
 
 /// What the guest runs after every vCPU is online ([`Control::workload`]).
@@ -945,8 +951,13 @@ pub struct VcpuStatus {
     pub preempted_seen: u64,
     /// Largest gap between consecutive TSC reads in a busy loop, in cycles.
     pub max_gap_cycles: u64,
+    /// `spin` with PV `preempted`: polls in which this vCPU saw the next
+    /// vCPU preempted in ipivirt's PV state.
+    pub pv_neighbour_preempted: u64,
+    /// ... and transitions of it from preempted back to running.
+    pub pv_neighbour_resumed: u64,
     /// Room for later counters; zero.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 3],
 }
 
 /// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].
@@ -1199,10 +1210,10 @@ mod tests {
             assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
         }
         assert_eq!(GuestStatus::try_from(0), Err(0));
-        for h in 0..=12 {
+        for h in 0..=13 {
             assert_eq!(TestHook::try_from(h).map(|h| h as u32), Ok(h));
         }
-        assert_eq!(TestHook::try_from(13), Err(13));
+        assert_eq!(TestHook::try_from(14), Err(14));
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn run_test_hook(control: &abi::Control, index: u32) {
             }
         }
         Ok(TestHook::HaltEarly) => cpu::halt_forever(),
+        Ok(TestHook::BadHypercall) => crate::pv::bad_hypercall(),
         Ok(TestHook::DoneFromAp) if index != 0 => {
             cpu::outl(Port::Status as u16, GuestStatus::Done as u32);
             cpu::halt_forever()

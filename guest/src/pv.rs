@@ -127,6 +127,8 @@ pub struct PvStats {
     pub deferred_runs: AtomicU64,
     /// Waits that saw their target preempted.
     pub waits_on_preempted: AtomicU64,
+    /// Their cycles from the first sighting to the wait's end.
+    pub preempted_wait_cycles: AtomicU64,
     /// ... through KVM's flag.
     pub seen_kvm: AtomicU64,
     /// ... through ipivirt's state.
@@ -141,6 +143,7 @@ pub static STATS: PvStats = PvStats {
     deferrals: AtomicU64::new(0),
     deferred_runs: AtomicU64::new(0),
     waits_on_preempted: AtomicU64::new(0),
+    preempted_wait_cycles: AtomicU64::new(0),
     seen_kvm: AtomicU64::new(0),
     seen_ipivirt: AtomicU64::new(0),
 };
@@ -174,6 +177,7 @@ pub fn start_phase(features: u32, kvm: u32) {
         &STATS.deferrals,
         &STATS.deferred_runs,
         &STATS.waits_on_preempted,
+        &STATS.preempted_wait_cycles,
         &STATS.seen_kvm,
         &STATS.seen_ipivirt,
     ] {
@@ -254,6 +258,15 @@ fn ipivirt_hypercall() -> u32 {
         core::arch::asm!("in eax, dx", in("dx") abi::Port::Hypercall as u16, out("eax") ret, options(nostack, preserves_flags))
     };
     ret
+}
+
+/// Test hook: an ipivirt hypercall with an operation that does not exist
+/// (the VMM must refuse it and stop the run).
+pub fn bad_hypercall() {
+    let st = pv_state(percpu::cpu_id());
+    // SAFETY: this vCPU's own request block.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*st).op), 0x99) };
+    ipivirt_hypercall();
 }
 
 /// KVM hypercall numbers.
@@ -369,7 +382,8 @@ pub fn yield_to(target: u32) -> bool {
 /// most every `min_gap` cycles when only KVM's flag says so; and count
 /// what the wait saw.
 pub struct WaitWatch {
-    seen: bool,
+    /// TSC of the first sighting of the target preempted (0: none yet).
+    seen_at: u64,
     yielded_seq: u32,
     last_yield: u64,
 }
@@ -378,9 +392,18 @@ impl WaitWatch {
     /// A new wait.
     pub const fn new() -> Self {
         WaitWatch {
-            seen: false,
+            seen_at: 0,
             yielded_seq: u32::MAX,
             last_yield: 0,
+        }
+    }
+
+    /// The wait is over: account its time since the first sighting.
+    pub fn finish(&self) {
+        if self.seen_at != 0 {
+            STATS
+                .preempted_wait_cycles
+                .fetch_add(cpu::rdtsc().saturating_sub(self.seen_at), Ordering::Relaxed);
         }
     }
 
@@ -390,8 +413,8 @@ impl WaitWatch {
         if src == 0 {
             return;
         }
-        if !self.seen {
-            self.seen = true;
+        if self.seen_at == 0 {
+            self.seen_at = cpu::rdtsc().max(1);
             STATS.waits_on_preempted.fetch_add(1, Ordering::Relaxed);
             if src & SEEN_KVM != 0 {
                 STATS.seen_kvm.fetch_add(1, Ordering::Relaxed);

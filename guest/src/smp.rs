@@ -320,6 +320,9 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
             send_call_ipi(target);
         }
     }
+    if watch_pv {
+        watch.finish();
+    }
 }
 
 /// Where a design's wait reads its mask from.

@@ -25,7 +25,17 @@ pub fn run(control: &Control, index: u32) {
     let end = prev.saturating_add(cycles);
     let mut max_gap = 0u64;
     let mut seen = 0u64;
+    // PV `preempted`: watch the next vCPU in ipivirt's PV state.
+    let neighbour = (index + 1) % control.nr_vcpus;
+    let watch = control.pv_flags & abi::pv::PREEMPTED != 0 && neighbour != index;
+    let (mut n_preempted, mut n_resumed, mut was) = (0u64, 0u64, false);
     while prev < end {
+        if watch {
+            let now_preempted = pv::preempted_sources(neighbour) & pv::SEEN_IPIVIRT != 0;
+            n_preempted += u64::from(now_preempted);
+            n_resumed += u64::from(was && !now_preempted);
+            was = now_preempted;
+        }
         let now = cpu::rdtsc();
         let gap = now.wrapping_sub(prev);
         if gap > max_gap {
@@ -49,6 +59,8 @@ pub fn run(control: &Control, index: u32) {
         addr_of_mut!((*status).steal_ns).write_volatile(steal_ns);
         addr_of_mut!((*status).preempted_seen).write_volatile(seen);
         addr_of_mut!((*status).max_gap_cycles).write_volatile(max_gap);
+        addr_of_mut!((*status).pv_neighbour_preempted).write_volatile(n_preempted);
+        addr_of_mut!((*status).pv_neighbour_resumed).write_volatile(n_resumed);
     }
     DONE.fetch_add(1, Ordering::Release);
 }

@@ -428,6 +428,7 @@ pub fn run_designs(control: &Control) {
             d.pv_deferrals = l(&pv::STATS.deferrals);
             d.pv_deferred_runs = l(&pv::STATS.deferred_runs);
             d.waits_on_preempted = l(&pv::STATS.waits_on_preempted);
+            d.preempted_wait_cycles = l(&pv::STATS.preempted_wait_cycles);
             d.preempted_seen_kvm = l(&pv::STATS.seen_kvm);
             d.preempted_seen_ipivirt = l(&pv::STATS.seen_ipivirt);
             d.valid = 1;

@@ -404,6 +404,7 @@ enum HookArg {
     DoneFromAp,
     TripleFaultLate,
     BrokenChecker,
+    BadHypercall,
 }
 
 impl From<HookArg> for TestHook {
@@ -422,6 +423,7 @@ impl From<HookArg> for TestHook {
             HookArg::DoneFromAp => TestHook::DoneFromAp,
             HookArg::TripleFaultLate => TestHook::TripleFaultLate,
             HookArg::BrokenChecker => TestHook::BrokenChecker,
+            HookArg::BadHypercall => TestHook::BadHypercall,
         }
     }
 }
@@ -599,8 +601,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
     if config.all_pv() != 0 {
         // The host capability probe (cached: the run reuses it).
-        let kvm = crate::vm::open_kvm(&config.kvm_path)?;
-        let probe = crate::pv::host_pv(&kvm)?;
+        let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
         say(&format!("pv: {}", probe.summary()));
     }
     let report = run_scenario(args, config.clone())?;

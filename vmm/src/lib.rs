@@ -29,6 +29,7 @@ pub mod sweep;
 pub mod vcpu;
 pub mod vm;
 
+pub use abi;
 pub use abi::{Design, Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
 pub use inject::{HostReport, InjectConfig, PreemptMode};

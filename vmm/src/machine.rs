@@ -218,6 +218,8 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
         v.max_gap_cycles = status.max_gap_cycles;
+        v.pv_neighbour_preempted = status.pv_neighbour_preempted;
+        v.pv_neighbour_resumed = status.pv_neighbour_resumed;
     }
     if let (Some(path), true) = (&config.inject.trace, machine.host.active) {
         inject::trace::write_file(

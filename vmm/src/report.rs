@@ -226,7 +226,7 @@ pub fn designs_text(r: &BootReport) -> String {
         per(&|d| us(d.task_create_mean_cycles, khz)),
     );
     if designs.iter().any(|d| d.pv != 0) {
-        rows.extend(pv_rows(designs));
+        rows.extend(pv_rows(designs, khz));
     }
     let widths: Vec<usize> = (0..designs.len())
         .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8) + 2)
@@ -340,7 +340,7 @@ pub fn designs_text(r: &BootReport) -> String {
 }
 
 /// The PV rows of the design table ("-" where the phase lacks the feature).
-fn pv_rows(designs: &[crate::results::DesignReport]) -> Vec<(String, Vec<String>)> {
+fn pv_rows(designs: &[crate::results::DesignReport], khz: u64) -> Vec<(String, Vec<String>)> {
     let cell = |d: &crate::results::DesignReport, f: u32, v: String| {
         if d.pv & f != 0 {
             v
@@ -374,6 +374,15 @@ fn pv_rows(designs: &[crate::results::DesignReport]) -> Vec<(String, Vec<String>
                 d,
                 abi::pv::PREEMPTED | abi::pv::SCHED_YIELD,
                 d.pv_counts.waits_on_preempted.to_string(),
+            )
+        }),
+        row("  their wait after (us)", &|d| {
+            let c = &d.pv_counts;
+            let mean = c.preempted_wait_cycles.checked_div(c.waits_on_preempted);
+            cell(
+                d,
+                abi::pv::PREEMPTED | abi::pv::SCHED_YIELD,
+                mean.map_or("-".into(), |m| us(m, khz)),
             )
         }),
     ]

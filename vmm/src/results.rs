@@ -334,6 +334,8 @@ pub struct PvCounts {
     pub deferred_runs: u64,
     /// csd waits that saw their target preempted.
     pub waits_on_preempted: u64,
+    /// Their total time from the first sighting to the wait's end (cycles).
+    pub preempted_wait_cycles: u64,
     /// ... through KVM's steal-time flag.
     pub preempted_seen_kvm: u64,
     /// ... through ipivirt's PV state.
@@ -472,6 +474,7 @@ fn design_report(
             deferrals: d.pv_deferrals,
             deferred_runs: d.pv_deferred_runs,
             waits_on_preempted: d.waits_on_preempted,
+            preempted_wait_cycles: d.preempted_wait_cycles,
             preempted_seen_kvm: d.preempted_seen_kvm,
             preempted_seen_ipivirt: d.preempted_seen_ipivirt,
         },

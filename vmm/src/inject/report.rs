@@ -19,6 +19,11 @@ pub struct VcpuHostFigures {
     pub preempted_seen: u64,
     /// Largest gap between consecutive TSC reads in the guest's spin loop.
     pub max_gap_cycles: u64,
+    /// `spin` with PV `preempted`: polls that saw the next vCPU preempted
+    /// in ipivirt's PV state.
+    pub pv_neighbour_preempted: u64,
+    /// ... and its transitions back to running.
+    pub pv_neighbour_resumed: u64,
     /// Time the vCPU thread waited on a host run queue during injection
     /// (schedstat run_delay), in ns: what KVM turns into steal time.
     pub run_delay_ns: Option<u64>,

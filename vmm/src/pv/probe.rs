@@ -126,6 +126,18 @@ pub fn host_pv(kvm: &Kvm) -> Result<HostPv, ProbeError> {
     Ok(pv)
 }
 
+/// [`host_pv`] for the KVM device at `path` (cached per process).
+pub fn host_pv_at(path: &std::path::Path) -> Result<HostPv, crate::Error> {
+    let kvm = crate::vm::open_kvm(path)?;
+    Ok(host_pv(&kvm)?)
+}
+
+/// [`probe`] for the KVM device at `path` (not cached).
+pub fn probe_at(path: &std::path::Path) -> Result<HostPv, crate::Error> {
+    let kvm = crate::vm::open_kvm(path)?;
+    Ok(probe(&kvm)?)
+}
+
 /// Runs the probe (uncached).
 pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
     let start = Instant::now();
