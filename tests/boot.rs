@@ -23,10 +23,10 @@ fn boot_n(vcpus: u32) {
         report.boot_time
     );
     assert!(
-        report
-            .console_tail
-            .iter()
-            .any(|l| l.contains(&format!("ipivirt guest: abi v4, {vcpus} vCPUs"))),
+        report.console_tail.iter().any(|l| l.contains(&format!(
+            "ipivirt guest: abi v{}, {vcpus} vCPUs",
+            ipivirt::abi::ABI_VERSION
+        ))),
         "{:?}",
         report.console_tail
     );
@@ -85,7 +85,10 @@ fn test_cli_console_has_vcpu_prefix() {
     let (_, stderr) = common::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("[vcpu 0] ipivirt guest: abi v4, 2 vCPUs, x2APIC id 0"),
+        stderr.contains(&format!(
+            "[vcpu 0] ipivirt guest: abi v{}, 2 vCPUs, x2APIC id 0",
+            ipivirt::abi::ABI_VERSION
+        )),
         "{stderr}"
     );
 }

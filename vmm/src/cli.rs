@@ -599,7 +599,7 @@ fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
-    if config.all_pv() != 0 {
+    if config.requested_pv() != 0 {
         // The host capability probe (cached: the run reuses it).
         let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
         say(&format!("pv: {}", probe.summary()));

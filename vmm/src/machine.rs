@@ -103,6 +103,11 @@ impl MachineConfig {
         self.pv | self.design_pv.get(i).copied().unwrap_or(0)
     }
 
+    /// The PV features asked for (`pv` and the per-phase ones).
+    pub fn requested_pv(&self) -> u32 {
+        self.design_pv.iter().fold(self.pv, |a, b| a | b)
+    }
+
     /// Every PV feature the run uses (the spin workload always reads
     /// steal time).
     pub fn all_pv(&self) -> u32 {
