@@ -641,9 +641,9 @@ impl TryFrom<u32> for Workload {
 /// |---|---|---|
 /// | `steal-time` | MSR_KVM_STEAL_TIME | (none: KVM's only) |
 /// | `preempted` | steal-time `preempted` byte | [`PvVcpuState::state`] |
-/// | `send-ipi` | KVM_HC_SEND_IPI (`vmcall`) | [`OP_SEND_IPI`] hypercall |
-/// | `sched-yield` | KVM_HC_SCHED_YIELD (`vmcall`) | [`OP_YIELD_TO`] hypercall |
-/// | `flush-defer` | (KVM flushes in the host: not usable here) | [`STATE_FLUSH`] |
+/// | `send-ipi` | KVM_HC_SEND_IPI (`vmcall`) | [`OP_SEND_IPI`](pv::OP_SEND_IPI) hypercall |
+/// | `sched-yield` | KVM_HC_SCHED_YIELD (`vmcall`) | [`OP_YIELD_TO`](pv::OP_YIELD_TO) hypercall |
+/// | `flush-defer` | (KVM flushes in the host: not usable here) | [`STATE_FLUSH`](pv::STATE_FLUSH) |
 ///
 /// The ipivirt interface: vCPU `i` owns a [`PvVcpuState`] at
 /// [`layout::pv_state_addr`]. The VMM writes `state`, `seq`, `since_ns` and

@@ -1,7 +1,7 @@
 //! Paravirtual IPI paths, host side: the capability probe ([`probe`]), the
-//! feature set a run enables ([`PvFeatures`]) and the VMM's own PV
-//! interface ([`host`]): per-vCPU `preempted` state the injectors write,
-//! and the port-I/O hypercall (send-ipi, yield-to).
+//! mechanism that serves each feature ([`mechanism`]), `--pv` parsing, and
+//! the VMM's own PV interface ([`host`]): per-vCPU `preempted` state the
+//! injectors write, and the port-I/O hypercall (send-ipi, yield-to).
 
 pub mod host;
 pub mod probe;
