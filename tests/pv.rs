@@ -110,9 +110,14 @@ fn test_probe_answers_without_hanging() {
     let yn = |b: bool| if b { "yes" } else { "no" };
     assert!(
         header.contains(&format!("kvm-hypercalls {}", yn(p.kvm_hypercalls)))
-            && header.contains(&format!("steal-time {}", yn(p.steal_time))),
+            && header.contains(&format!("steal-time {}", yn(p.steal_time)))
+            && header.contains(&format!(
+                "preempted-flag {}",
+                p.preempted_flag.map_or("unknown", yn)
+            )),
         "{header}"
     );
+    assert!(!p.preempted_flag_note.is_empty(), "{p:?}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     assert_eq!(

@@ -364,8 +364,11 @@ pub struct PvInfo {
     /// KVM accepted steal time (the probe; without a probe: whether the
     /// guest registered it).
     pub steal_time: bool,
-    /// The guest saw KVM's steal-time `preempted` flag set at least once.
+    /// KVM's steal-time `preempted` flag was seen set: by the probe (which
+    /// preempts a vCPU of its own on purpose) or by the guest in the run.
     pub preempted_flag: bool,
+    /// What the probe found about the flag, in words (empty: not probed).
+    pub preempted_flag_note: String,
     /// Whether a KVM hypercall completed in the probe; `None` (JSON null)
     /// when the run used no PV feature and so did not probe.
     pub kvm_hypercalls: Option<bool>,
@@ -639,7 +642,11 @@ impl Report {
                 steal_ns,
                 pv: PvInfo {
                     steal_time,
-                    preempted_flag: seen_kvm,
+                    preempted_flag: seen_kvm
+                        || probe.is_some_and(|p| p.preempted_flag == Some(true)),
+                    preempted_flag_note: probe
+                        .map(|p| p.preempted_flag_note.clone())
+                        .unwrap_or_default(),
                     kvm_hypercalls: probe.map(|p| p.kvm_hypercalls),
                     kvm_hypercalls_note: probe
                         .map(|p| p.hypercall_note.clone())

@@ -128,6 +128,8 @@ mod tests {
             cpuid_sched_yield: true,
             cpuid_flush_tlb: true,
             amd: true,
+            preempted_flag: Some(false),
+            preempted_flag_note: String::new(),
             elapsed: Default::default(),
         };
         assert_eq!(mechanism(pv::SEND_IPI, &host), Mechanism::Ipivirt);

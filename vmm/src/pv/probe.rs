@@ -11,9 +11,12 @@
 //!   [`HYPERCALL_TIMEOUT`] the probe kicks its vCPU thread out of KVM_RUN
 //!   and answers "no". A thread that does not even leave KVM_RUN is left
 //!   behind (it owns its VM), never waited on: the probe cannot hang.
-//! - **KVM's `preempted` flag** cannot be probed in a few milliseconds (KVM
-//!   sets it only when a vCPU thread is involuntarily descheduled): the
-//!   guest reports whether it saw it during the run.
+//! - **KVM's `preempted` flag**: KVM sets it only while a vCPU thread is
+//!   descheduled involuntarily in KVM_RUN. A second throwaway VM has two
+//!   vCPUs on two host CPUs: vCPU 1 spins, vCPU 0 polls vCPU 1's flag, and
+//!   a SCHED_FIFO thread preempts vCPU 1's host CPU in a few short bursts.
+//!   "Unknown" when that cannot be arranged (one host CPU, no SCHED_FIFO);
+//!   the guest also reports whether it saw the flag during the run.
 //!
 //! The result is computed once per process (a sweep probes once).
 
@@ -66,6 +69,11 @@ pub struct HostPv {
     pub cpuid_flush_tlb: bool,
     /// The hypercall instruction is `vmmcall` (AMD) rather than `vmcall`.
     pub amd: bool,
+    /// KVM set the `preempted` flag of a vCPU the probe preempted (`None`:
+    /// could not be tested).
+    pub preempted_flag: Option<bool>,
+    /// How the flag probe went, in words.
+    pub preempted_flag_note: String,
     /// How long the probe took.
     pub elapsed: Duration,
 }
@@ -85,8 +93,9 @@ impl HostPv {
     pub fn summary(&self) -> String {
         let yn = |b: bool| if b { "yes" } else { "no" };
         let mut s = format!(
-            "steal-time {}, preempted-flag unknown until seen, kvm-hypercalls {}",
+            "steal-time {}, preempted-flag {}, kvm-hypercalls {}",
             yn(self.steal_time),
+            self.preempted_flag.map_or("unknown", yn),
             yn(self.kvm_hypercalls)
         );
         if !self.kvm_hypercalls && !self.hypercall_note.is_empty() {
@@ -165,6 +174,11 @@ pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
     crate::vcpu::install_kick_handler().map_err(err("installing the kick handler"))?;
 
     let (steal_time, hypercall) = run_probe_vcpu(vm, vcpu, mem);
+    let (preempted_flag, preempted_flag_note) = if steal_time {
+        probe_preempted_flag(kvm, &cpuid)
+    } else {
+        (None, "steal time is not accepted".to_string())
+    };
     let (kvm_hypercalls, hypercall_note) = match hypercall {
         Hypercall::Returned(0) => (true, String::new()),
         Hypercall::Returned(r) => (false, format!("the hypercall returned error {r:#x}")),
@@ -191,8 +205,147 @@ pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
         cpuid_sched_yield: has(KVM_FEATURE_PV_SCHED_YIELD),
         cpuid_flush_tlb: has(KVM_FEATURE_PV_TLB_FLUSH),
         amd,
+        preempted_flag,
+        preempted_flag_note,
         elapsed: start.elapsed(),
     })
+}
+
+/// Where the flag probe's vCPUs run: vCPU 0 polls, vCPU 1 spins.
+const FLAG_POLLER: u64 = 0xc000;
+const FLAG_SPINNER: u64 = 0xd000;
+/// vCPU 1's steal-time area (vCPU 0's is at STEAL_AREA).
+const FLAG_AREA: u64 = STEAL_AREA + 0x40;
+/// The poller reports a sighting here.
+const PORT_FLAG_SEEN: u16 = 0xf9;
+/// Antagonist bursts on the spinner's host CPU.
+const FLAG_BURSTS: u32 = 4;
+const FLAG_BURST: Duration = Duration::from_millis(3);
+
+/// The flag probe: returns (answer, note).
+fn probe_preempted_flag(kvm: &Kvm, cpuid: &kvm_bindings::CpuId) -> (Option<bool>, String) {
+    let cpus = match crate::inject::placement::process_cpus() {
+        Ok(c) if c.len() >= 2 => c,
+        _ => return (None, "needs two host CPUs".into()),
+    };
+    let setup = || -> Result<(VmFd, VcpuFd, VcpuFd, GuestMemoryMmap), ProbeError> {
+        let mem = crate::memory::allocate(PROBE_MEM).map_err(err("allocating probe memory"))?;
+        crate::memory::write_page_tables(&mem).map_err(err("writing the probe page tables"))?;
+        crate::memory::write_gdt(&mem).map_err(err("writing the probe GDT"))?;
+        write_flag_guest(&mem).map_err(err("writing the flag probe guest"))?;
+        let vm = crate::vm::create_vm(kvm, &mem, 2).map_err(err("creating the flag probe VM"))?;
+        let poller = crate::vm::create_vcpu(&vm, cpuid, 0, 2, GuestAddress(FLAG_POLLER))
+            .map_err(err("creating the poller vCPU"))?;
+        let spinner = crate::vm::create_vcpu(&vm, cpuid, 1, 2, GuestAddress(FLAG_SPINNER))
+            .map_err(err("creating the spinner vCPU"))?;
+        Ok((vm, poller, spinner, mem))
+    };
+    let (vm, poller, spinner, mem) = match setup() {
+        Ok(v) => v,
+        Err(e) => return (None, e.to_string()),
+    };
+    let vm = Arc::new(vm);
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (mut fd, cpu) in [(poller, cpus[0]), (spinner, cpus[1])] {
+        let kicker = Arc::new(Kicker::new(&mut fd));
+        let (thread_kicker, tx, vm, mem) = (kicker.clone(), tx.clone(), vm.clone(), mem.clone());
+        let t = std::thread::Builder::new()
+            .name("pv-probe".into())
+            .spawn(move || {
+                let (_vm, _mem, mut fd) = (vm, mem, fd);
+                let _detach = DetachOnDrop(&thread_kicker);
+                let _ = crate::inject::placement::set_affinity(0, &[cpu]);
+                let _ = tx.send(None);
+                // Leaves on the poller's report, a kick, or an error.
+                if let Ok(VcpuExit::IoOut(PORT_FLAG_SEEN, _)) = fd.run() {
+                    let _ = tx.send(Some(true));
+                }
+            });
+        match t {
+            Ok(t) => {
+                kicker.set_thread(&t);
+                threads.push((t, kicker));
+            }
+            Err(e) => return (None, format!("cannot start a probe thread: {e}")),
+        }
+    }
+    drop(tx);
+    // Both threads started (then a moment to enter the guest).
+    for _ in 0..2 {
+        let _ = rx.recv_timeout(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_millis(2));
+    let antagonist = std::thread::Builder::new()
+        .name("pv-probe-fifo".into())
+        .spawn(move || -> Result<(), String> {
+            crate::inject::placement::set_affinity(0, &[cpus[1]]).map_err(|e| e.to_string())?;
+            crate::inject::placement::set_fifo(1)
+                .map_err(|e| format!("SCHED_FIFO refused: {e}"))?;
+            for _ in 0..FLAG_BURSTS {
+                let end = Instant::now() + FLAG_BURST;
+                while Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            crate::inject::placement::set_normal();
+            Ok(())
+        });
+    let fifo = match antagonist {
+        Ok(t) => t.join().unwrap_or(Err("the antagonist panicked".into())),
+        Err(e) => Err(format!("cannot start the antagonist: {e}")),
+    };
+    let seen = rx.try_recv().ok().flatten() == Some(true);
+    for (_, k) in &threads {
+        k.kick();
+    }
+    let grace = Instant::now() + KICK_GRACE;
+    for (t, _) in threads {
+        while !t.is_finished() && Instant::now() < grace {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } // else: left behind with its VM, never waited on
+    }
+    match (seen, fifo) {
+        (true, _) => (
+            Some(true),
+            "set while a SCHED_FIFO thread preempted the vCPU".into(),
+        ),
+        (false, Ok(())) => (
+            Some(false),
+            format!(
+                "not set during {FLAG_BURSTS} SCHED_FIFO bursts of {} ms on the vCPU's host CPU",
+                FLAG_BURST.as_millis()
+            ),
+        ),
+        (false, Err(why)) => (None, why),
+    }
+}
+
+/// The flag probe guest: each vCPU registers its steal-time area; vCPU 1
+/// then spins, vCPU 0 polls vCPU 1's `preempted` byte and reports it set.
+fn write_flag_guest(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    let register = |area: u64| {
+        let mut c = vec![0xb9];
+        c.extend_from_slice(&0x4b56_4d03u32.to_le_bytes()); // mov ecx, MSR_KVM_STEAL_TIME
+        c.push(0xb8);
+        c.extend_from_slice(&(area as u32 | 1).to_le_bytes()); // mov eax, area | enable
+        c.extend_from_slice(&[0x31, 0xd2, 0x0f, 0x30]); // xor edx, edx; wrmsr
+        c
+    };
+    let mut spinner = register(FLAG_AREA);
+    spinner.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+    crate::memory::write_bytes(mem, "the flag probe spinner", FLAG_SPINNER, &spinner)?;
+    let mut poller = register(STEAL_AREA);
+    // loop: movzx eax, byte [FLAG_AREA + 16]; test eax, eax; jz loop
+    poller.extend_from_slice(&[0x0f, 0xb6, 0x04, 0x25]);
+    poller.extend_from_slice(&(FLAG_AREA as u32 + 16).to_le_bytes());
+    poller.extend_from_slice(&[0x85, 0xc0, 0x74, 0xf4]);
+    poller.extend_from_slice(&[0xe6, PORT_FLAG_SEEN as u8, 0xf4, 0xeb, 0xfd]); // out; hlt; jmp $-1
+    crate::memory::write_bytes(mem, "the flag probe poller", FLAG_POLLER, &poller)
 }
 
 /// The probe guest (64-bit code): writes the steal-time MSR, exits twice,
