@@ -157,7 +157,13 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
 /// histograms, in TSC cycles) with `title` on top.
 pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz: u64) -> String {
     let width = LEFT + 2.0 * PANEL_W + GAP + 30.0;
-    let legend_rows = designs.len().div_ceil(4) as f64;
+    // Four legend entries a row, two when a name is long (PV columns).
+    let per_row = if designs.iter().any(|d| d.0.len() > 24) {
+        2
+    } else {
+        4
+    };
+    let legend_rows = designs.len().div_ceil(per_row) as f64;
     let height = TOP + PANEL_H + BOTTOM + legend_rows * 18.0;
     let mut out = String::new();
     let _ = writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
@@ -193,8 +199,8 @@ pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz:
     );
     let _ = writeln!(out, r#"<g class="legend">"#);
     for (i, (name, _, _)) in designs.iter().enumerate() {
-        let x = LEFT + (i % 4) as f64 * 200.0;
-        let y = TOP + PANEL_H + 56.0 + (i / 4) as f64 * 18.0;
+        let x = LEFT + (i % per_row) as f64 * (800.0 / per_row as f64);
+        let y = TOP + PANEL_H + 56.0 + (i / per_row) as f64 * 18.0;
         let _ = writeln!(
             out,
             r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
@@ -219,11 +225,13 @@ impl Report {
             "ipivirt {}: {} vCPUs on host CPUs {:?}, preempt {}, {} s per design ({})",
             s.workload, s.vcpus, s.host_cpus, s.preempt.mode, s.duration_s, self.platform.verdict
         );
+        let labels: Vec<String> = raw.guest.designs.iter().map(|d| d.label()).collect();
         let designs: Vec<_> = raw
             .guest
             .designs
             .iter()
-            .map(|d| (d.design.name(), &d.call_latency, &d.sched_latency))
+            .zip(&labels)
+            .map(|(d, l)| (l.as_str(), &d.call_latency, &d.sched_latency))
             .collect();
         Some(cdf_svg(&title, &designs, self.tsc_khz))
     }
