@@ -447,8 +447,8 @@ pub mod violation {
     pub const CSD_REINIT: u32 = 5;
     /// An asynchronous call never ran on a target by the end of the phase.
     pub const LOST: u32 = 6;
-    /// flush-defer: a deferred target ran something else (another callback,
-    /// a task switch) before its deferred work.
+    /// flush-defer: a deferred target was about to run another cross-call
+    /// callback with its deferred work still pending.
     pub const DEFERRED_LATE: u32 = 7;
 }
 
@@ -521,6 +521,10 @@ pub struct DesignResults {
     pub pv_deferrals: u64,
     /// Deferred callbacks run by their targets.
     pub pv_deferred_runs: u64,
+    /// Of those committed, run at the target's next observable action (a
+    /// callback, tick or task switch drains first) rather than in the
+    /// FLUSH_DEFER interrupt: the host let the vCPU run before taking it.
+    pub pv_deferred_not_first: u64,
     /// csd waits that saw their target preempted.
     pub waits_on_preempted: u64,
     /// Their total time from the first sighting to the wait's end (cycles).
@@ -544,7 +548,7 @@ unsafe impl Pod for DesignResults {}
 unsafe impl Pod for ViolationRecord {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8 + 8 + 9 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+        == 8 + 16 * 8 + 8 + 10 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
 );
 
 /// What the guest runs after every vCPU is online ([`Control::workload`]).

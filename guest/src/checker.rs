@@ -215,8 +215,9 @@ fn release(r: &Request) {
 
 /// Records that this CPU ran the callback of `token`.
 pub fn on_callback(token: usize) {
-    // flush-defer: work deferred to this CPU must run before anything else.
-    crate::pv::run_deferred(false);
+    // flush-defer: work deferred to this CPU must have run before any other
+    // callback (the cross-call paths drain it first).
+    crate::pv::check_drained();
     run(token, false);
 }
 

@@ -469,6 +469,8 @@ fn call_many(
     send(ipi, &mut nr_ipi, last);
     if run_local {
         let irq = cpu::irq_save();
+        // flush-defer: work deferred to this CPU before its own callback.
+        pv::run_deferred(false);
         func(info);
         cpu::irq_restore(irq);
     }
@@ -537,6 +539,7 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
     let this = percpu::cpu_id();
     if target == this {
         let irq = cpu::irq_save();
+        pv::run_deferred(false);
         func(info);
         cpu::irq_restore(irq);
         sched::preempt_enable();

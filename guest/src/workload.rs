@@ -427,6 +427,7 @@ pub fn run_designs(control: &Control) {
             d.pv_yields_effective = l(&pv::STATS.yields_effective);
             d.pv_deferrals = l(&pv::STATS.deferrals);
             d.pv_deferred_runs = l(&pv::STATS.deferred_runs);
+            d.pv_deferred_not_first = l(&pv::STATS.deferred_not_first);
             d.waits_on_preempted = l(&pv::STATS.waits_on_preempted);
             d.preempted_wait_cycles = l(&pv::STATS.preempted_wait_cycles);
             d.preempted_seen_kvm = l(&pv::STATS.seen_kvm);

@@ -369,6 +369,13 @@ fn pv_rows(designs: &[crate::results::DesignReport], khz: u64) -> Vec<(String, V
                 format!("{} ({})", d.pv_counts.deferrals, d.pv_counts.deferred_runs),
             )
         }),
+        row("  ran not first", &|d| {
+            cell(
+                d,
+                abi::pv::FLUSH_DEFER,
+                d.pv_counts.deferred_not_first.to_string(),
+            )
+        }),
         row("waits on preempted", &|d| {
             cell(
                 d,

@@ -332,6 +332,9 @@ pub struct PvCounts {
     pub deferrals: u64,
     /// Deferred callbacks their targets ran.
     pub deferred_runs: u64,
+    /// Of those committed, run at the target's next observable action
+    /// rather than first thing on resume (the FLUSH_DEFER interrupt).
+    pub deferred_not_first: u64,
     /// csd waits that saw their target preempted.
     pub waits_on_preempted: u64,
     /// Their total time from the first sighting to the wait's end (cycles).
@@ -440,6 +443,7 @@ fn design_report(
         });
     }
     if d.pv_yields_effective > d.pv_yields
+        || d.pv_deferred_not_first > d.pv_deferred_runs
         || d.preempted_seen_kvm > d.waits_on_preempted
         || d.preempted_seen_ipivirt > d.waits_on_preempted
     {
@@ -473,6 +477,7 @@ fn design_report(
             yields_effective: d.pv_yields_effective,
             deferrals: d.pv_deferrals,
             deferred_runs: d.pv_deferred_runs,
+            deferred_not_first: d.pv_deferred_not_first,
             waits_on_preempted: d.waits_on_preempted,
             preempted_wait_cycles: d.preempted_wait_cycles,
             preempted_seen_kvm: d.preempted_seen_kvm,
