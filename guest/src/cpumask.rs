@@ -52,6 +52,11 @@ impl CpuMask {
         self.words[c as usize / 64] |= 1 << (c % 64);
     }
 
+    /// Removes CPU `c`.
+    pub fn clear(&mut self, c: u32) {
+        self.words[c as usize / 64] &= !(1 << (c % 64));
+    }
+
     /// Whether CPU `c` is in the mask.
     pub fn test(&self, c: u32) -> bool {
         self.words[c as usize / 64] & (1 << (c % 64)) != 0

@@ -475,9 +475,7 @@ pub fn try_defer(target: u32, token: usize) -> bool {
     if cur & WANT != WANT {
         return false;
     }
-    // The entry: token + 1, and the target's preemption sequence at the
-    // push (for the report of a late run).
-    let entry = (token as u64 + 1) | (u64::from(preempt_seq(target) & 0x7fff_ffff) << 32);
+    let entry = token as u64 + 1;
     let slots = &DEFER[target as usize];
     let Some(slot) = slots.iter().find(|s| {
         s.compare_exchange(0, entry | TENTATIVE, Ordering::AcqRel, Ordering::Relaxed)
@@ -542,7 +540,7 @@ pub fn run_deferred(on_resume: bool) {
         if e == 0 {
             continue;
         }
-        let token = ((e & 0xffff_ffff) - 1) as usize;
+        let token = ((e & !TENTATIVE) - 1) as usize;
         if !on_resume && e & TENTATIVE == 0 {
             STATS.deferred_not_first.fetch_add(1, Ordering::Relaxed);
         }
@@ -563,7 +561,7 @@ pub fn check_drained() {
     for slot in DEFER[me as usize].iter() {
         let e = slot.load(Ordering::Acquire);
         if e != 0 && e & TENTATIVE == 0 {
-            checker::record_deferred_late(me, ((e & 0xffff_ffff) - 1) as usize);
+            checker::record_deferred_late(me, ((e & !TENTATIVE) - 1) as usize);
         }
     }
 }

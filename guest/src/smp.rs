@@ -512,21 +512,17 @@ pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) {
     // SAFETY: owner-only scratch mask, and we are pinned.
     let flushmask = unsafe { &mut *cfd.flushmask.get() };
     *flushmask = *targets;
-    let mut deferred = CpuMask::new();
     for_each_cpu(
         nr_words(),
         |i| targets.words[i],
         |c| {
             if c != this && pv::try_defer(c, token) {
-                deferred.set(c);
+                flushmask.clear(c);
             }
         },
     );
-    for i in 0..nr_words() {
-        flushmask.words[i] &= !deferred.words[i];
-    }
-    let mask = *flushmask;
-    call_many(&mask, func, token, true, true, None, true);
+    // (call_many copies the mask before it touches the cfd.)
+    call_many(flushmask, func, token, true, true, None, true);
     sched::preempt_enable();
 }
 

@@ -111,12 +111,11 @@ impl MachineConfig {
     /// Every PV feature the run uses (the spin workload always reads
     /// steal time).
     pub fn all_pv(&self) -> u32 {
-        let spin = if self.workload == Workload::Spin {
-            pv::STEAL_TIME
+        if self.workload == Workload::Spin {
+            self.requested_pv() | pv::STEAL_TIME
         } else {
-            0
-        };
-        self.design_pv.iter().fold(self.pv | spin, |a, b| a | b)
+            self.requested_pv()
+        }
     }
 }
 
@@ -392,8 +391,8 @@ impl Machine {
             control.pv_kvm = crate::pv::kvm_bits(probe);
             control.pv_amd = u32::from(probe.amd);
         }
-        // The ipivirt PV interface, when a feature other than steal time
-        // is on (it costs nothing otherwise, but keeps the port closed).
+        // The ipivirt PV interface, when a feature beyond steal time asks
+        // for it; otherwise its port stays closed (an `in` faults the run).
         let pv_host = if config.all_pv() & !pv::STEAL_TIME != 0 {
             let host = PvHost::new(&mem, vm_fd.clone(), config.vcpus).ok_or_else(|| {
                 Error::Scenario("guest RAM does not cover the PV state area".into())

@@ -425,12 +425,13 @@ fn pv_lines(out: &mut String, r: &BootReport) {
     if let Some(h) = &r.pv_host {
         let _ = writeln!(
             out,
-            "PV host: {} hypercalls ({} send-ipi delivering {} IPIs, {} yield-to of which {} ended a pause), {} preemptions published ({} deferrable), {} FLUSH_DEFER sent",
+            "PV host: {} hypercalls ({} send-ipi delivering {} IPIs, {} yield-to of which {} ended a pause, {:.1} ms of pauses cut short), {} preemptions published ({} deferrable), {} FLUSH_DEFER sent",
             h.hypercalls,
             h.send_ipi_calls,
             h.ipis_sent,
             h.yields,
             h.yields_effective,
+            h.pause_ns_saved as f64 / 1e6,
             h.preemptions_marked,
             h.deferrable,
             h.flushes_signalled

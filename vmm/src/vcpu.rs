@@ -21,7 +21,7 @@ use crate::pv::PvHost;
 const VCPU_THREAD_STACK: usize = 256 << 10;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
-pub(crate) fn kick_signal() -> libc::c_int {
+fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -117,18 +117,16 @@ impl Kicker {
     }
 
     /// A directed yield to this vCPU (PV yield-to): ends a pending or
-    /// running pause now. True if there was one.
-    pub fn end_pause_early(&self) -> bool {
-        let ended = self
+    /// running pause now. Returns how much of it was left (`None`: there
+    /// was no pause).
+    pub fn end_pause_early(&self) -> Option<Duration> {
+        let until = self
             .pause_until
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some();
-        if ended {
-            self.pause_wake.notify_all();
-        }
-        ended
+            .take()?;
+        self.pause_wake.notify_all();
+        Some(until.saturating_duration_since(Instant::now()))
     }
 
     /// Pauses the thread served (count) and the time it was held.

@@ -55,6 +55,9 @@ pub struct PvHostTotals {
     pub yields: u64,
     /// Of those, yields that ended a pause early.
     pub yields_effective: u64,
+    /// The pause time those yields cut short, in ns (what the target and
+    /// its waiters did not have to sit out).
+    pub pause_ns_saved: u64,
     /// Preemptions published in the PV state.
     pub preemptions_marked: u64,
     /// Of those, held with interrupts enabled (deferrable).
@@ -70,6 +73,7 @@ struct Counters {
     ipis_sent: AtomicU64,
     yields: AtomicU64,
     yields_effective: AtomicU64,
+    pause_ns_saved: AtomicU64,
     preemptions_marked: AtomicU64,
     deferrable: AtomicU64,
     flushes_signalled: AtomicU64,
@@ -281,17 +285,20 @@ impl PvHost {
                     return Err(HypercallError::NoSuchVcpu(target));
                 }
                 self.counters.yields.fetch_add(1, Ordering::Relaxed);
-                let ended = self
+                let left = self
                     .kickers
                     .get()
                     .and_then(|k| k.get(target as usize))
-                    .is_some_and(|k| k.end_pause_early());
-                if ended {
+                    .and_then(|k| k.end_pause_early());
+                if let Some(left) = left {
                     self.counters
                         .yields_effective
                         .fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .pause_ns_saved
+                        .fetch_add(left.as_nanos() as u64, Ordering::Relaxed);
                 }
-                Ok(u32::from(ended))
+                Ok(u32::from(left.is_some()))
             }
             other => Err(HypercallError::UnknownOp(other)),
         }
@@ -307,6 +314,7 @@ impl PvHost {
             ipis_sent: l(&c.ipis_sent),
             yields: l(&c.yields),
             yields_effective: l(&c.yields_effective),
+            pause_ns_saved: l(&c.pause_ns_saved),
             preemptions_marked: l(&c.preemptions_marked),
             deferrable: l(&c.deferrable),
             flushes_signalled: l(&c.flushes_signalled),
