@@ -377,16 +377,7 @@ fn test_ctrl_c_leaves_nothing_running() {
     let pid = child.id();
     // Wait until the injectors run.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let task_names = || -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-                    .map(|c| c.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let task_names = || common::task_names(pid);
     while !task_names().iter().any(|n| n == "inj-migrate") {
         assert!(
             std::time::Instant::now() < deadline,
