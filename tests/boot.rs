@@ -55,7 +55,7 @@ fn test_boot_256_vcpus() {
 #[test]
 fn test_boot_1024_vcpus_formats_large_numbers() {
     // 1024 takes core's 4-digit integer formatting path, which KVM cannot
-    // emulate: the guest must use its own formatting (guest/src/fmt.rs).
+    // emulate: the guest must use its own formatting (guest/src/kernel/fmt.rs).
     boot_n(1024);
 }
 

@@ -31,7 +31,7 @@ fn test_guest_panic_exits_3_with_location_and_message() {
     let (code, stderr) = hooked("panic", "2", &[]);
     assert_eq!(code, 3, "{stderr}");
     assert!(
-        stderr.contains("guest panicked on vCPU 2 at src/boot.rs:"),
+        stderr.contains("guest panicked on vCPU 2 at src/kernel/hooks.rs:"),
         "{stderr}"
     );
     assert!(

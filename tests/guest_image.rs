@@ -2,7 +2,7 @@
 //! hosts such as ipivirt's CI): KVM's instruction emulator implements only
 //! the SSE moves. This disassembles the embedded guest and fails on any
 //! other SSE/MMX instruction outside the few `core` functions known to use
-//! them only on paths the guest never takes (see guest/src/fmt.rs).
+//! them only on paths the guest never takes (see guest/src/kernel/fmt.rs).
 
 use std::process::Command;
 

@@ -52,8 +52,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        guest_dir.join("../abi/src").display()
-    );
+    for dep in ["../abi/src", "../guest-lib/src"] {
+        println!("cargo:rerun-if-changed={}", guest_dir.join(dep).display());
+    }
 }

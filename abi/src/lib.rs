@@ -361,7 +361,8 @@ pub struct Control {
     pub guest_preempt_prob: u32,
     /// Injected allocation failures of the alloc-in-path design, in 1/65536.
     pub alloc_fail_prob: u32,
-    /// csd-lock-wait watchdog threshold in microseconds (0: 100 ms).
+    /// csd-lock-wait watchdog threshold in microseconds (0:
+    /// [`DEFAULT_CSD_WATCHDOG_US`]).
     pub csd_watchdog_us: u32,
     /// Relative weights of the torture primitives (index: [`torture`]);
     /// all zero means equal weights.
@@ -580,6 +581,17 @@ pub enum Workload {
     /// ([`torture`], [`Control::torture_weights`]); callbacks check their
     /// CPU and memory ordering; once per design. (7 is the floor workload.)
     Torture = 8,
+}
+
+impl Workload {
+    /// Whether the workload runs once per design of [`Control::designs`]
+    /// (and the guest writes a [`DesignResults`] for each).
+    pub const fn per_design(self) -> bool {
+        matches!(
+            self,
+            Workload::Ping | Workload::Shootdown | Workload::Torture
+        )
+    }
 }
 
 /// The primitives of the torture workload ([`Workload::Torture`]), indexes
@@ -849,8 +861,8 @@ pub struct Results {
     pub exception: ExceptionRecord,
     /// Task create/exit pairs completed by the churn workload.
     pub churn_cycles: u64,
-    /// Per-task progress of the hog workload (first 64 tasks).
-    pub hogs: [TaskProgress; 64],
+    /// Per-task progress of the hog workload (the first [`MAX_HOGS`]).
+    pub hogs: [TaskProgress; MAX_HOGS],
     /// Torture workload: per primitive (index: [`torture`]), invocations
     /// and failed checks, over all design phases.
     pub torture: [TortureCounts; torture::COUNT],
@@ -1086,7 +1098,22 @@ fn check(
     }
 }
 
+/// Hog tasks whose progress the results report ([`Results::hogs`]).
+pub const MAX_HOGS: usize = 64;
+
+/// The csd-lock-wait watchdog threshold when the control block leaves it 0:
+/// 100 ms, far above any healthy wait and well below the VMM's watchdog.
+pub const DEFAULT_CSD_WATCHDOG_US: u32 = 100_000;
+
 impl Control {
+    /// The csd-lock-wait watchdog threshold in microseconds.
+    pub fn csd_watchdog_us(&self) -> u32 {
+        match self.csd_watchdog_us {
+            0 => DEFAULT_CSD_WATCHDOG_US,
+            us => us,
+        }
+    }
+
     /// A control block for `nr_vcpus` vCPUs; the other fields zero.
     pub fn new(nr_vcpus: u32) -> Self {
         Control {

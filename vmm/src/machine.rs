@@ -84,10 +84,7 @@ impl MachineConfig {
     /// The designs whose results the guest writes (none unless the
     /// workload runs per design).
     pub fn ran_designs(&self) -> Vec<Design> {
-        if matches!(
-            self.workload,
-            Workload::Ping | Workload::Shootdown | Workload::Torture
-        ) {
+        if self.workload.per_design() {
             self.designs
                 .iter()
                 .copied()
@@ -149,7 +146,7 @@ impl MachineConfig {
             ],
             guest_preempt_prob: 0.0,
             alloc_fail_prob: 0.0,
-            csd_watchdog: Duration::from_millis(100),
+            csd_watchdog: Duration::from_micros(u64::from(abi::DEFAULT_CSD_WATCHDOG_US)),
             torture_weights: [0; abi::torture::COUNT],
             inject: InjectConfig::default(),
             pv: 0,

@@ -1,0 +1,154 @@
+//! The torture workload, modelled on Linux's scftorture: each call draws a
+//! primitive from a weighted mix (see [`abi::torture`]): a reschedule IPI,
+//! single calls with and without wait, a single call used as an RPC, calls
+//! to many and to all CPUs with and without wait. Every callback checks
+//! that it runs on a CPU the call was sent to and that memory the caller
+//! wrote before the call is visible to it; an RPC's reply is checked by the
+//! caller after the wait. Invocations and failed checks are counted per
+//! primitive (the invariant checker runs as for every call).
+
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use abi::torture::{self, COUNT};
+use abi::{syscall, vector, Control};
+use guest_lib::cpumask::{nr_cpu_ids, CpuMask};
+use guest_lib::rng::{weighted_pick, xorshift64};
+
+use crate::kernel::arch::{self, TrapFrame};
+use crate::kernel::{apic, percpu};
+use crate::xcall::{self, checker};
+
+use super::calls::{exit, record_latency, sys, think};
+use super::phase::{end_tsc, spawn_user_tasks, Spawner};
+
+/// Per-primitive invocations.
+static INVOCATIONS: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
+/// Per-primitive failed checks.
+static ERRORS: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
+/// Weights (set by the BSP before the phases; all zero: equal).
+static WEIGHTS: [AtomicU8; COUNT] = [const { AtomicU8::new(0) }; COUNT];
+
+fn pick(r: u64) -> usize {
+    let w: [u64; COUNT] = core::array::from_fn(|i| u64::from(WEIGHTS[i].load(Ordering::Relaxed)));
+    weighted_pick(&w, r)
+}
+
+/// The reply an RPC target writes.
+fn rpc_reply(token: usize, cpu: u32) -> u64 {
+    checker::expected_payload(token).unwrap_or(0) ^ u64::from(cpu)
+}
+
+fn callback(info: usize) {
+    let (token, prim) = (info & 0xffff_ffff, (info >> 32) % COUNT);
+    let me = percpu::cpu_id();
+    // Checks first: the caller's slot is held until on_callback releases it.
+    if !checker::payload_visible(token) || !checker::is_target(token, me) {
+        ERRORS[prim].fetch_add(1, Ordering::Relaxed);
+    }
+    if prim == torture::SINGLE_RPC {
+        checker::set_reply(token, rpc_reply(token, me));
+    }
+    checker::on_callback(token);
+}
+
+/// Takes the primitives' weights from the control block (BSP, at boot).
+pub fn configure(control: &Control) {
+    for (w, &v) in WEIGHTS.iter().zip(control.torture_weights.iter()) {
+        w.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Spawns the phase's tasks.
+pub fn spawn(control: &Control, sp: &mut Spawner) {
+    spawn_user_tasks(control, sp, "torturer", torturer);
+}
+
+/// The TORTURE system call: one primitive, drawn by weight (rdi seeds the
+/// draws). Returns the phase's end.
+pub fn sys_torture(frame: &mut TrapFrame) -> u64 {
+    one(frame.rdi);
+    end_tsc()
+}
+
+/// Runs one primitive chosen by weight from `seed` (syscall context,
+/// interrupts off on entry and exit).
+fn one(seed: u64) {
+    let mut x = seed | 1;
+    let mut next = || {
+        x = xorshift64(x);
+        x
+    };
+    let prim = pick(next());
+    let nr = nr_cpu_ids();
+    INVOCATIONS[prim].fetch_add(1, Ordering::Relaxed);
+    if prim == torture::RESCHED {
+        apic::send_ipi((next() % u64::from(nr)) as u32, vector::RESCHEDULE);
+        return;
+    }
+    let wait = matches!(
+        prim,
+        torture::SINGLE_WAIT | torture::SINGLE_RPC | torture::MANY_WAIT | torture::ALL_WAIT
+    );
+    let mut targets = CpuMask::new();
+    let single = (next() % u64::from(nr)) as u32;
+    match prim {
+        torture::SINGLE | torture::SINGLE_WAIT | torture::SINGLE_RPC => targets.set(single),
+        torture::MANY | torture::MANY_WAIT => {
+            for c in 0..nr {
+                if next() & 1 == 1 {
+                    targets.set(c);
+                }
+            }
+        }
+        _ => (0..nr).for_each(|c| targets.set(c)),
+    }
+    let token = checker::begin(&targets, wait);
+    checker::set_payload(token);
+    let info = token | (prim << 32);
+    let start = arch::rdtsc();
+    // SAFETY: the kernel is set up; cross calls run with interrupts on.
+    unsafe { arch::irq_enable() };
+    match prim {
+        torture::SINGLE | torture::SINGLE_WAIT | torture::SINGLE_RPC => {
+            xcall::smp_call_function_single(single, callback, info, wait)
+        }
+        torture::MANY | torture::MANY_WAIT => {
+            // "many" excludes the caller, as smp_call_function_many does;
+            // the checker's targets must then exclude it too: run it
+            // locally instead so the request stays exactly-once.
+            xcall::smp_call_function_many_cond(&targets, callback, info, wait, true, None)
+        }
+        _ => xcall::on_each_cpu_cond_mask(&targets, callback, info, wait, None),
+    }
+    arch::irq_disable();
+    if prim == torture::SINGLE_RPC
+        && token != 0
+        && checker::reply(token) != Some(rpc_reply(token, single))
+    {
+        ERRORS[prim].fetch_add(1, Ordering::Relaxed);
+    }
+    checker::end(token);
+    if wait {
+        record_latency(arch::rdtsc() - start);
+    }
+}
+
+/// The task: one weighted primitive per call, until the phase ends.
+extern "C" fn torturer(seed: usize) -> ! {
+    let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut end = u64::MAX;
+    while arch::rdtsc() < end {
+        x = xorshift64(x);
+        think(2_000 + x % 20_000);
+        end = sys(syscall::TORTURE, x);
+    }
+    exit()
+}
+
+/// Writes the per-primitive counts (over all phases so far) into the results.
+pub fn write_results(r: &mut abi::Results) {
+    for (t, (inv, err)) in r.torture.iter_mut().zip(INVOCATIONS.iter().zip(&ERRORS)) {
+        t.invocations = inv.load(Ordering::Relaxed);
+        t.errors = err.load(Ordering::Relaxed);
+    }
+}

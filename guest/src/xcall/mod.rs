@@ -1,0 +1,610 @@
+//! Cross-CPU function calls with Linux's semantics (kernel/smp.c): a
+//! `call_single_data` (csd) per request, locked by its single writer with
+//! CSD_FLAG_LOCK and unlocked by the target once the callback ran (sync) or
+//! is about to run (async); a lock-free per-CPU call queue (an llist whose
+//! push says whether it was empty, so an IPI goes out only when a queue
+//! goes from empty to non-empty); the IPI handler that drains it, synchronous
+//! entries first ("people are waiting for us").
+//!
+//! [`smp_call_function_many_cond`] is the core routine; the public wrappers
+//! are thin. Queueing and sending always run pinned (preemption disabled):
+//! they use this CPU's `cfd` (one csd per target and the `cpumask_ipi`
+//! scratch mask). What happens to the final wait is the design's business
+//! ([`designs`]): the upstream design stays pinned, the series' designs
+//! re-enable preemption first and wait on a mask the task owns.
+//!
+//! csds are allocated once per CPU (on its first cross call) and never
+//! freed, so a waiter that migrated can still poll the csds it queued.
+//!
+//! This layer plugs into the kernel at boot ([`init`]): the CALL_FUNCTION
+//! and FLUSH_DEFER interrupt handlers, and the task hooks that give every
+//! task its IPI wait mask and drain flush-defer's deferred work.
+
+pub mod checker;
+pub mod designs;
+pub mod pv;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use abi::{vector, Control, Design, MAX_VCPUS};
+use guest_lib::cpumask::{for_each_cpu, next_cpu, nr_cpu_ids, nr_words, CpuMask, SharedMask};
+use guest_lib::rng::Prob16;
+
+use crate::kernel::console::println;
+use crate::kernel::fmt::Dec;
+use crate::kernel::pv as kernel_pv;
+use crate::kernel::sched::{self, TaskHooks};
+use crate::kernel::{apic, arch, percpu, trap};
+
+/// Plugs the cross-call layer into the kernel and takes its settings from
+/// the control block (BSP, at boot, before any task exists).
+pub fn init(control: &Control) {
+    // SAFETY: the BSP at boot, before StartAps and before any task or
+    // interrupt source exists (Program::init's contract).
+    unsafe {
+        trap::set_handler(vector::CALL_FUNCTION, on_call_function_ipi);
+        trap::set_handler(vector::FLUSH_DEFER, on_flush_defer);
+        sched::set_hooks(TaskHooks {
+            on_create: designs::task_created,
+            on_free: designs::task_freed,
+            drain: || pv::run_deferred(false),
+        });
+    }
+    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    PARAMS
+        .guest_preempt_prob
+        .store(control.guest_preempt_prob, Ordering::Relaxed);
+    PARAMS.watchdog_cycles.store(
+        u64::from(control.csd_watchdog_us()) * cycles_per_us,
+        Ordering::Relaxed,
+    );
+    PARAMS
+        .yield_gap_cycles
+        .store(100 * cycles_per_us, Ordering::Relaxed);
+    designs::ALLOC_FAIL_PROB.store(control.alloc_fail_prob, Ordering::Relaxed);
+}
+
+fn on_call_function_ipi() {
+    apic::eoi();
+    percpu::this().ipis_received.inc();
+    handle_ipi();
+}
+
+fn on_flush_defer() {
+    apic::eoi();
+    // The VMM sent it before resuming this vCPU: nothing ran since.
+    pv::run_deferred(true);
+}
+
+/// The csd is in use (set by its writer, cleared by the target).
+const CSD_FLAG_LOCK: u32 = 0x01;
+/// A waiter spins on this csd: unlock only after the callback ran.
+const CSD_TYPE_SYNC: u32 = 0x10;
+
+/// A cross-call callback: `func(info)`.
+pub type CallFn = fn(usize);
+/// A per-CPU condition: run on `cpu` only if `cond(cpu, info)`.
+pub type CondFn = fn(u32, usize) -> bool;
+
+fn nop(_: usize) {}
+
+/// `call_single_data`.
+pub struct Csd {
+    next: UnsafeCell<*mut Csd>,
+    flags: AtomicU32,
+    func: UnsafeCell<CallFn>,
+    info: UnsafeCell<usize>,
+}
+
+// SAFETY: `func`, `info` and `next` are written only by the csd's single
+// writer while it holds CSD_FLAG_LOCK and the csd is in no queue, or by the
+// target that drained it from its queue; the lock flag and the queue
+// head (atomics) order those hand-overs.
+unsafe impl Sync for Csd {}
+
+impl Csd {
+    /// An unlocked csd.
+    pub const fn new() -> Self {
+        Csd {
+            next: UnsafeCell::new(ptr::null_mut()),
+            flags: AtomicU32::new(0),
+            func: UnsafeCell::new(nop),
+            info: UnsafeCell::new(0),
+        }
+    }
+
+    /// Whether the csd is locked (a callback pending or running).
+    pub fn locked(&self) -> bool {
+        // Acquire: pairs with the Release in csd_unlock, so a waiter that
+        // sees the flag clear also sees what the callback wrote.
+        self.flags.load(Ordering::Acquire) & CSD_FLAG_LOCK != 0
+    }
+}
+
+/// Per-CPU call queues (llist heads).
+static QUEUES: [AtomicPtr<Csd>; MAX_VCPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];
+/// Per-CPU csd for asynchronous single calls (`csd_data`).
+static CSD_DATA: [Csd; MAX_VCPUS] = [const { Csd::new() }; MAX_VCPUS];
+/// Per-CPU cfd, allocated on first use, never freed.
+static CFD: [AtomicPtr<Cfd>; MAX_VCPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];
+/// Set while a CPU runs callbacks (for the csd-lock watchdog report).
+static IN_CALLBACK: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+
+/// A CPU's `call_function_data`.
+pub struct Cfd {
+    /// One csd per target CPU.
+    pub csd: Box<[Csd]>,
+    /// Targets of the current call (`cfd->cpumask`): written by the owner
+    /// while pinned; read by the upstream wait and by the unsafe design.
+    pub cpumask: SharedMask,
+    /// Targets whose queue went from empty to non-empty (owner only).
+    cpumask_ipi: UnsafeCell<CpuMask>,
+    /// flush-defer's scratch mask (`__pv_cpu_mask`; owner only, pinned).
+    flushmask: UnsafeCell<CpuMask>,
+}
+
+// SAFETY: `csd` entries are Sync; `cpumask` is atomic; `cpumask_ipi` and
+// `flushmask` are only touched by the owning CPU while pinned.
+unsafe impl Sync for Cfd {}
+
+/// CPU `cpu`'s cfd. Allocated by that CPU (pinned) on its first call.
+pub fn cfd_of(cpu: u32) -> &'static Cfd {
+    let slot = &CFD[cpu as usize];
+    let mut p = slot.load(Ordering::Acquire);
+    if p.is_null() {
+        debug_assert_eq!(cpu, percpu::cpu_id(), "only the owner allocates its cfd");
+        let csd: Vec<Csd> = (0..nr_cpu_ids()).map(|_| Csd::new()).collect();
+        let cfd = Box::new(Cfd {
+            csd: csd.into_boxed_slice(),
+            cpumask: SharedMask::new(),
+            cpumask_ipi: UnsafeCell::new(CpuMask::new()),
+            flushmask: UnsafeCell::new(CpuMask::new()),
+        });
+        p = Box::into_raw(cfd);
+        // Release: the initialised cfd before its pointer.
+        slot.store(p, Ordering::Release);
+    }
+    // SAFETY: cfds are never freed.
+    unsafe { &*p }
+}
+
+/// Statistics of the current design phase.
+pub struct SmpStats {
+    /// Calls completed.
+    pub calls: AtomicU64,
+    /// Waits during which the task was switched out.
+    pub waits_preempted: AtomicU64,
+    /// Waits that ended on another CPU than they started.
+    pub waits_migrated: AtomicU64,
+    /// csd-lock waits over the watchdog threshold.
+    pub watchdog_fires: AtomicU64,
+}
+
+/// Counters of the current phase.
+pub static STATS: SmpStats = SmpStats {
+    calls: AtomicU64::new(0),
+    waits_preempted: AtomicU64::new(0),
+    waits_migrated: AtomicU64::new(0),
+    watchdog_fires: AtomicU64::new(0),
+};
+
+/// Phase settings (BSP, between phases).
+pub struct SmpParams {
+    /// The [`Design`] code in force.
+    pub design: AtomicU32,
+    /// Guest forced preemption per wait spin, in 1/65536.
+    pub guest_preempt_prob: AtomicU32,
+    /// csd-lock watchdog threshold in cycles.
+    pub watchdog_cycles: AtomicU64,
+    /// sched-yield on KVM's flag alone: at most one yield per this many
+    /// cycles per wait.
+    pub yield_gap_cycles: AtomicU64,
+}
+
+/// The settings.
+pub static PARAMS: SmpParams = SmpParams {
+    design: AtomicU32::new(0),
+    guest_preempt_prob: AtomicU32::new(0),
+    watchdog_cycles: AtomicU64::new(u64::MAX),
+    yield_gap_cycles: AtomicU64::new(u64::MAX),
+};
+
+/// The design in force.
+pub fn design() -> Design {
+    Design::try_from(PARAMS.design.load(Ordering::Relaxed)).unwrap_or(Design::Upstream)
+}
+
+/// Starts a design's phase: puts `design` in force and resets the
+/// counters. No call may be in flight.
+pub fn start_phase(design: Design) {
+    PARAMS.design.store(design as u32, Ordering::Relaxed);
+    reset_stats();
+    designs::reset_stats();
+}
+
+/// Resets the phase counters.
+fn reset_stats() {
+    for c in [
+        &STATS.calls,
+        &STATS.waits_preempted,
+        &STATS.waits_migrated,
+        &STATS.watchdog_fires,
+    ] {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `csd` is unlocked, then locks it (single writer: we are
+/// pinned on the csd's owning CPU, or it is on our stack).
+fn csd_lock(csd: &Csd) {
+    while csd.locked() {
+        arch::pause();
+    }
+    csd.flags.store(CSD_FLAG_LOCK, Ordering::Relaxed);
+}
+
+/// Unlocks `csd` (target side).
+fn csd_unlock(csd: &Csd) {
+    // Release: the callback's effects (sync) before the waiter sees it done.
+    csd.flags.store(0, Ordering::Release);
+}
+
+/// Fills a locked csd and queues it on `target`; true if an IPI is needed.
+fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool {
+    if csd.flags.load(Ordering::Relaxed) & CSD_FLAG_LOCK == 0 {
+        // Invariant 2: a csd is written only by the holder of its lock.
+        checker::record_csd_reinit(target);
+    }
+    // SAFETY: we hold CSD_FLAG_LOCK and the csd is in no queue (the target
+    // unlinks it before unlocking), so nobody else touches these fields.
+    unsafe {
+        *csd.func.get() = func;
+        *csd.info.get() = info;
+    }
+    if sync {
+        csd.flags
+            .store(CSD_FLAG_LOCK | CSD_TYPE_SYNC, Ordering::Relaxed);
+    }
+    let head = &QUEUES[target as usize];
+    let me = csd as *const Csd as *mut Csd;
+    let mut old = head.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: as above: our csd, not yet visible to the target.
+        unsafe { *csd.next.get() = old };
+        // Release: the csd's fields before the target can see the csd.
+        match head.compare_exchange_weak(old, me, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return old.is_null(),
+            Err(now) => old = now,
+        }
+    }
+}
+
+fn send_call_ipi(target: u32) {
+    apic::send_ipi(target, vector::CALL_FUNCTION);
+}
+
+/// The CALL_FUNCTION IPI: drains this CPU's queue, synchronous entries
+/// first. Runs with interrupts off.
+pub fn handle_ipi() {
+    let me = percpu::cpu_id() as usize;
+    IN_CALLBACK[me].store(true, Ordering::Relaxed);
+    // flush-defer: deferred work before any other callback.
+    pv::run_deferred(false);
+    // Acquire: pairs with the Release push in `queue`.
+    let mut head = QUEUES[me].swap(ptr::null_mut(), Ordering::Acquire);
+    // SAFETY: every csd in the drained list is locked and ours until we
+    // unlock it; after csd_unlock we never touch it again (its owner may
+    // reuse it, or return from the stack frame holding it).
+    unsafe {
+        // llist order is newest first: reverse to queue order.
+        let mut prev = ptr::null_mut();
+        while !head.is_null() {
+            let next = *(*head).next.get();
+            *(*head).next.get() = prev;
+            prev = head;
+            head = next;
+        }
+        head = prev;
+        // First: synchronous callbacks, unlinked before they are unlocked.
+        let mut link: *mut *mut Csd = &mut head;
+        while !(*link).is_null() {
+            let csd = &**link;
+            if csd.flags.load(Ordering::Relaxed) & CSD_TYPE_SYNC != 0 {
+                *link = *csd.next.get();
+                (*csd.func.get())(*csd.info.get());
+                csd_unlock(csd);
+            } else {
+                link = csd.next.get();
+            }
+        }
+        // Then asynchronous ones: copy, unlock, run.
+        let mut cur = head;
+        while !cur.is_null() {
+            let csd = &*cur;
+            cur = *csd.next.get();
+            let (func, info) = (*csd.func.get(), *csd.info.get());
+            csd_unlock(csd);
+            func(info);
+        }
+    }
+    IN_CALLBACK[me].store(false, Ordering::Relaxed);
+}
+
+/// Spins until `csd` is unlocked. If `preemptible`, the spin may be
+/// preempted (and moved to another CPU), and yields with the guest-side
+/// forced-preemption probability. A wait past the watchdog threshold is
+/// counted and the IPI resent once (CSD_LOCK_WAIT_DEBUG).
+pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
+    if !csd.locked() {
+        return;
+    }
+    let start = arch::rdtsc();
+    let limit = PARAMS.watchdog_cycles.load(Ordering::Relaxed);
+    let chance = Prob16(PARAMS.guest_preempt_prob.load(Ordering::Relaxed));
+    let mut resent = false;
+    // PV (preempted / sched-yield): one load of the feature word per wait.
+    let watch_pv = pv::enabled(abi::pv::PREEMPTED | abi::pv::SCHED_YIELD);
+    let mut watch = pv::WaitWatch::new();
+    let yield_gap = PARAMS.yield_gap_cycles.load(Ordering::Relaxed);
+    while csd.locked() {
+        arch::pause();
+        if watch_pv {
+            watch.spin(target, yield_gap);
+        }
+        if preemptible && chance.0 > 0 && chance.hits(percpu::random()) {
+            sched::yield_now();
+        }
+        if !resent && arch::rdtsc().wrapping_sub(start) > limit {
+            resent = true;
+            let fires = STATS.watchdog_fires.fetch_add(1, Ordering::Relaxed);
+            let busy = IN_CALLBACK[target as usize].load(Ordering::Relaxed);
+            // Reported on the console for the first few of a phase only;
+            // all are counted.
+            if fires < 3 {
+                let preempted = match kernel_pv::preempted_sources(target) {
+                    0 => "no (as far as PV state tells)",
+                    kernel_pv::SEEN_KVM => "yes (KVM steal-time flag)",
+                    kernel_pv::SEEN_IPIVIRT => "yes (ipivirt PV state)",
+                    _ => "yes (KVM flag and ipivirt PV state)",
+                };
+                println!(
+                    "csd-lock watchdog: waiting for vCPU {} (running a callback: {}; preempted: {}); resending the IPI",
+                    Dec(target),
+                    if busy { "yes" } else { "no" },
+                    preempted
+                );
+            }
+            send_call_ipi(target);
+        }
+    }
+    if watch_pv {
+        watch.finish();
+    }
+}
+
+/// Where a design's wait reads its mask from.
+pub enum WaitSet<'a> {
+    /// Words the waiting task owns (task-local, stack, allocated).
+    Owned(&'a [u64]),
+    /// A mask that can change under the waiter (the per-CPU cfd mask).
+    Live(&'a SharedMask),
+}
+
+impl WaitSet<'_> {
+    fn word(&self, i: usize) -> u64 {
+        match self {
+            WaitSet::Owned(w) => w.get(i).copied().unwrap_or(0),
+            WaitSet::Live(m) => m.word(i),
+        }
+    }
+
+    /// `cpumask_next()`: the first CPU >= `from` in the set, reading the
+    /// mask as it is now (as Linux's for_each_cpu() does at every step; a
+    /// per-CPU mask overwritten meanwhile misleads the waiter right here).
+    fn next(&self, from: u32) -> Option<u32> {
+        next_cpu(|i| self.word(i), from)
+    }
+}
+
+/// Waits for every csd of `set` in `cfd` (the cfd of the CPU that queued).
+pub fn wait_all(set: &WaitSet<'_>, cfd: &Cfd, preemptible: bool) {
+    let task = sched::current();
+    let (switches, cpu0) = (task.switches.load(Ordering::Relaxed), percpu::cpu_id());
+    let mut from = 0;
+    while let Some(c) = set.next(from) {
+        csd_lock_wait(&cfd.csd[c as usize], c, preemptible);
+        from = c + 1;
+    }
+    if preemptible {
+        if task.switches.load(Ordering::Relaxed) != switches {
+            STATS.waits_preempted.fetch_add(1, Ordering::Relaxed);
+        }
+        if percpu::cpu_id() != cpu0 {
+            STATS.waits_migrated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `smp_call_function_many_cond()`: runs `func(info)` on every CPU of
+/// `targets` (and this one if `run_local`) for which `cond` holds; with
+/// `wait`, returns only after all of them ran it. Must be called with
+/// interrupts enabled (a waiter services incoming calls) and not pinned:
+/// it pins itself where it must (invariant 8).
+pub fn smp_call_function_many_cond(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    run_local: bool,
+    cond: Option<CondFn>,
+) {
+    call_many(targets, func, info, wait, run_local, cond, false);
+}
+
+/// [`smp_call_function_many_cond`]; with `pinned_wait` the wait stays
+/// pinned whatever the design (flush-defer's path, as in Linux).
+fn call_many(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    run_local: bool,
+    cond: Option<CondFn>,
+    pinned_wait: bool,
+) {
+    assert!(arch::irqs_enabled(), "cross calls need interrupts on");
+    // Acquire the csds, queue and send under one pin (invariant 1).
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    let cfd = cfd_of(this);
+    let run_local = run_local && targets.test(this) && cond.is_none_or(|c| c(this, info));
+    let mut remote = *targets;
+    remote.words[this as usize / 64] &= !(1 << (this % 64));
+    cfd.cpumask.store(&remote);
+    // SAFETY: owner-only scratch mask, and we are pinned.
+    let ipi = unsafe { &mut *cfd.cpumask_ipi.get() };
+    *ipi = CpuMask::new();
+    let (mut nr_ipi, mut last) = (0u32, 0u32);
+    // Sends the IPIs owed so far: with PV send-ipi one hypercall for the
+    // whole mask; otherwise one single IPI for one target, a mask send (a
+    // loop of ICR writes in x2APIC physical mode) for more.
+    let pv_send = pv::enabled(abi::pv::SEND_IPI);
+    let send = |ipi: &mut CpuMask, nr_ipi: &mut u32, last: u32| {
+        match *nr_ipi {
+            0 => {}
+            _ if pv_send => {
+                pv::send_ipi_mask(ipi, vector::CALL_FUNCTION);
+                percpu::this().ipis_sent.add(u64::from(*nr_ipi));
+            }
+            1 => send_call_ipi(last),
+            _ => for_each_cpu(nr_words(), |i| ipi.words[i], send_call_ipi),
+        }
+        *ipi = CpuMask::new();
+        *nr_ipi = 0;
+    };
+    for_each_cpu(
+        nr_words(),
+        |i| remote.words[i],
+        |c| {
+            if cond.is_some_and(|f| !f(c, info)) {
+                cfd.cpumask.clear_cpu(c);
+                return;
+            }
+            let csd = &cfd.csd[c as usize];
+            if csd.locked() {
+                // About to spin on a csd still in use (a preempted waiter's
+                // call from this CPU): first send the IPIs we owe for what
+                // we already queued. Otherwise two CPUs, each holding back
+                // the IPI another one's csd needs while spinning here, can
+                // deadlock (seen in the soak with preemptible waits).
+                send(ipi, &mut nr_ipi, last);
+            }
+            csd_lock(csd);
+            if queue(c, csd, func, info, wait) {
+                ipi.set(c);
+                nr_ipi += 1;
+                last = c;
+            }
+        },
+    );
+    send(ipi, &mut nr_ipi, last);
+    if run_local {
+        let irq = arch::irq_save();
+        // flush-defer: work deferred to this CPU before its own callback.
+        pv::run_deferred(false);
+        func(info);
+        arch::irq_restore(irq);
+    }
+    if wait && pinned_wait {
+        wait_all(&WaitSet::Live(&cfd.cpumask), cfd, false);
+        sched::preempt_enable();
+    } else if wait {
+        // The design decides where the wait set lives and whether the wait
+        // is preemptible; it re-enables preemption (invariant 9: after
+        // that, the current CPU may differ from `this`).
+        designs::wait(cfd);
+    } else {
+        sched::preempt_enable();
+    }
+    STATS.calls.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `on_each_cpu_cond_mask()`: [`smp_call_function_many_cond`] including
+/// this CPU, with no outer pin of its own.
+pub fn on_each_cpu_cond_mask(
+    targets: &CpuMask,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+    cond: Option<CondFn>,
+) {
+    smp_call_function_many_cond(targets, func, info, wait, true, cond);
+}
+
+/// flush-defer's shootdown, as Linux's `kvm_flush_tlb_multi()`: pinned,
+/// copy `targets` into this CPU's scratch mask, defer every preempted
+/// target (it runs `func` when it resumes: see [`pv::try_defer`]), then
+/// call the rest and wait, still pinned. `func` must be the workload's
+/// flush callback (the deferred runs call the checker's flush record).
+pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) {
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    let cfd = cfd_of(this);
+    // SAFETY: owner-only scratch mask, and we are pinned.
+    let flushmask = unsafe { &mut *cfd.flushmask.get() };
+    *flushmask = *targets;
+    for_each_cpu(
+        nr_words(),
+        |i| targets.words[i],
+        |c| {
+            if c != this && pv::try_defer(c, token) {
+                flushmask.clear(c);
+            }
+        },
+    );
+    // (call_many copies the mask before it touches the cfd.)
+    call_many(flushmask, func, token, true, true, None, true);
+    sched::preempt_enable();
+}
+
+/// `smp_call_function_single()`: runs `func(info)` on `target`. With
+/// `wait`, the csd lives on the caller's stack and the call returns after
+/// the callback ran; the wait is preemptible except in the upstream
+/// design. Without `wait`, this CPU's `csd_data` is used.
+pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bool) {
+    sched::preempt_disable();
+    let this = percpu::cpu_id();
+    if target == this {
+        let irq = arch::irq_save();
+        pv::run_deferred(false);
+        func(info);
+        arch::irq_restore(irq);
+        sched::preempt_enable();
+    } else if wait {
+        let csd = Csd::new();
+        csd_lock(&csd);
+        if queue(target, &csd, func, info, true) {
+            send_call_ipi(target);
+        }
+        if designs::single_wait_pinned(design()) {
+            csd_lock_wait(&csd, target, false);
+            sched::preempt_enable();
+        } else {
+            // The csd is ours (on this stack), so the wait may move.
+            sched::preempt_enable();
+            csd_lock_wait(&csd, target, true);
+        }
+    } else {
+        let csd = &CSD_DATA[this as usize];
+        csd_lock(csd);
+        if queue(target, csd, func, info, false) {
+            send_call_ipi(target);
+        }
+        sched::preempt_enable();
+    }
+    STATS.calls.fetch_add(1, Ordering::Relaxed);
+}
