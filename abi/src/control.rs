@@ -1,0 +1,136 @@
+//! The control block: the scenario, written by the VMM before the first
+//! vCPU runs.
+
+use core::mem::size_of;
+
+use crate::{check, torture, FieldError, Pod, ABI_VERSION, CONTROL_MAGIC, MAX_DESIGNS, MAX_VCPUS};
+#[cfg(doc)]
+use crate::{pv, Design, TestHook, Workload};
+
+/// Written by the VMM before the first vCPU runs; read-only for the guest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Control {
+    /// [`CONTROL_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Number of vCPUs the VMM created (`nr_cpu_ids` of the guest).
+    pub nr_vcpus: u32,
+    /// Seeds every random choice of the guest.
+    pub seed: u64,
+    /// TSC frequency in kHz as KVM reports it (0 if unknown).
+    pub tsc_khz: u64,
+    /// Guest RAM size in bytes, starting at guest-physical 0.
+    pub mem_size: u64,
+    /// A [`TestHook`] code.
+    pub test_hook: u32,
+    /// The vCPU the test hook fires on.
+    pub test_hook_vcpu: u32,
+    /// A [`Workload`] code: what the guest runs after boot.
+    pub workload: u32,
+    /// [`pv`] feature bits the guest enables for the whole run
+    /// (`STEAL_TIME`, `PREEMPTED`); the others are per phase (`phase_pv`).
+    pub pv_flags: u32,
+    /// Measured time of the workload, in microseconds.
+    pub duration_us: u64,
+    /// Scheduler tick in Hz (0: the guest picks one from its calibration).
+    pub tick_hz: u32,
+    /// Latency probe period in microseconds (0: no probe).
+    pub probe_period_us: u32,
+    /// Forced task migration: chance per tick, in 1/65536 (0: off).
+    pub forced_migration: u32,
+    /// Workload tasks per vCPU.
+    pub tasks_per_cpu: u32,
+    /// Number of entries used in `designs`.
+    pub nr_designs: u32,
+    /// [`Design`] codes, run one after the other.
+    pub designs: [u32; MAX_DESIGNS],
+    /// Guest-side forced preemption at each spin of a preemptible wait:
+    /// chance in 1/65536.
+    pub guest_preempt_prob: u32,
+    /// Injected allocation failures of the alloc-in-path design, in 1/65536.
+    pub alloc_fail_prob: u32,
+    /// csd-lock-wait watchdog threshold in microseconds (0:
+    /// [`DEFAULT_CSD_WATCHDOG_US`]).
+    pub csd_watchdog_us: u32,
+    /// Relative weights of the torture primitives (index: [`torture`]);
+    /// all zero means equal weights.
+    pub torture_weights: [u8; torture::COUNT],
+    /// [`pv`] features served by KVM's own mechanism (the VMM sets them from
+    /// its host probe); the others use ipivirt's.
+    pub pv_kvm: u32,
+    /// Non-zero: the KVM hypercall instruction is `vmmcall` (AMD).
+    pub pv_amd: u32,
+    /// [`pv`] features of each design phase (index as `designs`), on top
+    /// of the global `pv_flags`.
+    pub phase_pv: [u32; MAX_DESIGNS],
+    /// Room for later scenario fields; zero.
+    pub reserved: [u64; 42],
+}
+
+// SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out
+// without padding (the size assert pins the layout).
+unsafe impl Pod for Control {}
+const _: () = assert!(size_of::<Control>() == 512);
+
+/// The csd-lock-wait watchdog threshold when the control block leaves it 0:
+/// 100 ms, far above any healthy wait and well below the VMM's watchdog.
+pub const DEFAULT_CSD_WATCHDOG_US: u32 = 100_000;
+
+impl Control {
+    /// The csd-lock-wait watchdog threshold in microseconds.
+    pub fn csd_watchdog_us(&self) -> u32 {
+        match self.csd_watchdog_us {
+            0 => DEFAULT_CSD_WATCHDOG_US,
+            us => us,
+        }
+    }
+
+    /// A control block for `nr_vcpus` vCPUs; the other fields zero.
+    pub fn new(nr_vcpus: u32) -> Self {
+        Control {
+            magic: CONTROL_MAGIC,
+            abi_version: ABI_VERSION,
+            nr_vcpus,
+            ..Pod::zeroed()
+        }
+    }
+
+    /// What the guest checks before trusting the block.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check(
+            self.magic == CONTROL_MAGIC,
+            "control.magic",
+            self.magic,
+            "CONTROL_MAGIC",
+        )?;
+        check(
+            self.abi_version == ABI_VERSION,
+            "control.abi_version",
+            self.abi_version.into(),
+            "ABI_VERSION",
+        )?;
+        check(
+            (1..=MAX_VCPUS as u32).contains(&self.nr_vcpus),
+            "control.nr_vcpus",
+            self.nr_vcpus.into(),
+            "1..=MAX_VCPUS",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_control_validate() {
+        assert!(Control::new(4).validate().is_ok());
+        let mut c = Control::new(0);
+        assert_eq!(c.validate().unwrap_err().field, "control.nr_vcpus");
+        c = Control::new(4);
+        c.magic = 0;
+        assert_eq!(c.validate().unwrap_err().field, "control.magic");
+    }
+}

@@ -1,0 +1,192 @@
+//! The IPI wait-mask designs and what each design's phase reports.
+
+use core::mem::size_of;
+
+#[cfg(doc)]
+use crate::{pv, Control};
+use crate::{Histogram, Pod};
+
+/// The IPI wait-mask designs ([`Control::designs`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    /// Linux before the series: the per-CPU `cfd->cpumask`, preemption
+    /// disabled from queueing through the last wait.
+    Upstream = 0,
+    /// The series: a task-local mask (inside the pointer-sized field when it
+    /// fits, else allocated at task creation); the final wait is preemptible.
+    TaskLocal = 1,
+    /// The mask is a local of the caller; preemptible wait.
+    Stack = 2,
+    /// The mask is allocated per call; on failure the upstream pinned wait.
+    AllocInPath = 3,
+    /// Wrong on purpose: the per-CPU mask with a preemptible wait.
+    UnsafePercpu = 4,
+}
+
+impl Design {
+    /// Every design, in code order.
+    pub const ALL: [Design; 5] = [
+        Design::Upstream,
+        Design::TaskLocal,
+        Design::Stack,
+        Design::AllocInPath,
+        Design::UnsafePercpu,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Design::Upstream => "upstream",
+            Design::TaskLocal => "task-local",
+            Design::Stack => "stack",
+            Design::AllocInPath => "alloc-in-path",
+            Design::UnsafePercpu => "unsafe-percpu",
+        }
+    }
+
+    /// Whether the design must never violate the invariants.
+    pub const fn expected_safe(self) -> bool {
+        !matches!(self, Design::UnsafePercpu)
+    }
+}
+
+impl TryFrom<u32> for Design {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        Design::ALL.get(code as usize).copied().ok_or(code)
+    }
+}
+
+/// [`ViolationRecord::kind`] values.
+pub mod violation {
+    /// The caller returned before a target ran the callback (under-wait).
+    pub const NOT_RUN: u32 = 1;
+    /// A target ran the callback twice.
+    pub const RAN_TWICE: u32 = 2;
+    /// A callback ran after its (waiting) caller returned.
+    pub const RAN_AFTER_RETURN: u32 = 3;
+    /// A callback ran on a CPU that was not a target.
+    pub const WRONG_CPU: u32 = 4;
+    /// A csd was re-initialised while locked.
+    pub const CSD_REINIT: u32 = 5;
+    /// An asynchronous call never ran on a target by the end of the phase.
+    pub const LOST: u32 = 6;
+    /// flush-defer: a deferred target was about to run another cross-call
+    /// callback with its deferred work still pending.
+    pub const DEFERRED_LATE: u32 = 7;
+}
+
+/// One recorded invariant violation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ViolationRecord {
+    /// A [`violation`] kind.
+    pub kind: u32,
+    /// The target CPU concerned.
+    pub cpu: u32,
+    /// Request id.
+    pub request: u64,
+    /// TSC cycles since the design's phase started.
+    pub cycles: u64,
+}
+
+/// Results of one design's phase.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DesignResults {
+    /// Non-zero once written.
+    pub valid: u32,
+    /// The [`Design`] code.
+    pub design: u32,
+    /// Cross calls completed.
+    pub calls: u64,
+    /// Callbacks run.
+    pub callbacks: u64,
+    /// Invariant violations.
+    pub violations: u64,
+    /// Cycles from phase start to the first violation (u64::MAX: none).
+    pub first_violation_cycles: u64,
+    /// Waits during which the waiting task was switched out.
+    pub waits_preempted: u64,
+    /// Waits that resumed on another vCPU.
+    pub waits_migrated: u64,
+    /// Extra bytes each task carries for this design.
+    pub mask_bytes_per_task: u64,
+    /// Stack bytes one call costs for the mask (stack design), at this
+    /// guest's CPU count.
+    pub stack_bytes_per_call: u64,
+    /// Mask allocations.
+    pub mask_allocs: u64,
+    /// Mask frees.
+    pub mask_frees: u64,
+    /// alloc-in-path allocation failures that fell back to the pinned wait.
+    pub fallbacks: u64,
+    /// csd-lock waits that exceeded the watchdog threshold.
+    pub csd_watchdog_fires: u64,
+    /// Requests the checker could not track (table full).
+    pub unchecked: u64,
+    /// Tasks created in the phase.
+    pub tasks_created: u64,
+    /// Their total creation time in cycles.
+    pub task_create_cycles: u64,
+    /// Length of the phase in cycles.
+    pub phase_cycles: u64,
+    /// [`pv`] features of the phase.
+    pub pv: u32,
+    /// Those served by KVM's mechanism (the rest: ipivirt's).
+    pub pv_kvm: u32,
+    /// Send-IPI hypercalls made.
+    pub pv_send_ipi_calls: u64,
+    /// Directed yields (sched-yield hypercalls) made.
+    pub pv_yields: u64,
+    /// Of those, yields that ended an injected pause early.
+    pub pv_yields_effective: u64,
+    /// Shootdown targets deferred (flush-defer).
+    pub pv_deferrals: u64,
+    /// Deferred callbacks run by their targets.
+    pub pv_deferred_runs: u64,
+    /// Of those committed, run at the target's next observable action (a
+    /// callback, tick or task switch drains first) rather than in the
+    /// FLUSH_DEFER interrupt: the host let the vCPU run before taking it.
+    pub pv_deferred_not_first: u64,
+    /// csd waits that saw their target preempted.
+    pub waits_on_preempted: u64,
+    /// Their total time from the first sighting to the wait's end (cycles).
+    pub preempted_wait_cycles: u64,
+    /// Of those, seen through KVM's steal-time flag.
+    pub preempted_seen_kvm: u64,
+    /// Of those, seen through ipivirt's PV state.
+    pub preempted_seen_ipivirt: u64,
+    /// Cross-call latency (cycles, entry to return; wait=true).
+    pub call_latency: Histogram,
+    /// Latency probe during the phase.
+    pub sched_latency: Histogram,
+    /// The first violations.
+    pub violation_log: [ViolationRecord; 8],
+}
+
+// SAFETY: repr(C) of u32 pairs, u64s, Pod histograms and Pod records; the
+// size assert pins the layout without padding.
+unsafe impl Pod for DesignResults {}
+// SAFETY: two u32 then two u64: no padding.
+unsafe impl Pod for ViolationRecord {}
+const _: () = assert!(
+    size_of::<DesignResults>()
+        == 8 + 16 * 8 + 8 + 10 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_design_roundtrip_and_names() {
+        for d in Design::ALL {
+            assert_eq!(Design::try_from(d as u32), Ok(d));
+        }
+        assert_eq!(Design::try_from(5), Err(5));
+        assert_eq!(Design::TaskLocal.name(), "task-local");
+        assert!(!Design::UnsafePercpu.expected_safe() && Design::Stack.expected_safe());
+    }
+}

@@ -1,0 +1,133 @@
+//! What crosses the boundary outside the shared page: the I/O ports the
+//! guest writes, the status codes, the interrupt vectors (some sent by the
+//! VMM) and the guest's system call numbers.
+
+#[cfg(doc)]
+use crate::{pv, PvVcpuState, Results};
+
+/// Interrupt vectors the guest uses (the VMM sends some with KVM_SIGNAL_MSI).
+pub mod vector {
+    /// Local APIC timer: the scheduler tick and sleeper wake-ups.
+    pub const TIMER: u8 = 0xf0;
+    /// Reschedule IPI: look at the run queue (a task was queued or
+    /// migrated here).
+    pub const RESCHEDULE: u8 = 0xf1;
+    /// Cross-call IPI: run the queued call_single_data callbacks.
+    pub const CALL_FUNCTION: u8 = 0xf2;
+    /// Raw IPI ping-pong of the `floor` measurement (no cross-call layer).
+    pub const FLOOR: u8 = 0xf3;
+    /// flush-defer: the VMM sends it (KVM_SIGNAL_MSI) to a vCPU it resumes
+    /// whose `preempted` state a caller marked with
+    /// [`pv::STATE_FLUSH`](crate::pv::STATE_FLUSH): the highest vector in
+    /// use, so it is the first thing the vCPU runs.
+    pub const FLUSH_DEFER: u8 = 0xfe;
+    /// Spurious interrupt vector (SVR).
+    pub const SPURIOUS: u8 = 0xff;
+}
+
+/// System call numbers (rax at `syscall`; arguments in rdi, rsi, rdx).
+pub mod syscall {
+    /// Give up the CPU.
+    pub const YIELD: u64 = 0;
+    /// End the calling task.
+    pub const EXIT: u64 = 1;
+    /// Sleep rdi microseconds.
+    pub const SLEEP_US: u64 = 2;
+    /// Returns the vCPU the task runs on.
+    pub const GETCPU: u64 = 3;
+    /// Reports a CPL3 calibration result (rdi = cycles per 1024 iterations).
+    pub const CALIBRATION: u64 = 4;
+    /// Returns the TSC deadline at which the workload ends.
+    pub const WORKLOAD_END: u64 = 5;
+    /// A TLB-shootdown-like cross call: `on_each_cpu_cond_mask()` to a random
+    /// subset of vCPUs (rdi seeds the choice), waiting.
+    pub const SHOOTDOWN: u64 = 6;
+    /// A synchronous single-target call to the next vCPU.
+    pub const PING: u64 = 7;
+    /// An asynchronous single-target call to a random vCPU (rdi seeds it).
+    pub const ASYNC_CALL: u64 = 8;
+    /// One torture primitive, drawn by weight (rdi seeds the draws).
+    pub const TORTURE: u64 = 9;
+}
+
+/// I/O ports the guest writes to. The discriminants are the port numbers.
+#[repr(u16)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Console: bytes of text (`out` or `rep outsb`), printed by the VMM
+    /// line by line with a vCPU prefix.
+    Console = 0x3f8,
+    /// Status: a 32-bit [`GuestStatus`] code.
+    Status = 0xf4,
+    /// The ipivirt PV hypercall: a 32-bit `in` after filling the request
+    /// in the caller's [`PvVcpuState`]; the value read is the result
+    /// (see [`pv`]).
+    Hypercall = 0xf8,
+}
+
+impl TryFrom<u16> for Port {
+    type Error = u16;
+    fn try_from(port: u16) -> Result<Self, u16> {
+        match port {
+            0x3f8 => Ok(Port::Console),
+            0xf4 => Ok(Port::Status),
+            0xf8 => Ok(Port::Hypercall),
+            other => Err(other),
+        }
+    }
+}
+
+/// What a 32-bit write to [`Port::Status`] means.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStatus {
+    /// Every vCPU is online; the guest goes on (boot-time mark).
+    AllOnline = 1,
+    /// Results are in the shared page; the guest has finished.
+    Done = 2,
+    /// A Rust panic; [`Results::panic`] says where and why.
+    Panic = 3,
+    /// A CPU exception; [`Results::exception`] says which and where.
+    Exception = 4,
+    /// The BSP has set up what every CPU shares (heap, IDT): start the APs.
+    StartAps = 5,
+}
+
+impl TryFrom<u32> for GuestStatus {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        match code {
+            1 => Ok(GuestStatus::AllOnline),
+            2 => Ok(GuestStatus::Done),
+            3 => Ok(GuestStatus::Panic),
+            4 => Ok(GuestStatus::Exception),
+            5 => Ok(GuestStatus::StartAps),
+            other => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_port_roundtrip() {
+        for port in [Port::Console, Port::Status, Port::Hypercall] {
+            assert_eq!(Port::try_from(port as u16), Ok(port));
+        }
+        assert_eq!(Port::try_from(0x80), Err(0x80));
+    }
+
+    #[test]
+    fn test_status_roundtrip() {
+        for s in [
+            GuestStatus::AllOnline,
+            GuestStatus::Done,
+            GuestStatus::Panic,
+        ] {
+            assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
+        }
+        assert_eq!(GuestStatus::try_from(0), Err(0));
+    }
+}

@@ -1,0 +1,136 @@
+//! What the guest runs after boot, and the torture primitives.
+
+use crate::Pod;
+#[cfg(doc)]
+use crate::{Control, DesignResults, Results};
+
+/// What the guest runs after every vCPU is online ([`Control::workload`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Nothing: report the boot and finish.
+    None = 0,
+    /// Only the scheduler and its latency probe, for `duration_us`.
+    Idle = 1,
+    /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
+    /// gap it saw and its steal time: makes host-side preemption visible.
+    Spin = 2,
+    /// `tasks_per_cpu` CPU-bound user tasks per vCPU, preempted by the
+    /// tick, with the probe; [`Results::hogs`] reports their progress.
+    Hogs = 3,
+    /// Kernel tasks created and exiting in a loop (memory accounting).
+    Churn = 4,
+    /// One user task per vCPU: synchronous single-target calls to the next
+    /// vCPU, once per design.
+    Ping = 5,
+    /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
+    /// subset of vCPUs and waiting, with think time; once per design.
+    Shootdown = 6,
+    /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1, no
+    /// cross-call layer ([`Results::floor`]). `ping` runs measure it first.
+    Floor = 7,
+    /// scftorture-style: every task draws primitives from a weighted mix
+    /// ([`torture`], [`Control::torture_weights`]); callbacks check their
+    /// CPU and memory ordering; once per design. (7 is the floor workload.)
+    Torture = 8,
+}
+
+impl Workload {
+    /// Whether the workload runs once per design of [`Control::designs`]
+    /// (and the guest writes a [`DesignResults`] for each).
+    pub const fn per_design(self) -> bool {
+        matches!(
+            self,
+            Workload::Ping | Workload::Shootdown | Workload::Torture
+        )
+    }
+}
+
+impl TryFrom<u32> for Workload {
+    type Error = u32;
+    fn try_from(code: u32) -> Result<Self, u32> {
+        Ok(match code {
+            0 => Workload::None,
+            1 => Workload::Idle,
+            2 => Workload::Spin,
+            3 => Workload::Hogs,
+            4 => Workload::Churn,
+            5 => Workload::Ping,
+            6 => Workload::Shootdown,
+            7 => Workload::Floor,
+            8 => Workload::Torture,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The primitives of the torture workload ([`Workload::Torture`]), indexes
+/// of [`Control::torture_weights`] and [`Results::torture`].
+pub mod torture {
+    /// Reschedule IPI to a random vCPU.
+    pub const RESCHED: usize = 0;
+    /// Single call, no wait.
+    pub const SINGLE: usize = 1;
+    /// Single call, waiting.
+    pub const SINGLE_WAIT: usize = 2;
+    /// Single call used as an RPC: the callback writes a reply the caller
+    /// checks after the wait.
+    pub const SINGLE_RPC: usize = 3;
+    /// Many (random subset), no wait.
+    pub const MANY: usize = 4;
+    /// Many, waiting.
+    pub const MANY_WAIT: usize = 5;
+    /// All vCPUs, no wait.
+    pub const ALL: usize = 6;
+    /// All vCPUs, waiting.
+    pub const ALL_WAIT: usize = 7;
+    /// Number of primitives.
+    pub const COUNT: usize = 8;
+    /// Names, for reports and the CLI.
+    pub const NAMES: [&str; COUNT] = [
+        "resched",
+        "single",
+        "single-wait",
+        "single-rpc",
+        "many",
+        "many-wait",
+        "all",
+        "all-wait",
+    ];
+}
+
+/// Invocations and failed checks of one torture primitive.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TortureCounts {
+    /// Times the primitive ran.
+    pub invocations: u64,
+    /// Failed checks: a callback on a CPU it was not sent to, stale memory
+    /// in a callback, a wrong RPC reply.
+    pub errors: u64,
+}
+
+// SAFETY: two u64, no padding.
+unsafe impl Pod for TortureCounts {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_workload_roundtrip() {
+        for w in [
+            Workload::None,
+            Workload::Idle,
+            Workload::Spin,
+            Workload::Hogs,
+            Workload::Churn,
+            Workload::Ping,
+            Workload::Shootdown,
+            Workload::Torture,
+        ] {
+            assert_eq!(Workload::try_from(w as u32), Ok(w));
+        }
+        assert_eq!(Workload::try_from(99), Err(99));
+    }
+}
