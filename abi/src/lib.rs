@@ -25,6 +25,7 @@
 //! | [`pv`] | PV feature bits, [`PvVcpuState`] and the hypercall operations |
 //! | [`hooks`] | [`TestHook`] |
 //! | [`hist`] | [`Histogram`] |
+//! | [`wire`] | [`wire_enum!`]: each closed set defined once |
 #![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
@@ -37,6 +38,7 @@ pub mod io;
 pub mod layout;
 pub mod pv;
 pub mod results;
+pub mod wire;
 pub mod workload;
 
 pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
@@ -49,6 +51,7 @@ pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
     SharedPage, TaskProgress, VcpuResults, VcpuStatus,
 };
+pub use wire::{UnknownName, UnknownValue, WireEnum};
 pub use workload::{torture, TortureCounts, Workload};
 
 /// Version of this contract; bumped on every layout change. The VMM writes
