@@ -6,55 +6,28 @@ use core::mem::size_of;
 use crate::{pv, Control};
 use crate::{Histogram, Pod};
 
-/// The IPI wait-mask designs ([`Control::designs`]).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Design {
-    /// Linux before the series: the per-CPU `cfd->cpumask`, preemption
-    /// disabled from queueing through the last wait.
-    Upstream = 0,
-    /// The series: a task-local mask (inside the pointer-sized field when it
-    /// fits, else allocated at task creation); the final wait is preemptible.
-    TaskLocal = 1,
-    /// The mask is a local of the caller; preemptible wait.
-    Stack = 2,
-    /// The mask is allocated per call; on failure the upstream pinned wait.
-    AllocInPath = 3,
-    /// Wrong on purpose: the per-CPU mask with a preemptible wait.
-    UnsafePercpu = 4,
+crate::wire_enum! {
+    /// The IPI wait-mask designs ([`Control::designs`]).
+    pub enum Design: u32, "design" {
+        /// Linux before the series: the per-CPU `cfd->cpumask`, preemption
+        /// disabled from queueing through the last wait.
+        Upstream = 0 => "upstream",
+        /// The series: a task-local mask (inside the pointer-sized field when it
+        /// fits, else allocated at task creation); the final wait is preemptible.
+        TaskLocal = 1 => "task-local",
+        /// The mask is a local of the caller; preemptible wait.
+        Stack = 2 => "stack",
+        /// The mask is allocated per call; on failure the upstream pinned wait.
+        AllocInPath = 3 => "alloc-in-path",
+        /// Wrong on purpose: the per-CPU mask with a preemptible wait.
+        UnsafePercpu = 4 => "unsafe-percpu",
+    }
 }
 
 impl Design {
-    /// Every design, in code order.
-    pub const ALL: [Design; 5] = [
-        Design::Upstream,
-        Design::TaskLocal,
-        Design::Stack,
-        Design::AllocInPath,
-        Design::UnsafePercpu,
-    ];
-
-    /// The name used on the command line and in reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Design::Upstream => "upstream",
-            Design::TaskLocal => "task-local",
-            Design::Stack => "stack",
-            Design::AllocInPath => "alloc-in-path",
-            Design::UnsafePercpu => "unsafe-percpu",
-        }
-    }
-
     /// Whether the design must never violate the invariants.
     pub const fn expected_safe(self) -> bool {
         !matches!(self, Design::UnsafePercpu)
-    }
-}
-
-impl TryFrom<u32> for Design {
-    type Error = u32;
-    fn try_from(code: u32) -> Result<Self, u32> {
-        Design::ALL.get(code as usize).copied().ok_or(code)
     }
 }
 
@@ -179,14 +152,23 @@ const _: () = assert!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{check_set, UnknownValue};
 
     #[test]
     fn test_design_roundtrip_and_names() {
-        for d in Design::ALL {
-            assert_eq!(Design::try_from(d as u32), Ok(d));
+        check_set::<Design>(5, "Upstream");
+        for (code, d) in Design::ALL.into_iter().enumerate() {
+            assert_eq!(d as usize, code, "codes are the ALL indexes");
         }
-        assert_eq!(Design::try_from(5), Err(5));
+        assert_eq!(
+            Design::try_from(5),
+            Err(UnknownValue {
+                set: "design",
+                value: 5
+            })
+        );
         assert_eq!(Design::TaskLocal.name(), "task-local");
+        assert_eq!("alloc-in-path".parse(), Ok(Design::AllocInPath));
         assert!(!Design::UnsafePercpu.expected_safe() && Design::Stack.expected_safe());
     }
 }

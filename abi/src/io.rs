@@ -50,84 +50,53 @@ pub mod syscall {
     pub const TORTURE: u64 = 9;
 }
 
-/// I/O ports the guest writes to. The discriminants are the port numbers.
-#[repr(u16)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Port {
-    /// Console: bytes of text (`out` or `rep outsb`), printed by the VMM
-    /// line by line with a vCPU prefix.
-    Console = 0x3f8,
-    /// Status: a 32-bit [`GuestStatus`] code.
-    Status = 0xf4,
-    /// The ipivirt PV hypercall: a 32-bit `in` after filling the request
-    /// in the caller's [`PvVcpuState`]; the value read is the result
-    /// (see [`pv`]).
-    Hypercall = 0xf8,
-}
-
-impl TryFrom<u16> for Port {
-    type Error = u16;
-    fn try_from(port: u16) -> Result<Self, u16> {
-        match port {
-            0x3f8 => Ok(Port::Console),
-            0xf4 => Ok(Port::Status),
-            0xf8 => Ok(Port::Hypercall),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// I/O ports the guest writes to. The discriminants are the port numbers.
+    pub enum Port: u16, "port" {
+        /// Console: bytes of text (`out` or `rep outsb`), printed by the VMM
+        /// line by line with a vCPU prefix.
+        Console = 0x3f8 => "console",
+        /// Status: a 32-bit [`GuestStatus`] code.
+        Status = 0xf4 => "status",
+        /// The ipivirt PV hypercall: a 32-bit `in` after filling the request
+        /// in the caller's [`PvVcpuState`]; the value read is the result
+        /// (see [`pv`]).
+        Hypercall = 0xf8 => "hypercall",
     }
 }
 
-/// What a 32-bit write to [`Port::Status`] means.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestStatus {
-    /// Every vCPU is online; the guest goes on (boot-time mark).
-    AllOnline = 1,
-    /// Results are in the shared page; the guest has finished.
-    Done = 2,
-    /// A Rust panic; [`Results::panic`] says where and why.
-    Panic = 3,
-    /// A CPU exception; [`Results::exception`] says which and where.
-    Exception = 4,
-    /// The BSP has set up what every CPU shares (heap, IDT): start the APs.
-    StartAps = 5,
-}
-
-impl TryFrom<u32> for GuestStatus {
-    type Error = u32;
-    fn try_from(code: u32) -> Result<Self, u32> {
-        match code {
-            1 => Ok(GuestStatus::AllOnline),
-            2 => Ok(GuestStatus::Done),
-            3 => Ok(GuestStatus::Panic),
-            4 => Ok(GuestStatus::Exception),
-            5 => Ok(GuestStatus::StartAps),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// What a 32-bit write to [`Port::Status`] means.
+    pub enum GuestStatus: u32, "guest status" {
+        /// Every vCPU is online; the guest goes on (boot-time mark).
+        AllOnline = 1 => "all-online",
+        /// Results are in the shared page; the guest has finished.
+        Done = 2 => "done",
+        /// A Rust panic; [`Results::panic`] says where and why.
+        Panic = 3 => "panic",
+        /// A CPU exception; [`Results::exception`] says which and where.
+        Exception = 4 => "exception",
+        /// The BSP has set up what every CPU shares (heap, IDT): start the APs.
+        StartAps = 5 => "start-aps",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::check_set;
 
     #[test]
     fn test_port_roundtrip() {
-        for port in [Port::Console, Port::Status, Port::Hypercall] {
-            assert_eq!(Port::try_from(port as u16), Ok(port));
-        }
-        assert_eq!(Port::try_from(0x80), Err(0x80));
+        check_set::<Port>(0x80, "Console");
+        assert_eq!(Port::try_from(0x3f8), Ok(Port::Console));
+        assert_eq!(Port::Hypercall as u16, 0xf8);
     }
 
     #[test]
     fn test_status_roundtrip() {
-        for s in [
-            GuestStatus::AllOnline,
-            GuestStatus::Done,
-            GuestStatus::Panic,
-        ] {
-            assert_eq!(GuestStatus::try_from(s as u32), Ok(s));
-        }
-        assert_eq!(GuestStatus::try_from(0), Err(0));
+        check_set::<GuestStatus>(0, "finished");
+        assert_eq!(GuestStatus::try_from(2), Ok(GuestStatus::Done));
+        assert_eq!(GuestStatus::StartAps.name(), "start-aps");
     }
 }

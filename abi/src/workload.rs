@@ -4,35 +4,35 @@ use crate::Pod;
 #[cfg(doc)]
 use crate::{Control, DesignResults, Results};
 
-/// What the guest runs after every vCPU is online ([`Control::workload`]).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// Nothing: report the boot and finish.
-    None = 0,
-    /// Only the scheduler and its latency probe, for `duration_us`.
-    Idle = 1,
-    /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
-    /// gap it saw and its steal time: makes host-side preemption visible.
-    Spin = 2,
-    /// `tasks_per_cpu` CPU-bound user tasks per vCPU, preempted by the
-    /// tick, with the probe; [`Results::hogs`] reports their progress.
-    Hogs = 3,
-    /// Kernel tasks created and exiting in a loop (memory accounting).
-    Churn = 4,
-    /// One user task per vCPU: synchronous single-target calls to the next
-    /// vCPU, once per design.
-    Ping = 5,
-    /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
-    /// subset of vCPUs and waiting, with think time; once per design.
-    Shootdown = 6,
-    /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1, no
-    /// cross-call layer ([`Results::floor`]). `ping` runs measure it first.
-    Floor = 7,
-    /// scftorture-style: every task draws primitives from a weighted mix
-    /// ([`torture`], [`Control::torture_weights`]); callbacks check their
-    /// CPU and memory ordering; once per design. (7 is the floor workload.)
-    Torture = 8,
+crate::wire_enum! {
+    /// What the guest runs after every vCPU is online ([`Control::workload`]).
+    pub enum Workload: u32, "workload" {
+        /// Nothing: report the boot and finish.
+        None = 0 => "none",
+        /// Only the scheduler and its latency probe, for `duration_us`.
+        Idle = 1 => "idle",
+        /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
+        /// gap it saw and its steal time: makes host-side preemption visible.
+        Spin = 2 => "spin",
+        /// `tasks_per_cpu` CPU-bound user tasks per vCPU, preempted by the
+        /// tick, with the probe; [`Results::hogs`] reports their progress.
+        Hogs = 3 => "hogs",
+        /// Kernel tasks created and exiting in a loop (memory accounting).
+        Churn = 4 => "churn",
+        /// One user task per vCPU: synchronous single-target calls to the next
+        /// vCPU, once per design.
+        Ping = 5 => "ping",
+        /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
+        /// subset of vCPUs and waiting, with think time; once per design.
+        Shootdown = 6 => "shootdown",
+        /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1, no
+        /// cross-call layer ([`Results::floor`]). `ping` runs measure it first.
+        Floor = 7 => "floor",
+        /// scftorture-style: every task draws primitives from a weighted mix
+        /// ([`torture`], [`Control::torture_weights`]); callbacks check their
+        /// CPU and memory ordering; once per design. (7 is the floor workload.)
+        Torture = 8 => "torture",
+    }
 }
 
 impl Workload {
@@ -43,24 +43,6 @@ impl Workload {
             self,
             Workload::Ping | Workload::Shootdown | Workload::Torture
         )
-    }
-}
-
-impl TryFrom<u32> for Workload {
-    type Error = u32;
-    fn try_from(code: u32) -> Result<Self, u32> {
-        Ok(match code {
-            0 => Workload::None,
-            1 => Workload::Idle,
-            2 => Workload::Spin,
-            3 => Workload::Hogs,
-            4 => Workload::Churn,
-            5 => Workload::Ping,
-            6 => Workload::Shootdown,
-            7 => Workload::Floor,
-            8 => Workload::Torture,
-            other => return Err(other),
-        })
     }
 }
 
@@ -116,21 +98,23 @@ unsafe impl Pod for TortureCounts {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::check_set;
 
     #[test]
     fn test_workload_roundtrip() {
-        for w in [
-            Workload::None,
-            Workload::Idle,
-            Workload::Spin,
-            Workload::Hogs,
-            Workload::Churn,
-            Workload::Ping,
-            Workload::Shootdown,
-            Workload::Torture,
-        ] {
-            assert_eq!(Workload::try_from(w as u32), Ok(w));
+        check_set::<Workload>(99, "Torture");
+        assert_eq!(Workload::try_from(7), Ok(Workload::Floor));
+        assert_eq!("floor".parse(), Ok(Workload::Floor));
+        let per_design: [_; 3] = [Workload::Ping, Workload::Shootdown, Workload::Torture];
+        for w in Workload::ALL {
+            assert_eq!(w.per_design(), per_design.contains(&w), "{w}");
         }
-        assert_eq!(Workload::try_from(99), Err(99));
+    }
+
+    #[test]
+    fn test_torture_names_match_indexes() {
+        assert_eq!(torture::NAMES.len(), torture::COUNT);
+        assert_eq!(torture::NAMES[torture::SINGLE_RPC], "single-rpc");
+        assert_eq!(torture::NAMES[torture::ALL_WAIT], "all-wait");
     }
 }

@@ -347,7 +347,7 @@ fn handle_out(port: u16, data: &[u8], vcpu: u32, console: &Console) -> ExitActio
         },
         // The hypercall port is read, never written.
         Ok(Port::Hypercall) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),
-        Err(port) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),
+        Err(_) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),
     }
 }
 
