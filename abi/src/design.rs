@@ -31,30 +31,53 @@ impl Design {
     }
 }
 
-/// [`ViolationRecord::kind`] values.
+crate::wire_enum! {
+    /// The kinds of invariant violation ([`ViolationRecord::kind`]).
+    pub enum ViolationKind: u32, "violation kind" {
+        /// The caller returned before a target ran the callback (under-wait).
+        NotRun = 1 => "not-run",
+        /// A target ran the callback twice.
+        RanTwice = 2 => "ran-twice",
+        /// A callback ran after its (waiting) caller returned.
+        RanAfterReturn = 3 => "ran-after-return",
+        /// A callback ran on a CPU that was not a target.
+        WrongCpu = 4 => "wrong-cpu",
+        /// A csd was re-initialised while locked.
+        CsdReinit = 5 => "csd-reinit",
+        /// An asynchronous call never ran on a target by the end of the phase.
+        Lost = 6 => "lost",
+        /// flush-defer: a deferred target was about to run another cross-call
+        /// callback with its deferred work still pending.
+        DeferredLate = 7 => "deferred-late",
+    }
+}
+
+/// [`ViolationRecord::kind`] values: the [`ViolationKind`] codes as
+/// constants, for the guest's `u32` stores.
 pub mod violation {
-    /// The caller returned before a target ran the callback (under-wait).
-    pub const NOT_RUN: u32 = 1;
-    /// A target ran the callback twice.
-    pub const RAN_TWICE: u32 = 2;
-    /// A callback ran after its (waiting) caller returned.
-    pub const RAN_AFTER_RETURN: u32 = 3;
-    /// A callback ran on a CPU that was not a target.
-    pub const WRONG_CPU: u32 = 4;
-    /// A csd was re-initialised while locked.
-    pub const CSD_REINIT: u32 = 5;
-    /// An asynchronous call never ran on a target by the end of the phase.
-    pub const LOST: u32 = 6;
-    /// flush-defer: a deferred target was about to run another cross-call
-    /// callback with its deferred work still pending.
-    pub const DEFERRED_LATE: u32 = 7;
+    use super::ViolationKind;
+
+    /// [`ViolationKind::NotRun`].
+    pub const NOT_RUN: u32 = ViolationKind::NotRun.wire();
+    /// [`ViolationKind::RanTwice`].
+    pub const RAN_TWICE: u32 = ViolationKind::RanTwice.wire();
+    /// [`ViolationKind::RanAfterReturn`].
+    pub const RAN_AFTER_RETURN: u32 = ViolationKind::RanAfterReturn.wire();
+    /// [`ViolationKind::WrongCpu`].
+    pub const WRONG_CPU: u32 = ViolationKind::WrongCpu.wire();
+    /// [`ViolationKind::CsdReinit`].
+    pub const CSD_REINIT: u32 = ViolationKind::CsdReinit.wire();
+    /// [`ViolationKind::Lost`].
+    pub const LOST: u32 = ViolationKind::Lost.wire();
+    /// [`ViolationKind::DeferredLate`].
+    pub const DEFERRED_LATE: u32 = ViolationKind::DeferredLate.wire();
 }
 
 /// One recorded invariant violation.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ViolationRecord {
-    /// A [`violation`] kind.
+    /// A [`ViolationKind`] code ([`violation`]).
     pub kind: u32,
     /// The target CPU concerned.
     pub cpu: u32,
@@ -153,6 +176,18 @@ const _: () = assert!(
 mod tests {
     use super::*;
     use crate::wire::{check_set, UnknownValue};
+
+    #[test]
+    fn test_violation_kind_roundtrip() {
+        check_set::<ViolationKind>(0, "NotRun");
+        assert_eq!(violation::NOT_RUN, 1);
+        assert_eq!(violation::DEFERRED_LATE, 7);
+        assert_eq!(
+            ViolationKind::try_from(violation::LOST),
+            Ok(ViolationKind::Lost)
+        );
+        assert_eq!(ViolationKind::Lost.name(), "lost");
+    }
 
     #[test]
     fn test_design_roundtrip_and_names() {

@@ -42,7 +42,7 @@ pub mod wire;
 pub mod workload;
 
 pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
-pub use design::{violation, Design, DesignResults, ViolationRecord};
+pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port};
@@ -52,7 +52,7 @@ pub use results::{
     SharedPage, TaskProgress, VcpuResults, VcpuStatus,
 };
 pub use wire::{UnknownName, UnknownValue, WireEnum};
-pub use workload::{torture, TortureCounts, Workload};
+pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes

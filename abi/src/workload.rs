@@ -46,39 +46,56 @@ impl Workload {
     }
 }
 
+crate::wire_enum! {
+    /// The primitives of the torture workload ([`Workload::Torture`]); their
+    /// codes are the indexes of [`Control::torture_weights`] and
+    /// [`Results::torture`].
+    pub enum TorturePrimitive: u8, "torture primitive" {
+        /// Reschedule IPI to a random vCPU.
+        Resched = 0 => "resched",
+        /// Single call, no wait.
+        Single = 1 => "single",
+        /// Single call, waiting.
+        SingleWait = 2 => "single-wait",
+        /// Single call used as an RPC: the callback writes a reply the caller
+        /// checks after the wait.
+        SingleRpc = 3 => "single-rpc",
+        /// Many (random subset), no wait.
+        Many = 4 => "many",
+        /// Many, waiting.
+        ManyWait = 5 => "many-wait",
+        /// All vCPUs, no wait.
+        All = 6 => "all",
+        /// All vCPUs, waiting.
+        AllWait = 7 => "all-wait",
+    }
+}
+
 /// The primitives of the torture workload ([`Workload::Torture`]), indexes
-/// of [`Control::torture_weights`] and [`Results::torture`].
+/// ([`TorturePrimitive`] codes) of [`Control::torture_weights`] and [`Results::torture`].
 pub mod torture {
-    /// Reschedule IPI to a random vCPU.
-    pub const RESCHED: usize = 0;
-    /// Single call, no wait.
-    pub const SINGLE: usize = 1;
-    /// Single call, waiting.
-    pub const SINGLE_WAIT: usize = 2;
-    /// Single call used as an RPC: the callback writes a reply the caller
-    /// checks after the wait.
-    pub const SINGLE_RPC: usize = 3;
-    /// Many (random subset), no wait.
-    pub const MANY: usize = 4;
-    /// Many, waiting.
-    pub const MANY_WAIT: usize = 5;
-    /// All vCPUs, no wait.
-    pub const ALL: usize = 6;
-    /// All vCPUs, waiting.
-    pub const ALL_WAIT: usize = 7;
+    use super::TorturePrimitive;
+
+    /// [`TorturePrimitive::Resched`].
+    pub const RESCHED: usize = TorturePrimitive::Resched as usize;
+    /// [`TorturePrimitive::Single`].
+    pub const SINGLE: usize = TorturePrimitive::Single as usize;
+    /// [`TorturePrimitive::SingleWait`].
+    pub const SINGLE_WAIT: usize = TorturePrimitive::SingleWait as usize;
+    /// [`TorturePrimitive::SingleRpc`].
+    pub const SINGLE_RPC: usize = TorturePrimitive::SingleRpc as usize;
+    /// [`TorturePrimitive::Many`].
+    pub const MANY: usize = TorturePrimitive::Many as usize;
+    /// [`TorturePrimitive::ManyWait`].
+    pub const MANY_WAIT: usize = TorturePrimitive::ManyWait as usize;
+    /// [`TorturePrimitive::All`].
+    pub const ALL: usize = TorturePrimitive::All as usize;
+    /// [`TorturePrimitive::AllWait`].
+    pub const ALL_WAIT: usize = TorturePrimitive::AllWait as usize;
     /// Number of primitives.
-    pub const COUNT: usize = 8;
-    /// Names, for reports and the CLI.
-    pub const NAMES: [&str; COUNT] = [
-        "resched",
-        "single",
-        "single-wait",
-        "single-rpc",
-        "many",
-        "many-wait",
-        "all",
-        "all-wait",
-    ];
+    pub const COUNT: usize = TorturePrimitive::COUNT;
+    /// Names, for reports and the CLI ([`TorturePrimitive::NAMES`]).
+    pub const NAMES: [&str; COUNT] = TorturePrimitive::NAMES;
 }
 
 /// Invocations and failed checks of one torture primitive.
@@ -108,6 +125,14 @@ mod tests {
         let per_design: [_; 3] = [Workload::Ping, Workload::Shootdown, Workload::Torture];
         for w in Workload::ALL {
             assert_eq!(w.per_design(), per_design.contains(&w), "{w}");
+        }
+    }
+
+    #[test]
+    fn test_torture_primitive_roundtrip() {
+        check_set::<TorturePrimitive>(8, "Resched");
+        for (i, p) in TorturePrimitive::ALL.into_iter().enumerate() {
+            assert_eq!(p as usize, i, "codes are array indexes");
         }
     }
 
