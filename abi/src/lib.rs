@@ -20,7 +20,7 @@ pub use hist::Histogram;
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
@@ -97,6 +97,19 @@ pub mod layout {
         PERCPU_AREA_ADDR + index as u64 * PERCPU_AREA_SIZE
     }
 
+    /// Offset of the VIF page in a per-CPU area: its last page.
+    pub const VIF_PAGE_OFFSET: u64 = PERCPU_AREA_SIZE - 0x1000;
+
+    /// vCPU `index`'s VIF page: the virtual interrupt flag (byte 0), its
+    /// pending bit (byte 1) and the page-fault address (+8) of the PVM
+    /// host's native mode (see [`super::guest_mode`]). Page-aligned,
+    /// private to that vCPU; the VMM reads it for its register dumps.
+    pub const fn vif_page(index: u32) -> u64 {
+        percpu_area(index) + VIF_PAGE_OFFSET
+    }
+
+    const _: () = assert!(PERCPU_AREA_ADDR % 0x1000 == 0 && PERCPU_AREA_SIZE % 0x1000 == 0);
+
     /// Guest-physical address of vCPU `index`'s results.
     pub const fn vcpu_results_addr(index: u32) -> u64 {
         VCPU_RESULTS_ADDR + index as u64 * core::mem::size_of::<super::VcpuResults>() as u64
@@ -157,6 +170,56 @@ pub mod syscall {
     pub const ASYNC_CALL: u64 = 8;
     /// One torture primitive, drawn by weight (rdi seeds the draws).
     pub const TORTURE: u64 = 9;
+}
+
+/// How the guest kernel runs ([`Control::guest_mode`] asks,
+/// [`Results::mode`] and [`VcpuStatus::mode`] say what ran).
+pub mod guest_mode {
+    /// Ask: the PVM host's native mode where the VMM saw the host offer it,
+    /// the plain kernel everywhere else.
+    pub const AUTO: u32 = 0;
+    /// An ordinary x86-64 kernel at CPL0 (emulated on PVM hosts).
+    pub const PLAIN: u32 = 1;
+    /// The PVM host's native mode: kernel code runs on the hardware at CPL3
+    /// with a virtual interrupt flag (see `../shared/design/native-mode.md`).
+    pub const PVM_NATIVE: u32 = 2;
+
+    /// The name reports use.
+    pub const fn name(mode: u32) -> &'static str {
+        match mode {
+            AUTO => "auto",
+            PLAIN => "plain",
+            PVM_NATIVE => "pvm-native",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Why the guest did not run in native mode although it was asked to
+/// ([`Results::native_error`]).
+pub mod native_error {
+    /// None: native mode ran, or was not asked for.
+    pub const NONE: u32 = 0;
+    /// The host signature MSR did not read "PVM" (or raised #GP).
+    pub const NOT_DETECTED: u32 = 1;
+    /// The switch MSR write raised #GP.
+    pub const SWITCH_FAULTED: u32 = 2;
+    /// After the switch, CS did not read RPL 3 (still emulated at CPL0).
+    pub const STILL_CPL0: u32 = 3;
+    /// After the switch, the calibration loop was still slow (emulated).
+    pub const STILL_EMULATED: u32 = 4;
+
+    /// What each code means, for reports.
+    pub const fn describe(code: u32) -> &'static str {
+        match code {
+            NONE => "none",
+            NOT_DETECTED => "the host's PVM signature MSR (0x4b564d11) did not read \"PVM\"",
+            SWITCH_FAULTED => "the switch to native mode (wrmsr 0x4b564d10) raised #GP",
+            STILL_CPL0 => "after the switch the kernel still ran at CPL0 (CS RPL 0)",
+            STILL_EMULATED => "after the switch kernel code was still emulated (slow loop)",
+            _ => "unknown",
+        }
+    }
 }
 
 /// The host kind as the guest's calibration sees it.
@@ -375,8 +438,13 @@ pub struct Control {
     /// [`pv`] features of each design phase (index as `designs`), on top
     /// of the global `pv_flags`.
     pub phase_pv: [u32; MAX_DESIGNS],
+    /// The [`guest_mode`] asked for (AUTO, PLAIN or PVM_NATIVE).
+    pub guest_mode: u32,
+    /// Non-zero: the VMM saw the host offer the PVM native mode (its
+    /// `/dev/kvm` comes from the `kvm_pvm` module).
+    pub host_pvm: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 42],
+    pub reserved: [u64; 41],
 }
 
 /// How many designs one run can compare.
@@ -869,8 +937,21 @@ pub struct Results {
     /// The raw IPI round trip (`floor` and `ping` workloads; zero count
     /// otherwise).
     pub floor: FloorResults,
+    /// The [`guest_mode`] the kernel ran in (PLAIN or PVM_NATIVE; 0 before
+    /// the BSP chose).
+    pub mode: u32,
+    /// Why native mode did not run although asked for ([`native_error`]).
+    pub native_error: u32,
+    /// Platform costs in the running mode, TSC cycles, the best of a few
+    /// (0: not measured): one system call round trip from a user task
+    /// (the trap into the kernel and the return).
+    pub trap_cycles: u64,
+    /// One x2APIC ICR write (a reschedule IPI to this vCPU).
+    pub icr_cycles: u64,
+    /// One x2APIC EOI write.
+    pub eoi_cycles: u64,
     /// Room for later results; zero.
-    pub reserved: [u64; 249],
+    pub reserved: [u64; 245],
 }
 
 /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1 (TSC
@@ -972,8 +1053,13 @@ pub struct VcpuStatus {
     pub pv_neighbour_preempted: u64,
     /// ... and transitions of it from preempted back to running.
     pub pv_neighbour_resumed: u64,
+    /// The [`guest_mode`] this vCPU ran in.
+    pub mode: u32,
+    /// Native mode: interrupts that arrived between enabling interrupts and
+    /// halting, after which the halt was skipped (the idle rollback).
+    pub halt_rollbacks: u32,
     /// Room for later counters; zero.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 /// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].
