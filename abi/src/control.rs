@@ -65,8 +65,14 @@ pub struct Control {
     /// [`pv`] features of each design phase (index as `designs`), on top
     /// of the global `pv_flags`.
     pub phase_pv: [u32; MAX_DESIGNS],
+    /// The [`guest_mode`](crate::guest_mode) asked for (AUTO, PLAIN or
+    /// PVM_NATIVE).
+    pub guest_mode: u32,
+    /// Non-zero: the VMM saw the host offer the PVM native mode (its
+    /// `/dev/kvm` comes from the `kvm_pvm` module).
+    pub host_pvm: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 42],
+    pub reserved: [u64; 41],
 }
 
 // SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out

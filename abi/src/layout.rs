@@ -63,6 +63,19 @@ pub const fn percpu_area(index: u32) -> u64 {
     PERCPU_AREA_ADDR + index as u64 * PERCPU_AREA_SIZE
 }
 
+/// Offset of the VIF page in a per-CPU area: its last page.
+pub const VIF_PAGE_OFFSET: u64 = PERCPU_AREA_SIZE - 0x1000;
+
+/// vCPU `index`'s VIF page: the virtual interrupt flag (byte 0), its
+/// pending bit (byte 1) and the page-fault address (+8) of the PVM host's
+/// native mode (see [`crate::guest_mode`]). Page-aligned, private to that
+/// vCPU; the VMM reads it for its register dumps.
+pub const fn vif_page(index: u32) -> u64 {
+    percpu_area(index) + VIF_PAGE_OFFSET
+}
+
+const _: () = assert!(PERCPU_AREA_ADDR % 0x1000 == 0 && PERCPU_AREA_SIZE % 0x1000 == 0);
+
 /// Guest-physical address of vCPU `index`'s results.
 pub const fn vcpu_results_addr(index: u32) -> u64 {
     VCPU_RESULTS_ADDR + index as u64 * size_of::<VcpuResults>() as u64

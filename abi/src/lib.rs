@@ -36,6 +36,7 @@ pub mod hist;
 pub mod hooks;
 pub mod io;
 pub mod layout;
+pub mod mode;
 pub mod pv;
 pub mod results;
 pub mod wire;
@@ -46,6 +47,7 @@ pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecor
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port};
+pub use mode::{guest_mode, native_error};
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
@@ -57,7 +59,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

@@ -89,8 +89,21 @@ pub struct Results {
     /// The raw IPI round trip (`floor` and `ping` workloads; zero count
     /// otherwise).
     pub floor: FloorResults,
+    /// The [`guest_mode`](crate::guest_mode) the kernel ran in (PLAIN or PVM_NATIVE; 0 before
+    /// the BSP chose).
+    pub mode: u32,
+    /// Why native mode did not run although asked for ([`native_error`](crate::native_error)).
+    pub native_error: u32,
+    /// Platform costs in the running mode, TSC cycles, the best of a few
+    /// (0: not measured): one system call round trip from a user task
+    /// (the trap into the kernel and the return).
+    pub trap_cycles: u64,
+    /// One x2APIC ICR write (a reschedule IPI to this vCPU).
+    pub icr_cycles: u64,
+    /// One x2APIC EOI write.
+    pub eoi_cycles: u64,
     /// Room for later results; zero.
-    pub reserved: [u64; 249],
+    pub reserved: [u64; 245],
 }
 
 /// Where and why the guest panicked.
@@ -248,8 +261,13 @@ pub struct VcpuStatus {
     pub pv_neighbour_preempted: u64,
     /// ... and transitions of it from preempted back to running.
     pub pv_neighbour_resumed: u64,
+    /// The [`guest_mode`](crate::guest_mode) this vCPU ran in.
+    pub mode: u32,
+    /// Native mode: interrupts that arrived between enabling interrupts and
+    /// halting, after which the halt was skipped (the idle rollback).
+    pub halt_rollbacks: u32,
     /// Room for later counters; zero.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 /// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod console;
 pub mod fuzzing;
+pub mod guest_mode;
 pub mod inject;
 pub mod loader;
 pub mod machine;

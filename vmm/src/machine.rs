@@ -12,6 +12,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::{Console, ConsoleMode};
+use crate::guest_mode::{self, GuestMode};
 use crate::inject::{self, HostReport, InjectConfig, Injector, Plan};
 use crate::pv::{HostPv, PvHost, PvHostTotals};
 use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
@@ -78,6 +79,8 @@ pub struct MachineConfig {
     /// [`abi::pv`] features of each design phase (index as `designs`;
     /// missing entries: none), on top of `pv`.
     pub design_pv: Vec<u32>,
+    /// The guest kernel mode (None: `IPIVIRT_GUEST_MODE`, else auto).
+    pub guest_mode: Option<GuestMode>,
 }
 
 impl MachineConfig {
@@ -151,6 +154,7 @@ impl MachineConfig {
             inject: InjectConfig::default(),
             pv: 0,
             design_pv: Vec::new(),
+            guest_mode: None,
         }
     }
 }
@@ -290,6 +294,12 @@ enum Wait {
 
 impl Machine {
     fn create(config: &MachineConfig) -> Result<Self, Error> {
+        let mode = match config.guest_mode {
+            Some(m) => m,
+            None => GuestMode::from_env().map_err(|e| Error::Scenario(e.to_string()))?,
+        };
+        let host_pvm = guest_mode::host_offers_pvm();
+        let native_possible = guest_mode::resolve(mode, host_pvm).map_err(Error::Scenario)?;
         let kvm = vm::open_kvm(&config.kvm_path)?;
         let max = vm::max_vcpus(&kvm);
         if config.vcpus == 0 || config.vcpus > max {
@@ -336,7 +346,7 @@ impl Machine {
         };
         let created = Instant::now();
         let mem = memory::allocate(memory::ram_size(config.vcpus))?;
-        memory::write_page_tables(&mem)?;
+        memory::write_page_tables(&mem, native_possible)?;
         memory::write_gdt(&mem)?;
         let entry = loader::load(&mem, loader::GUEST_ELF)?;
         // The host capability probe, before the run (cached per process).
@@ -358,6 +368,8 @@ impl Machine {
         control.mem_size = memory::ram_size(config.vcpus);
         control.test_hook = config.test_hook as u32;
         control.test_hook_vcpu = config.test_hook_vcpu;
+        control.guest_mode = mode.code();
+        control.host_pvm = u32::from(host_pvm);
         control.workload = config.workload as u32;
         control.duration_us = config.duration.as_micros().min(u128::from(u64::MAX)) as u64;
         control.tasks_per_cpu = config.tasks_per_cpu;
@@ -387,6 +399,11 @@ impl Machine {
         if let Some(probe) = &pv_probe {
             control.pv_kvm = crate::pv::kvm_bits(probe);
             control.pv_amd = u32::from(probe.amd);
+            if native_possible {
+                // KVM's hypercall instructions are forbidden in native mode
+                // (vmcall loops in KVM's emulator).
+                control.pv_kvm &= !(pv::SEND_IPI | pv::SCHED_YIELD);
+            }
         }
         // The ipivirt PV interface, when a feature beyond steal time asks
         // for it; otherwise its port stays closed (an `in` faults the run).

@@ -89,10 +89,14 @@ fn is_user_page(phys: u64) -> bool {
         || (USER_WINDOW_ADDR..USER_WINDOW_ADDR + USER_WINDOW_SIZE).contains(&phys)
 }
 
-/// Identity-maps the first 4 GiB with 2 MiB pages: one PML4 entry, one
-/// PDPT with four entries, four page directories. The upper levels allow
-/// user access; the 2 MiB entries decide (user: the guest image and the user window).
-pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+/// Identity-maps the first 4 GiB with 2 MiB pages: one PML4 entry (slot 0:
+/// the PVM host's native mode refuses slot 256), one PDPT with four
+/// entries, four page directories. The upper levels allow user access; the
+/// 2 MiB entries decide: the guest image and the user window, and with
+/// `all_user` every page, as the PVM host's native mode needs (its kernel
+/// runs at hardware CPL3: a kernel page without the U bit is a page-fault
+/// livelock). With `all_user` the guest has no kernel/user isolation.
+pub fn write_page_tables(mem: &GuestMemoryMmap, all_user: bool) -> Result<(), MemoryError> {
     let table_bits = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
     write_bytes(
         mem,
@@ -112,7 +116,11 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
         let mut table = [0u8; 4096];
         for (i, entry) in table.chunks_exact_mut(8).enumerate() {
             let phys = (gib << 30) + i as u64 * TWO_MIB;
-            let user = if is_user_page(phys) { PTE_USER } else { 0 };
+            let user = if all_user || is_user_page(phys) {
+                PTE_USER
+            } else {
+                0
+            };
             entry.copy_from_slice(
                 &(phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE | user).to_le_bytes(),
             );
@@ -174,7 +182,7 @@ mod tests {
     #[test]
     fn test_page_tables_identity_map() {
         let mem = allocate(ram_size(1)).unwrap();
-        write_page_tables(&mem).unwrap();
+        write_page_tables(&mem, false).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_ADDR)).unwrap();
         assert_eq!(pml4 & !0xfff, PDPT_ADDR);
         let pdpt3: u64 = mem.read_obj(GuestAddress(PDPT_ADDR + 24)).unwrap();
@@ -193,6 +201,24 @@ mod tests {
             .read_obj(GuestAddress(PD_ADDR + window / TWO_MIB * 8))
             .unwrap();
         assert_ne!(pde & PTE_USER, 0, "the user window is user-accessible");
+    }
+
+    #[test]
+    fn test_page_tables_for_native_mode_are_all_user_in_pml4_slot_0() {
+        let mem = allocate(ram_size(4)).unwrap();
+        write_page_tables(&mem, true).unwrap();
+        for gib in 0..IDENTITY_MAP_SIZE >> 30 {
+            for i in 0..512 {
+                let pde: u64 = mem
+                    .read_obj(GuestAddress(PD_ADDR + gib * 4096 + i * 8))
+                    .unwrap();
+                assert_ne!(pde & PTE_USER, 0, "PDE {gib}:{i} lacks the U bit");
+            }
+        }
+        for slot in 1..512u64 {
+            let e: u64 = mem.read_obj(GuestAddress(PML4_ADDR + slot * 8)).unwrap();
+            assert_eq!(e, 0, "PML4 slot {slot} is used");
+        }
     }
 
     #[test]

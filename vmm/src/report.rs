@@ -34,9 +34,19 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "platform: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter: {}; tick {} Hz",
-        g.cpl0_cycles_per_kiter, g.cpl3_cycles_per_kiter, g.verdict, g.tick_hz
+        "platform: {}: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter: {}; tick {} Hz",
+        g.mode, g.cpl0_cycles_per_kiter, g.cpl3_cycles_per_kiter, g.verdict, g.tick_hz
     );
+    if g.trap_cycles != 0 {
+        let _ = writeln!(
+            out,
+            "platform costs: system call {} cycles, ICR write {} cycles, EOI {} cycles",
+            g.trap_cycles, g.icr_cycles, g.eoi_cycles
+        );
+    }
+    if let Some(why) = g.native_error {
+        let _ = writeln!(out, "platform: native mode not entered: {why}");
+    }
     let _ = writeln!(
         out,
         "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {} task(s) per vCPU, forced migration {}",

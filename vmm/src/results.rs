@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use abi::{
-    panic_state, verdict, Design, DesignResults, FieldError, GuestStatus, Histogram, Pod,
-    SharedPage, TaskProgress, VcpuResults, VcpuStatus, ViolationRecord,
+    guest_mode, native_error, panic_state, verdict, Design, DesignResults, FieldError, GuestStatus,
+    Histogram, Pod, SharedPage, TaskProgress, VcpuResults, VcpuStatus, ViolationRecord,
 };
 
 use crate::inject::HostReport;
@@ -520,6 +520,18 @@ pub struct GuestReport {
     pub verdict: &'static str,
     /// Scheduler tick (Hz).
     pub tick_hz: u32,
+    /// The kernel mode that ran: `plain` or `pvm-native`.
+    pub mode: &'static str,
+    /// Why native mode did not run although asked for (None: it ran, or it
+    /// was not asked for).
+    pub native_error: Option<&'static str>,
+    /// One system call round trip from a user task, TSC cycles (0: not
+    /// measured).
+    pub trap_cycles: u64,
+    /// One x2APIC ICR write, TSC cycles (0: not measured).
+    pub icr_cycles: u64,
+    /// One x2APIC EOI write, TSC cycles (0: not measured).
+    pub eoi_cycles: u64,
     /// Per-vCPU counters.
     pub vcpus: Vec<VcpuCounters>,
     /// Latency probe per vCPU (TSC cycles late).
@@ -562,6 +574,40 @@ fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
     }
 }
 
+/// The kernel mode the guest reports: the BSP's, and every vCPU's the same.
+fn mode_text(r: &abi::Results, statuses: &[VcpuStatus]) -> Result<&'static str, FieldError> {
+    let mode = r.mode;
+    if !matches!(mode, guest_mode::PLAIN | guest_mode::PVM_NATIVE) {
+        return Err(FieldError {
+            field: "results.mode",
+            found: mode.into(),
+            expected: "plain (1) or pvm-native (2)",
+        });
+    }
+    if let Some(s) = statuses.iter().find(|s| s.mode != mode) {
+        return Err(FieldError {
+            field: "vcpu.mode",
+            found: s.mode.into(),
+            expected: "the BSP's mode on every vCPU",
+        });
+    }
+    Ok(guest_mode::name(mode))
+}
+
+fn native_error_text(code: u32) -> Result<Option<&'static str>, FieldError> {
+    match code {
+        native_error::NONE => Ok(None),
+        native_error::NOT_DETECTED..=native_error::STILL_EMULATED => {
+            Ok(Some(native_error::describe(code)))
+        }
+        other => Err(FieldError {
+            field: "results.native_error",
+            found: other.into(),
+            expected: "a native_error code",
+        }),
+    }
+}
+
 /// Validates the guest kernel's figures.
 pub fn guest_report(
     page: &SharedPage,
@@ -599,6 +645,11 @@ pub fn guest_report(
         cpl3_cycles_per_kiter: r.cpl3_cycles_per_kiter,
         verdict: verdict_text(r.verdict)?,
         tick_hz: r.tick_hz,
+        mode: mode_text(r, &statuses)?,
+        native_error: native_error_text(r.native_error)?,
+        trap_cycles: r.trap_cycles,
+        icr_cycles: r.icr_cycles,
+        eoi_cycles: r.eoi_cycles,
         vcpus: statuses
             .iter()
             .map(|s| VcpuCounters {

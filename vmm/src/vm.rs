@@ -24,6 +24,8 @@ const CR0_MP: u64 = 1 << 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_NE: u64 = 1 << 5;
 const CR0_PG: u64 = 1 << 31;
+/// CR0.WP: supervisor writes honour read-only pages.
+const CR0_WP: u64 = 1 << 16;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
@@ -251,7 +253,10 @@ pub fn create_vcpu(
     sregs.idt.limit = 0;
     sregs.cr3 = layout::PML4_ADDR;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG;
+    // WP: on the PVM host's native mode a kernel write to a read-only page
+    // hangs instead of faulting without it; elsewhere it changes nothing
+    // (every page ipivirt maps is writable).
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.efer = EFER_LME | EFER_LMA;
     ioctl("KVM_SET_SREGS", vcpu.set_sregs(&sregs))?;
 

@@ -13,7 +13,10 @@
 use core::ptr::addr_of_mut;
 use core::sync::atomic::Ordering;
 
-use abi::{layout, vcpu_state, Control, GuestStatus, Port, TestHook, ABI_VERSION, RESULTS_MAGIC};
+use abi::{
+    guest_mode, layout, native_error, vcpu_state, Control, GuestStatus, Port, TestHook,
+    ABI_VERSION, RESULTS_MAGIC,
+};
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
@@ -92,6 +95,7 @@ fn come_online(index: u32, nr_vcpus: u32) {
     // writer of its own entry.
     unsafe {
         (*status).apic_id = arch::x2apic_id();
+        (*status).mode = running_mode();
         (*status).online_tsc = arch::rdtsc();
         shared::atomic_u32(addr_of_mut!((*status).state))
             .store(vcpu_state::ONLINE, Ordering::Release);
@@ -104,14 +108,75 @@ fn come_online(index: u32, nr_vcpus: u32) {
 }
 
 /// Per-CPU set-up, on the CPU itself.
-fn init_cpu(index: u32, seed: u64) {
+fn init_cpu(index: u32, control: &Control) {
     percpu::init(index);
     trap::init_cpu();
+    choose_mode(index, control);
     apic::init();
-    percpu::seed(seed);
+    percpu::seed(control.seed);
     if pv::steal_registered() {
         pv::enable_steal_time(index);
     }
+}
+
+/// The [`guest_mode`] this kernel runs in.
+fn running_mode() -> u32 {
+    if arch::native() {
+        guest_mode::PVM_NATIVE
+    } else {
+        guest_mode::PLAIN
+    }
+}
+
+/// Enters the PVM host's native mode where the control block asks for it
+/// (between the descriptor tables and the first interrupt source). The
+/// BSP decides; the APs follow it, and one that cannot is fatal (tasks
+/// migrate: there is no mixed mode). A failure before the switch leaves the
+/// BSP in plain mode (`auto`) or stops the run (`pvm`); one after it stops
+/// the run, since the CPU is in neither mode.
+fn choose_mode(index: u32, control: &Control) {
+    let vif = layout::vif_page(index);
+    if index != 0 {
+        if arch::native() {
+            // SAFETY: called between trap::init_cpu and apic::init, with the
+            // VMM's page tables user-accessible (host_pvm); the VIF page is
+            // this vCPU's.
+            if let Err(e) = unsafe { arch::enter_native(vif, false, false) } {
+                panic!(
+                    "vCPU {}: native mode: {}",
+                    Dec(index),
+                    native_error::describe(e)
+                );
+            }
+        }
+        return;
+    }
+    let wanted = match control.guest_mode {
+        guest_mode::PLAIN => false,
+        guest_mode::PVM_NATIVE => true,
+        _ => control.host_pvm != 0,
+    };
+    if !wanted {
+        return;
+    }
+    // SAFETY: as above, on the BSP.
+    let outcome = unsafe { arch::enter_native(vif, true, true) };
+    let Err(e) = outcome else {
+        return;
+    };
+    let before_switch = matches!(e, native_error::NOT_DETECTED | native_error::SWITCH_FAULTED);
+    if control.guest_mode == guest_mode::PVM_NATIVE || !before_switch {
+        panic!(
+            "native mode (guest mode pvm): {}",
+            native_error::describe(e)
+        );
+    }
+    // SAFETY: BSP-only field of the shared page.
+    unsafe { (*shared::results()).native_error = e };
+    println!(
+        "native mode not entered ({}): running the plain kernel",
+        native_error::describe(e)
+    );
 }
 
 fn bsp_main(program: &Program) -> ! {
@@ -144,7 +209,9 @@ fn bsp_main(program: &Program) -> ! {
     sched::configure(&control);
     guest_lib::cpumask::set_nr_cpu_ids(control.nr_vcpus);
     pv::configure(&control);
-    init_cpu(0, control.seed);
+    init_cpu(0, &control);
+    // SAFETY: BSP-only field.
+    unsafe { (*results).mode = running_mode() };
     (program.init)(&control);
     sched::start_cpu(true);
     arch::outl(Port::Status as u16, GuestStatus::StartAps as u32);
@@ -212,6 +279,7 @@ fn write_counters(nr: u32) {
             (*s).ticks = pc.ticks.get();
             (*s).ipis_sent = pc.ipis_sent.get();
             (*s).ipis_received = pc.ipis_received.get();
+            (*s).halt_rollbacks = pc.halt_rollbacks.get() as u32;
             // The spin workload writes its own (workload-only) figure.
             if pv::steal_registered() && (*s).steal_ns == 0 {
                 (*s).steal_ns = pv::steal_ns(c);
@@ -228,10 +296,11 @@ fn write_counters(nr: u32) {
 
 fn ap_main(index: u32, program: &Program) -> ! {
     let control = shared::control();
-    // Hooks fire before the AP counts itself online, so the BSP can never
-    // report Done ahead of the failure it is meant to expose.
+    init_cpu(index, &control);
+    // Hooks fire in the mode under test, before the AP counts itself
+    // online, so the BSP can never report Done ahead of the failure it is
+    // meant to expose.
     hooks::on_vcpu(&control, index);
-    init_cpu(index, control.seed);
     sched::start_cpu(false);
     come_online(index, control.nr_vcpus);
     hooks::late_on_vcpu(&control, index, || all_online(control.nr_vcpus));

@@ -127,6 +127,9 @@ pub struct PerCpu {
     pub ipis_sent: LocalCounter,
     /// IPIs received.
     pub ipis_received: LocalCounter,
+    /// Native mode: interrupts that landed between the idle IF store and
+    /// the `hlt` (the halt was skipped).
+    pub halt_rollbacks: LocalCounter,
 }
 
 // SAFETY: the Cell fields are only touched by the owning vCPU (through GS),
@@ -166,6 +169,7 @@ const PERCPU_INIT: PerCpu = PerCpu {
     migrations_in: AtomicU64::new(0),
     ipis_sent: LocalCounter::new(),
     ipis_received: LocalCounter::new(),
+    halt_rollbacks: LocalCounter::new(),
 };
 
 static PERCPU: [PerCpu; MAX_VCPUS] = [PERCPU_INIT; MAX_VCPUS];
@@ -244,7 +248,12 @@ pub fn init(index: u32) {
             selector::KERNEL_DATA,
             selector::TSS,
         );
-        arch::wrmsr(msr::GS_BASE, addr_of!(PERCPU[index as usize]) as u64);
+        let base = addr_of!(PERCPU[index as usize]) as u64;
+        arch::wrmsr(msr::GS_BASE, base);
+        // The same in KERNEL_GS_BASE: the PVM host's native mode swaps the
+        // two on every user/kernel transition (as `swapgs` would), and the
+        // kernel never swaps them itself.
+        arch::wrmsr(msr::KERNEL_GS_BASE, base);
     }
 }
 

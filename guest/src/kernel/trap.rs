@@ -110,7 +110,11 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             frame.rip += arch::SYSCALL_INSN_LEN;
             syscall::dispatch(frame);
         }
-        0..=31 => exception(frame),
+        0..=31 => {
+            if !arch::fixup(frame) {
+                exception(frame)
+            }
+        }
         v if v == u64::from(vector::TIMER) => {
             apic::eoi();
             sched::on_tick();
@@ -126,6 +130,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             None => apic::eoi(),
         },
     }
+    arch::on_trap_return(frame);
     // Preemption point: only where the interrupted context could have been
     // preempted anyway (user mode, or kernel code with interrupts on).
     if interrupted_preemptible {

@@ -26,27 +26,9 @@ pub fn sys_calibration(frame: &mut TrapFrame) -> u64 {
     0
 }
 
-/// Above this many cycles per 1024 `dec; jnz` at CPL0 (native: ~1024),
-/// kernel code is emulated.
-const EMULATED_THRESHOLD: u64 = 20 * 1024;
-
-/// Times 1024 x `dec; jnz` at CPL0, best of 8.
-fn cpl0_cycles_per_kiter() -> u64 {
-    let mut best = u64::MAX;
-    for _ in 0..8 {
-        let t0 = arch::rdtsc();
-        // SAFETY: a register-only loop.
-        unsafe {
-            asm!("2:", "dec {n}", "jnz 2b", n = inout(reg) 1024u64 => _, options(nomem, nostack))
-        };
-        best = best.min(arch::rdtsc() - t0);
-    }
-    best
-}
-
 /// Measures CPL0 and CPL3 speed, picks the tick rate, records both.
 pub fn calibrate(control: &Control) -> u32 {
-    let cpl0 = cpl0_cycles_per_kiter();
+    let cpl0 = arch::kernel_loop_cycles();
     let live = || sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed);
     let live_before = live();
     if let Err(e) = sched::spawn(
@@ -70,7 +52,7 @@ pub fn calibrate(control: &Control) -> u32 {
         sched::sleep_us(1000);
     }
     let cpl3 = CPL3_CYCLES.load(Ordering::Relaxed);
-    let emulated = cpl0 > EMULATED_THRESHOLD;
+    let emulated = cpl0 > arch::EMULATED_THRESHOLD;
     let v = if emulated {
         verdict::CPL0_EMULATED
     } else {

@@ -165,7 +165,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
     // The probe guest runs as the real one does: 64-bit mode at CPL0 (the
     // same page tables, GDT and vCPU set-up), in-kernel irqchip.
     let mem = crate::memory::allocate(PROBE_MEM).map_err(err("allocating probe memory"))?;
-    crate::memory::write_page_tables(&mem).map_err(err("writing the probe page tables"))?;
+    crate::memory::write_page_tables(&mem, false).map_err(err("writing the probe page tables"))?;
     crate::memory::write_gdt(&mem).map_err(err("writing the probe GDT"))?;
     write_probe_guest(&mem, amd).map_err(err("writing the probe guest"))?;
     let vm = crate::vm::create_vm(kvm, &mem, 1).map_err(err("creating the probe VM"))?;
@@ -230,7 +230,8 @@ fn probe_preempted_flag(kvm: &Kvm, cpuid: &kvm_bindings::CpuId) -> (Option<bool>
     };
     let setup = || -> Result<(VmFd, VcpuFd, VcpuFd, GuestMemoryMmap), ProbeError> {
         let mem = crate::memory::allocate(PROBE_MEM).map_err(err("allocating probe memory"))?;
-        crate::memory::write_page_tables(&mem).map_err(err("writing the probe page tables"))?;
+        crate::memory::write_page_tables(&mem, false)
+            .map_err(err("writing the probe page tables"))?;
         crate::memory::write_gdt(&mem).map_err(err("writing the probe GDT"))?;
         write_flag_guest(&mem).map_err(err("writing the flag probe guest"))?;
         let vm = crate::vm::create_vm(kvm, &mem, 2).map_err(err("creating the flag probe VM"))?;

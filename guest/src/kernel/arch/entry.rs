@@ -31,7 +31,7 @@
 
 use core::arch::global_asm;
 
-use crate::kernel::percpu::OFFSET_KSTACK_TOP;
+use crate::kernel::percpu::{selector, OFFSET_KSTACK_TOP};
 use crate::kernel::trap::trap_dispatch;
 
 /// Registers saved on entry, lowest address first.
@@ -68,7 +68,7 @@ pub struct TrapFrame {
 impl TrapFrame {
     /// Whether the trap came from user mode.
     pub fn is_from_user(&self) -> bool {
-        self.cs & 3 == 3
+        self.cs == u64::from(selector::USER_CODE)
     }
 }
 
@@ -97,8 +97,11 @@ global_asm!(
     "push rax",
     "push rcx",
     // Offsets below are +16 for the two pushes.
-    "test byte ptr [rsp + 16 + 24], 3",
-    "jnz 1f",
+    // From user mode: the frame's CS is the user code selector. (Not "RPL
+    // 3": in the PVM host's native mode the kernel itself runs at hardware
+    // RPL 3.)
+    "cmp word ptr [rsp + 16 + 24], {user_cs}",
+    "je 1f",
     "mov rax, [rsp + 16 + 40]",
     "sub rax, 128", // skip the interrupted code's red zone
     "and rax, -16",
@@ -171,6 +174,7 @@ global_asm!(
     "add rsp, 16", // vector and error code
     "iretq",
     kstack = const OFFSET_KSTACK_TOP,
+    user_cs = const selector::USER_CODE,
     dispatch = sym trap_dispatch,
 );
 

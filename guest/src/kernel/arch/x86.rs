@@ -90,8 +90,12 @@ pub mod msr {
     pub const APIC_BASE: u32 = 0x1b;
     /// IA32_TSC_DEADLINE.
     pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// IA32_FS_BASE.
+    pub const FS_BASE: u32 = 0xc000_0100;
     /// IA32_GS_BASE.
     pub const GS_BASE: u32 = 0xc000_0101;
+    /// IA32_KERNEL_GS_BASE (what `swapgs` exchanges GS base with).
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 }
 
 /// Reads an MSR.
