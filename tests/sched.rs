@@ -150,7 +150,7 @@ fn test_exception_in_user_task_is_reported() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("(CPL3), error code 0x5, cr2=0x10"),
+        stderr.contains("(CPL3), error code 0x4, cr2=0x100000010"),
         "{stderr}"
     );
     assert!(stderr.contains("'faulty'"), "{stderr}");

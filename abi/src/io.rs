@@ -62,6 +62,13 @@ crate::wire_enum! {
         /// in the caller's [`PvVcpuState`]; the value read is the result
         /// (see [`pv`]).
         Hypercall = 0xf8 => "hypercall",
+        /// Console, from memory: a 32-bit `out` of a length (at most
+        /// [`CONSOLE_BUFFER_SIZE`](crate::layout::CONSOLE_BUFFER_SIZE)); the
+        /// bytes are in the writing vCPU's
+        /// [`console_buffer`](crate::layout::console_buffer). One exit per
+        /// line where the host cannot batch `rep outsb` (the PVM host's
+        /// native mode takes one exit per byte).
+        ConsoleBuffer = 0x3f9 => "console-buffer",
     }
 }
 

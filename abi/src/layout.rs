@@ -49,7 +49,16 @@ pub const PV_STATE_ADDR: u64 = PERCPU_AREA_ADDR + MAX_VCPUS as u64 * PERCPU_AREA
 /// Room reserved for the PV state area.
 pub const PV_STATE_SIZE: u64 = 2 << 20;
 /// First byte after the fixed layout: the guest heap starts here.
-pub const FREE_MEM_ADDR: u64 = PV_STATE_ADDR + PV_STATE_SIZE;
+pub const FREE_MEM_ADDR: u64 = CONSOLE_BUFFERS_ADDR + MAX_VCPUS as u64 * CONSOLE_BUFFER_SIZE;
+/// Per-vCPU console buffers ([`Port::ConsoleBuffer`](crate::Port::ConsoleBuffer)).
+pub const CONSOLE_BUFFERS_ADDR: u64 = PV_STATE_ADDR + PV_STATE_SIZE;
+/// Size of one console buffer: the most one console write sends.
+pub const CONSOLE_BUFFER_SIZE: u64 = 0x1000;
+
+/// Guest-physical address of vCPU `index`'s console buffer.
+pub const fn console_buffer(index: u32) -> u64 {
+    CONSOLE_BUFFERS_ADDR + index as u64 * CONSOLE_BUFFER_SIZE
+}
 
 /// Guest-physical address of vCPU `index`'s PV state.
 pub const fn pv_state_addr(index: u32) -> u64 {

@@ -26,6 +26,8 @@ pub enum ConsoleMode {
 
 /// Per-vCPU line assembly plus a short tail of recent lines.
 pub struct Console {
+    /// Guest memory, for [`Console::write_from_guest`].
+    memory: std::sync::OnceLock<vm_memory::GuestMemoryMmap>,
     mode: ConsoleMode,
     limit: u64,
     state: Mutex<State>,
@@ -50,6 +52,7 @@ impl Console {
     /// A console that prints at most `limit` bytes of guest output.
     pub fn with_limit(vcpus: u32, mode: ConsoleMode, limit: u64) -> Self {
         Console {
+            memory: std::sync::OnceLock::new(),
             mode,
             limit,
             state: Mutex::new(State {
@@ -64,6 +67,31 @@ impl Console {
     /// Bytes the guest wrote to the console so far (printed or not).
     pub fn total_bytes(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Gives the console the guest's memory, where
+    /// [`abi::Port::ConsoleBuffer`] writes come from (once).
+    pub fn attach_memory(&self, mem: vm_memory::GuestMemoryMmap) {
+        let _ = self.memory.set(mem);
+    }
+
+    /// A [`abi::Port::ConsoleBuffer`] write: `len` bytes from `vcpu`'s
+    /// console buffer. A length over the buffer, a vCPU out of range or no
+    /// memory attached is the guest's (or the caller's) error.
+    pub fn write_from_guest(&self, vcpu: u32, len: u32) -> Result<(), String> {
+        use vm_memory::{Bytes, GuestAddress};
+        if u64::from(len) > abi::layout::CONSOLE_BUFFER_SIZE || vcpu as usize >= abi::MAX_VCPUS {
+            return Err(format!(
+                "console buffer write of {len} bytes from vCPU {vcpu} (at most {})",
+                abi::layout::CONSOLE_BUFFER_SIZE
+            ));
+        }
+        let mem = self.memory.get().ok_or("no guest memory for the console")?;
+        let mut bytes = vec![0u8; len as usize];
+        mem.read_slice(&mut bytes, GuestAddress(abi::layout::console_buffer(vcpu)))
+            .map_err(|e| format!("console buffer of vCPU {vcpu}: {e}"))?;
+        self.write(vcpu, &bytes);
+        Ok(())
     }
 
     /// Adds bytes that vCPU `vcpu` wrote.

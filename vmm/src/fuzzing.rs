@@ -36,6 +36,7 @@ pub fn valid_run(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
     r.all_online_tsc = 50_000;
     r.verdict = verdict::CPL0_EMULATED;
     r.tick_hz = 100;
+    r.mode = abi::guest_mode::PLAIN;
     r.cpl0_cycles_per_kiter = 1_250_000;
     r.cpl3_cycles_per_kiter = 760;
     r.tasks_created = 3 * u64::from(vcpus);
@@ -47,6 +48,7 @@ pub fn valid_run(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
     for (i, s) in page.vcpus.iter_mut().take(vcpus as usize).enumerate() {
         s.state = vcpu_state::ONLINE;
         s.apic_id = i as u32;
+        s.mode = abi::guest_mode::PLAIN;
         s.context_switches = 10 + i as u64;
         s.ticks = 100;
     }

@@ -427,6 +427,7 @@ impl Machine {
         };
 
         let console = Arc::new(Console::new(config.vcpus, config.console));
+        console.attach_memory(mem.clone());
         let run_control = Arc::new(RunControl::default());
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {

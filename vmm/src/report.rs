@@ -34,8 +34,8 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "platform: {}: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter: {}; tick {} Hz",
-        g.mode, g.cpl0_cycles_per_kiter, g.cpl3_cycles_per_kiter, g.verdict, g.tick_hz
+        "platform: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter: {}; tick {} Hz; kernel {}",
+        g.cpl0_cycles_per_kiter, g.cpl3_cycles_per_kiter, g.verdict, g.tick_hz, g.mode
     );
     if g.trap_cycles != 0 {
         let _ = writeln!(

@@ -811,8 +811,10 @@ mod tests {
         page.results.nr_online = vcpus;
         page.results.boot_tsc = 100;
         page.results.all_online_tsc = 350;
+        page.results.mode = abi::guest_mode::PLAIN;
         for v in &mut page.vcpus[..vcpus as usize] {
             v.state = vcpu_state::ONLINE;
+            v.mode = abi::guest_mode::PLAIN;
         }
         page
     }

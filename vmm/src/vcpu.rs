@@ -235,6 +235,8 @@ pub enum VcpuFault {
     },
     /// A status port write of the wrong size or an unknown code.
     BadStatus(Vec<u8>),
+    /// A console-buffer write the VMM refused (size, length).
+    BadConsole(String),
     /// A PV hypercall the VMM refused (see [`crate::pv::HypercallError`]).
     BadHypercall(String),
     /// An access to unbacked guest-physical memory.
@@ -273,6 +275,7 @@ impl fmt::Display for VcpuFault {
                 )
             }
             VcpuFault::BadStatus(data) => write!(f, "bad write to the status port: {data:02x?}"),
+            VcpuFault::BadConsole(why) => write!(f, "bad write to the console-buffer port: {why}"),
             VcpuFault::BadHypercall(why) => write!(f, "bad PV hypercall: {why}"),
             VcpuFault::Mmio(addr) => write!(f, "access to unbacked guest-physical address {addr:#x}"),
             VcpuFault::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
@@ -344,6 +347,16 @@ fn handle_out(port: u16, data: &[u8], vcpu: u32, console: &Console) -> ExitActio
                 Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
             },
             Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
+        },
+        Ok(Port::ConsoleBuffer) => match <[u8; 4]>::try_from(data).map(u32::from_le_bytes) {
+            Ok(len) => match console.write_from_guest(vcpu, len) {
+                Ok(()) => ExitAction::Continue,
+                Err(why) => ExitAction::Fault(VcpuFault::BadConsole(why)),
+            },
+            Err(_) => ExitAction::Fault(VcpuFault::BadConsole(format!(
+                "a {}-byte write (expected 4: the length)",
+                data.len()
+            ))),
         },
         // The hypercall port is read, never written.
         Ok(Port::Hypercall) => ExitAction::Fault(VcpuFault::UnknownPort { port, write: true }),

@@ -1,6 +1,6 @@
-//! Console output through [`abi::Port::Console`]. Text is gathered on the
-//! stack and sent with one `rep outsb` per buffer, so a line costs one VM
-//! exit rather than one per byte. The VMM prefixes each line with the vCPU.
+//! Console output. Text is gathered on the stack and sent with one arch
+//! console write per buffer, so a line costs one VM exit rather than one per
+//! byte. The VMM prefixes each line with the vCPU.
 
 use core::fmt::{self, Write};
 
@@ -29,7 +29,7 @@ impl Console {
             // and moved to another vCPU mid-line would finish the line from
             // there. With interrupts off a line stays on one vCPU.
             let irq = arch::irq_save();
-            arch::outsb(abi::Port::Console as u16, &self.buf[..self.len]);
+            arch::console_write(&self.buf[..self.len]);
             arch::irq_restore(irq);
             self.len = 0;
         }

@@ -28,7 +28,7 @@ pub fn on_vcpu(control: &Control, index: u32) {
         Ok(TestHook::ConsoleFlood) => {
             static CHUNK: [u8; 4096] = [b'#'; 4096];
             for _ in 0..abi::FLOOD_BYTES / CHUNK.len() {
-                arch::outsb(Port::Console as u16, &CHUNK);
+                arch::console_write(&CHUNK);
             }
         }
         Ok(TestHook::HaltEarly) => arch::halt_forever(),

@@ -12,14 +12,14 @@ use abi::panic_state;
 use crate::kernel::arch;
 use crate::kernel::console::{println, FixedBuf};
 use crate::kernel::fmt::Dec;
-use crate::kernel::shared;
+use crate::kernel::{percpu, shared};
 
 /// Only the first panicking vCPU writes the record.
 static PANICKING: AtomicBool = AtomicBool::new(false);
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    let vcpu = arch::x2apic_id();
+    let vcpu = percpu::cpu_id_anytime();
     let (file, line, column) = info
         .location()
         .map_or(("<unknown>", 0, 0), |l| (l.file(), l.line(), l.column()));

@@ -196,6 +196,18 @@ pub fn cpu_id() -> u32 {
     this().id.get()
 }
 
+/// This vCPU's index, also before [`init`] ran on it (then from CPUID,
+/// which the VMM sets to the index; after the switch to the PVM host's
+/// native mode CPUID may show the host CPU's instead, but GS is set by
+/// then). For cold paths: it reads an MSR.
+pub fn cpu_id_anytime() -> u32 {
+    if arch::rdmsr(msr::GS_BASE) == 0 {
+        arch::x2apic_id()
+    } else {
+        cpu_id()
+    }
+}
+
 fn descriptor(base: u64, limit: u32, access: u8, flags: u8) -> u64 {
     (u64::from(limit) & 0xffff)
         | ((base & 0xff_ffff) << 16)

@@ -91,7 +91,10 @@ fn bsp(control: &Control) {
         control.tsc_khz * 1000 / u64::from(tick_hz),
         Ordering::Relaxed,
     );
-    start_test_hook_task(control);
+    if start_test_hook_task(control) {
+        // The hook's task ends the run with its fault: give it the time.
+        sched::sleep_us(control.duration_us.max(1_000_000));
+    }
     match workload {
         Workload::Floor => floor::run(control),
         Workload::Ping => {
@@ -115,8 +118,9 @@ fn ap(control: &Control, index: u32) {
 }
 
 /// Starts the user task of the `user-fault` test hook, if asked for.
-fn start_test_hook_task(control: &Control) {
-    if control.test_hook == TestHook::UserFault as u32 {
+fn start_test_hook_task(control: &Control) -> bool {
+    let hooked = control.test_hook == TestHook::UserFault as u32;
+    if hooked {
         sched::spawn(
             "faulty",
             Class::Normal,
@@ -126,14 +130,20 @@ fn start_test_hook_task(control: &Control) {
         )
         .expect("faulty task");
     }
+    hooked
 }
 
-/// The `user-fault` hook's task: dereferences an address a user task may
-/// not read; the page fault must be reported with its vector and RIP.
+/// What the `user-fault` hook's task reads: just above the VMM's 4 GiB
+/// identity map, so unmapped in every guest mode (kernel memory is
+/// user-readable in the PVM host's native mode).
+const UNMAPPED: u64 = (4 << 30) + 0x10;
+
+/// The `user-fault` hook's task: reads an unmapped address; the page fault
+/// must be reported with its vector, RIP and address.
 extern "C" fn faulty(_: usize) -> ! {
-    // SAFETY: deliberately invalid: 0x10 is kernel-only memory, so this
-    // user-mode read raises #PF (the point of the hook).
-    let v = unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+    // SAFETY: deliberately invalid: UNMAPPED is outside every mapping, so
+    // this user-mode read raises #PF (the point of the hook).
+    let v = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
     sys(syscall::EXIT, v);
     unreachable!("EXIT returned")
 }

@@ -167,6 +167,25 @@ pub fn frame_irqs_enabled(frame: &TrapFrame) -> bool {
     }
 }
 
+/// Writes console bytes (at most [`abi::layout::CONSOLE_BUFFER_SIZE`]) to
+/// the VMM. Plain: one `rep outsb` (one exit per page at most). Native: the
+/// host takes one exit per byte of a `rep outsb`, so the bytes go through
+/// this vCPU's console buffer with one `out` of their length. Call with
+/// interrupts off (the buffer is this vCPU's).
+pub fn console_write(bytes: &[u8]) {
+    if pvm::on_native_cpu() {
+        let len = bytes.len().min(abi::layout::CONSOLE_BUFFER_SIZE as usize);
+        let buf = abi::layout::console_buffer(crate::kernel::percpu::cpu_id()) as *mut u8;
+        // SAFETY: this vCPU's console buffer (fixed layout, identity-mapped,
+        // CONSOLE_BUFFER_SIZE bytes); interrupts are off, so nothing else on
+        // this vCPU writes it until the VMM has read it in the `out`.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, len) };
+        outl(abi::Port::ConsoleBuffer as u16, len as u32);
+    } else {
+        outsb(abi::Port::Console as u16, bytes);
+    }
+}
+
 /// The exception fixups of the mode probe: a #GP there resumes after the
 /// probing instruction instead of being fatal. Returns whether it applied.
 pub fn fixup(frame: &mut TrapFrame) -> bool {
