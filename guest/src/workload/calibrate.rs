@@ -12,17 +12,21 @@ use crate::kernel::arch::{self, TrapFrame};
 use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::shared;
+use crate::kernel::{apic, shared};
 
 use super::calls::{exit, sys};
 use super::probe;
 
 /// The CPL3 calibration result (cycles per 1024 iterations; 0: not yet).
 static CPL3_CYCLES: AtomicU64 = AtomicU64::new(0);
+/// The best system call round trip the CPL3 task measured.
+static SYSCALL_CYCLES: AtomicU64 = AtomicU64::new(0);
 
-/// The CALIBRATION system call: the CPL3 task reports its result.
+/// The CALIBRATION system call: the CPL3 task reports its results, the
+/// loop's cycles in the low half of rdi and the system call's in the high.
 pub fn sys_calibration(frame: &mut TrapFrame) -> u64 {
-    CPL3_CYCLES.store(frame.rdi, Ordering::Relaxed);
+    SYSCALL_CYCLES.store(frame.rdi >> 32, Ordering::Relaxed);
+    CPL3_CYCLES.store(frame.rdi & 0xffff_ffff, Ordering::Relaxed);
     0
 }
 
@@ -63,6 +67,7 @@ pub fn calibrate(control: &Control) -> u32 {
         0 => 1000,
         hz => hz,
     };
+    let (icr, eoi) = apic::measure_write_costs();
     let r = shared::results();
     // SAFETY: BSP-only fields of the shared page.
     unsafe {
@@ -70,11 +75,17 @@ pub fn calibrate(control: &Control) -> u32 {
         (*r).cpl3_cycles_per_kiter = cpl3;
         (*r).verdict = v;
         (*r).tick_hz = tick_hz;
+        (*r).trap_cycles = SYSCALL_CYCLES.load(Ordering::Relaxed);
+        (*r).icr_cycles = icr;
+        (*r).eoi_cycles = eoi;
     }
     println!(
-        "calibration: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter: {}",
+        "calibration: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter, system call {}, ICR {}, EOI {} cycles: {}",
         Dec(cpl0),
         Dec(cpl3),
+        Dec(SYSCALL_CYCLES.load(Ordering::Relaxed)),
+        Dec(icr),
+        Dec(eoi),
         if emulated {
             "CPL0 emulated: absolute latencies are not representative"
         } else {
@@ -96,17 +107,23 @@ pub fn calibrate(control: &Control) -> u32 {
     tick_hz
 }
 
-/// CPL3 calibration: times 1024 x `dec; jnz` many times, reports the best.
+/// CPL3 calibration: times 1024 x `dec; jnz` and one system call round
+/// trip (GETCPU) many times, reports the best of each.
 extern "C" fn cpl3_task(_: usize) -> ! {
-    let mut best = u64::MAX;
+    let (mut best, mut call) = (u64::MAX, u64::MAX);
     for _ in 0..64 {
         let t0 = arch::rdtsc();
         // SAFETY: a register-only loop.
         unsafe {
             asm!("2:", "dec {n}", "jnz 2b", n = inout(reg) 1024u64 => _, options(nomem, nostack))
         };
-        best = best.min(arch::rdtsc() - t0);
+        let t1 = arch::rdtsc();
+        sys(syscall::GETCPU, 0);
+        let t2 = arch::rdtsc();
+        best = best.min(t1 - t0);
+        call = call.min(t2 - t1);
     }
-    sys(syscall::CALIBRATION, best);
+    let clamp = |x: u64| x.min(u64::from(u32::MAX));
+    sys(syscall::CALIBRATION, clamp(best) | clamp(call) << 32);
     exit()
 }
