@@ -54,10 +54,23 @@ pub fn send_ipi(dest: u32, vector: u8) {
     unsafe { arch::x2apic_write(X2APIC_ICR, (u64::from(dest) << 32) | u64::from(vector)) };
 }
 
-/// Arms the timer to fire at TSC `deadline` (0 disarms it).
+/// Arms the timer to fire at TSC `deadline` (0 disarms it). A deadline
+/// equal to the one armed is not written again: every write is a trap in
+/// the PVM host's native mode (and emulated in plain mode there), and the
+/// scheduler re-arms the same tick often. Interrupts off.
 pub fn arm(deadline: u64) {
+    let pc = percpu::this();
+    if pc.armed_deadline.get() == deadline {
+        return;
+    }
+    pc.armed_deadline.set(deadline);
     // SAFETY: programming this CPU's own timer.
     unsafe { arch::x2apic_write(msr::TSC_DEADLINE, deadline) };
+}
+
+/// The timer fired: the hardware disarmed it (so the next [`arm`] writes).
+pub fn timer_fired() {
+    percpu::this().armed_deadline.set(0);
 }
 
 /// The cost of one ICR write (a reschedule IPI to this CPU, which then

@@ -115,6 +115,8 @@ pub struct PerCpu {
     pub rng: Cell<u64>,
     /// TSC of the next scheduler tick (0: tick stopped).
     pub next_tick: Cell<u64>,
+    /// The TSC deadline the timer is armed with (0: disarmed or fired).
+    pub armed_deadline: Cell<u64>,
     /// Timer ticks handled.
     pub ticks: LocalCounter,
     /// Context switches.
@@ -163,6 +165,7 @@ const PERCPU_INIT: PerCpu = PerCpu {
     rq: IrqSpinLock::new(RunQueue::new()),
     rng: Cell::new(0),
     next_tick: Cell::new(0),
+    armed_deadline: Cell::new(0),
     ticks: LocalCounter::new(),
     context_switches: LocalCounter::new(),
     preemptions: LocalCounter::new(),

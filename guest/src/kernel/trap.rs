@@ -117,6 +117,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         v if v == u64::from(vector::TIMER) => {
             apic::eoi();
+            apic::timer_fired();
             sched::on_tick();
         }
         v if v == u64::from(vector::RESCHEDULE) => {
