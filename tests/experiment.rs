@@ -260,10 +260,15 @@ fn test_sweep_of_two_small_cells() {
         "{stdout}"
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let cells = r.as_array().expect("an array of reports");
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(r["reason"].is_null(), "{r}");
+    let cells = r["cells"].as_array().expect("an array of cells");
     assert_eq!(cells.len(), 2);
-    check_report(&cells[0], 1);
-    check_report(&cells[1], 2);
+    for (cell, vcpus) in cells.iter().zip([1, 2]) {
+        assert_eq!(cell["outcome"], "ok", "{cell}");
+        assert_eq!(cell["vcpus"], vcpus);
+        check_report(&cell["report"], vcpus);
+    }
 }
 
 #[test]

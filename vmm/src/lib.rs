@@ -18,6 +18,7 @@ pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod output;
 pub mod progress;
 pub mod pv;
 pub mod report;
@@ -100,14 +101,14 @@ pub enum Error {
     /// The signal handlers could not be installed.
     #[error(transparent)]
     Signals(#[from] signals::SignalError),
-    /// The trace file could not be written.
-    #[error("cannot write the trace file {path}: {source}")]
-    Trace {
-        /// The path given with --trace.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// An output path (--json, --svg, --trace) cannot be used; found
+    /// before the run.
+    #[error(transparent)]
+    OutputPath(#[from] output::OutputError),
+    /// The text report could not be written to standard output (a closed
+    /// pipe is not an error).
+    #[error("cannot write the report to standard output: {0}")]
+    Stdout(std::io::Error),
     /// A report file (--json, --svg) could not be written.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -123,13 +124,15 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::KvmUnavailable(_) => exit_code::KVM_UNUSABLE,
-            Error::Vm(vm::VmError::TooManyVcpus { .. }) | Error::Scenario(_) => exit_code::USAGE,
+            Error::Vm(vm::VmError::TooManyVcpus { .. })
+            | Error::Scenario(_)
+            | Error::OutputPath(_) => exit_code::USAGE,
             Error::Vm(_) | Error::Probe(_) => exit_code::KVM_UNUSABLE,
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,
             Error::Inject(e) if e.is_scenario() => exit_code::USAGE,
-            Error::Inject(_) | Error::Trace { .. } | Error::Signals(_) | Error::Output { .. } => {
+            Error::Inject(_) | Error::Stdout(_) | Error::Signals(_) | Error::Output { .. } => {
                 exit_code::HOST_FAILURE
             }
             Error::Interrupted(p) => signals::exit_code(p.signal),

@@ -10,7 +10,9 @@
 
 use std::fmt::Write;
 
-use crate::scenario::Report;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Report, Status};
 
 /// An overcommit ratio `vcpus:host_cpus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +183,39 @@ pub fn table_rows(cell: &Cell, outcome: Result<&Report, &str>) -> String {
         }
     }
     out
+}
+
+/// The `sweep --json` report: the sweep's status and every cell's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// ipivirt's version.
+    pub version: String,
+    /// `ok` when every cell ran to completion (skipped cells aside),
+    /// `partial` when a signal stopped the sweep, `failed` when a cell
+    /// failed.
+    pub status: Status,
+    /// Why the status is not `ok` (null when it is).
+    pub reason: Option<String>,
+    /// The cells in plan order, the ones not reached included.
+    pub cells: Vec<SweepCell>,
+}
+
+/// One cell of [`SweepReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepCell {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Host CPUs the vCPU threads were placed on.
+    pub host_cpus: Vec<usize>,
+    /// The overcommit ratio as given (`2:1`).
+    pub ratio: String,
+    /// `ok`, `failed`, `partial` (interrupted), `skipped` (cannot run on
+    /// this host) or `not-run` (the sweep stopped before it).
+    pub outcome: String,
+    /// Why the outcome is not `ok`.
+    pub reason: Option<String>,
+    /// The cell's report (outcome `ok`).
+    pub report: Option<Report>,
 }
 
 #[cfg(test)]

@@ -1,47 +1,147 @@
 //! The commands: boot, run and sweep, and what they print.
 
 use std::io::Write;
-
-use clap::Parser;
+use std::path::Path;
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use super::text::{host_block, online_line, partial_text};
-use super::{Cli, Command, RunArgs, RunCmd, SweepCmd};
-use crate::machine::{self, BootReport, MachineConfig};
-use crate::scenario::{Report, Scenario};
+use super::{Cli, Command, OutputArgs, RunArgs, RunCmd, SweepCmd};
+use crate::machine::{self, MachineConfig};
+use crate::output::{self, OutputError, Target};
+use crate::scenario::{FailedRun, Report, Scenario, Status};
+use crate::sweep::{SweepCell, SweepReport};
 use crate::Error;
 
-/// Prints to stdout; a closed pipe (`ipivirt ... | head`) is not an error.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+/// Where the text report goes (stdout, or stderr when stdout carries
+/// `--json -`), and the first error writing it: a report lost to a full
+/// disk must not pass for success. A closed pipe (`ipivirt ... | head`)
+/// is not an error.
+struct Printer {
+    to_stderr: bool,
+    failed: Option<std::io::Error>,
 }
 
-/// Boots, printing the partial report if a signal stopped the run.
-fn boot_or_partial(config: &MachineConfig) -> Result<BootReport, Error> {
-    crate::signals::install()?;
-    machine::boot(config).inspect_err(|e| {
-        if let Error::Interrupted(p) = e {
-            say(&partial_text(p));
+impl Printer {
+    fn new(to_stderr: bool) -> Self {
+        Printer {
+            to_stderr,
+            failed: None,
         }
-    })
+    }
+
+    fn say(&mut self, text: &str) {
+        if self.failed.is_some() {
+            return;
+        }
+        let result = if self.to_stderr {
+            writeln!(std::io::stderr().lock(), "{text}")
+        } else {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").and_then(|()| out.flush())
+        };
+        match result {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => self.failed = Some(e),
+            _ => {}
+        }
+    }
+
+    /// The write error, if one happened.
+    fn finish(self) -> Result<(), Error> {
+        self.failed.map_or(Ok(()), |e| Err(Error::Stdout(e)))
+    }
 }
 
-fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|source| Error::Output {
-        path: path.to_path_buf(),
+/// Prints to stderr (diagnostics, never the report).
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "ipivirt: {text}");
+}
+
+/// The report files of run and sweep, checked before anything boots.
+struct Outputs {
+    json: Option<Target>,
+    svg: Option<Target>,
+}
+
+impl Outputs {
+    fn check(o: &OutputArgs, trace: Option<&Path>) -> Result<Self, Error> {
+        let json = o
+            .json
+            .as_deref()
+            .map(|p| output::check("--json", p))
+            .transpose()?;
+        let svg = o
+            .svg
+            .as_deref()
+            .map(|p| output::check("--svg", p))
+            .transpose()?;
+        if let Some(t) = trace {
+            if output::check("--trace", t)? == Target::Stdout {
+                return Err(OutputError::Stdout("--trace needs a file name, not -".into()).into());
+            }
+        }
+        if json == Some(Target::Stdout) && svg == Some(Target::Stdout) {
+            return Err(OutputError::Stdout(
+                "--json - and --svg -: only one of them can go to standard output".into(),
+            )
+            .into());
+        }
+        Ok(Outputs { json, svg })
+    }
+
+    /// Whether stdout carries a file (the text report then goes to stderr).
+    fn stdout_taken(&self) -> bool {
+        self.json == Some(Target::Stdout) || self.svg == Some(Target::Stdout)
+    }
+
+    /// A run that did not finish must not leave an earlier run's report
+    /// behind: the failure's JSON replaces it, a stale SVG is removed.
+    fn record_failure(&self, config: &MachineConfig, e: &Error) {
+        if let Some(t) = &self.json {
+            let failed = FailedRun::new(config, e);
+            let status = serde_json::to_value(failed.status).unwrap_or_default();
+            match output::write(t, failed.to_json().as_bytes()) {
+                Ok(()) if *t != Target::Stdout => note(&format!(
+                    "wrote the JSON of the unfinished run to {} (status {status})",
+                    t.display()
+                )),
+                Ok(()) => {}
+                Err(io) => {
+                    note(&format!("cannot write {}: {io}", t.display()));
+                    if output::remove_stale(t).unwrap_or(false) {
+                        note(&format!("removed the earlier {}", t.display()));
+                    }
+                }
+            }
+        }
+        if let Some(t) = &self.svg {
+            if output::remove_stale(t).unwrap_or(false) {
+                note(&format!(
+                    "removed the earlier {}: this run has no plot",
+                    t.display()
+                ));
+            }
+        }
+    }
+}
+
+fn write_output(target: &Target, text: &str) -> Result<(), Error> {
+    output::write(target, text.as_bytes()).map_err(|source| Error::Output {
+        path: target.display().into(),
         source,
     })
 }
 
-/// Runs a scenario with the progress bar (stderr, not with --quiet).
-fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
+/// Runs a scenario with the progress bar (stderr, not with --quiet); an
+/// interrupted run prints its partial report.
+fn run_scenario(args: &RunCmd, config: MachineConfig, out: &mut Printer) -> Result<Report, Error> {
     let scenario = Scenario::from_config(config);
     let label = format!(
         "{} on {} vCPUs",
         crate::scenario::workload_name(scenario.config().workload),
         scenario.config().vcpus
     );
-    crate::signals::install()?;
     crate::progress::with_progress(
         !args.common.quiet,
         scenario.expected_duration(),
@@ -50,66 +150,95 @@ fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
     )
     .inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            say(&partial_text(p));
+            out.say(&partial_text(p));
         }
     })
 }
 
-fn run(args: &RunCmd) -> Result<u8, Error> {
-    let config = args.machine_config();
+/// The PV probe (when PV features are asked for) and the run.
+fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<Report, Error> {
     if config.requested_pv() != 0 {
         // The host capability probe (cached: the run reuses it).
         let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
-        say(&format!("pv: {}", probe.summary()));
+        out.say(&format!("pv: {}", probe.summary()));
     }
-    let report = run_scenario(args, config.clone())?;
+    run_scenario(args, config.clone(), out)
+}
+
+fn run(args: &RunCmd) -> Result<u8, Error> {
+    crate::signals::install()?;
+    let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
+    let config = args.machine_config();
+    let mut out = Printer::new(outputs.stdout_taken());
+    let report = match measure(args, &config, &mut out) {
+        Ok(r) => r,
+        Err(e) => {
+            outputs.record_failure(&config, &e);
+            if let Err(stdout) = out.finish() {
+                note(&format!("error: {stdout}"));
+            }
+            return Err(e);
+        }
+    };
     let Some(raw) = report.raw.as_deref() else {
         unreachable!("a fresh report carries the guest's")
     };
-    say(&online_line(raw));
+    out.say(&online_line(raw));
     if raw.tsc_khz > 0 {
-        say(&format!(
+        out.say(&format!(
             "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
             raw.tsc_khz,
             raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
         ));
     }
     if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
-        say(&crate::report::scheduler_text(&config, raw));
+        out.say(&crate::report::scheduler_text(&config, raw));
     }
     let floor = report.floor_text();
     if !floor.is_empty() {
-        say(&floor);
+        out.say(&floor);
     }
     if !raw.guest.designs.is_empty() {
-        say(&crate::report::designs_text(raw));
+        out.say(&crate::report::designs_text(raw));
     }
     let block = host_block(&raw.host, raw.tsc_khz, config.vcpus);
     if !block.is_empty() {
-        say(&block);
+        out.say(&block);
     }
-    if let Some(path) = &args.output.json {
-        write_file(path, &report.to_json())?;
+    let mut code = report.exit_code();
+    // Every output is attempted; the first failure is the error.
+    let mut failure = None;
+    if let Some(t) = &outputs.json {
+        failure = write_output(t, &report.to_json()).err();
     }
-    if let Some(path) = &args.output.svg {
-        write_file(path, &report.svg().unwrap_or_default())?;
+    if let Some(t) = &outputs.svg {
+        let written = write_output(t, &report.svg().unwrap_or_default());
+        failure = failure.or(written.err());
     }
-    let code = report.exit_code();
+    if let Some(why) = &raw.host.trace_error {
+        note(&format!("error: {why}"));
+        if code == crate::exit_code::OK {
+            code = crate::exit_code::HOST_FAILURE;
+        }
+    }
+    out.finish()?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
     if code == crate::exit_code::VIOLATION {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "ipivirt: invariant violation in a design expected to be safe (see the violations row)"
-        );
+        note("invariant violation in a design expected to be safe (see the violations row)");
     }
     Ok(code)
 }
 
 fn sweep(args: &SweepCmd) -> Result<u8, Error> {
+    crate::signals::install()?;
     if args.run.output.svg.is_some() {
         return Err(Error::Scenario(
             "--svg plots one run: use `ipivirt run --svg` for a cell".into(),
         ));
     }
+    let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
     let base = args.run.machine_config();
     let available = base.inject.host_cpus.clone().unwrap_or_default();
     let cells = crate::sweep::plan(
@@ -118,17 +247,28 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         args.vcpus_list.as_deref(),
         base.vcpus,
     );
+    let mut out = Printer::new(outputs.stdout_taken());
     let mut code = crate::exit_code::OK;
     let mut table = crate::sweep::table_header() + "\n";
-    let mut reports = Vec::new();
+    let mut json_cells = Vec::new();
+    let mut failed = None;
     for cell in &cells {
+        let mut entry = SweepCell {
+            vcpus: cell.vcpus,
+            host_cpus: cell.host_cpus.clone(),
+            ratio: cell.ratio(),
+            outcome: "ok".into(),
+            reason: cell.skipped.clone(),
+            report: None,
+        };
         let outcome = if cell.skipped.is_some() {
+            entry.outcome = "skipped".into();
             Err(String::new())
         } else {
             let mut config = base.clone();
             config.vcpus = cell.vcpus;
             config.inject.host_cpus = Some(cell.host_cpus.clone());
-            match run_scenario(&args.run, config) {
+            match run_scenario(&args.run, config, &mut out) {
                 Ok(r) => {
                     code = code.max(r.exit_code());
                     Ok(r)
@@ -137,6 +277,9 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
                     if code == crate::exit_code::OK {
                         code = e.exit_code();
                     }
+                    entry.outcome = "failed".into();
+                    entry.reason = Some(e.to_string());
+                    failed.get_or_insert(format!("the {} vCPU cell failed: {e}", cell.vcpus));
                     Err(e.to_string())
                 }
             }
@@ -144,21 +287,38 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         let rows = crate::sweep::table_rows(cell, outcome.as_ref().map_err(String::as_str));
         let _ = write!(std::io::stderr().lock(), "{rows}");
         table += &rows;
-        if let Ok(r) = outcome {
-            reports.push(r);
-        }
+        entry.report = outcome.ok();
+        json_cells.push(entry);
     }
-    say(table.trim_end());
-    if let Some(path) = &args.run.output.json {
-        let json = serde_json::to_string_pretty(&reports).expect("reports serialise");
-        write_file(path, &json)?;
+    out.say(table.trim_end());
+    let (status, reason) = match failed {
+        Some(why) => (Status::Failed, Some(why)),
+        None => (Status::Ok, None),
+    };
+    if let Some(t) = &outputs.json {
+        let report = SweepReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            status,
+            reason,
+            cells: json_cells,
+        };
+        let json = serde_json::to_string_pretty(&report).expect("reports serialise");
+        write_output(t, &json)?;
     }
+    out.finish()?;
     Ok(code)
 }
 
 fn boot(args: &RunArgs) -> Result<u8, Error> {
-    let report = boot_or_partial(&args.machine_config())?;
-    say(&online_line(&report));
+    crate::signals::install()?;
+    let mut out = Printer::new(false);
+    let report = machine::boot(&args.machine_config()).inspect_err(|e| {
+        if let Error::Interrupted(p) = e {
+            out.say(&partial_text(p));
+        }
+    })?;
+    out.say(&online_line(&report));
+    out.finish()?;
     Ok(crate::exit_code::OK)
 }
 

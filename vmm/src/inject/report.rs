@@ -67,6 +67,9 @@ pub struct HostReport {
     pub timeline: Vec<Event>,
     /// Per-vCPU figures.
     pub vcpus: Vec<VcpuHostFigures>,
+    /// Why the `--trace` file could not be written (None: written, or
+    /// none asked for). The run's results stand.
+    pub trace_error: Option<String>,
 }
 
 impl HostReport {

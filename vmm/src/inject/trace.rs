@@ -122,16 +122,16 @@ pub fn write_chrome_json(
     writeln!(out, "\n]}}")
 }
 
-/// Writes the trace file at `path`.
+/// Writes the trace file at `path` (temporary file and rename: a failed
+/// write leaves the previous file, never a truncated one).
 pub fn write_file(
     path: &Path,
     events: &[Event],
     host_cpus: &[usize],
     vcpus: u32,
 ) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    write_chrome_json(&mut f, events, host_cpus, vcpus)?;
-    f.flush()
+    let target = crate::output::check("--trace", path).map_err(std::io::Error::other)?;
+    crate::output::write_with(&target, |w| write_chrome_json(w, events, host_cpus, vcpus))
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ use crate::machine::{BootReport, MachineConfig};
 use crate::results::DesignReport;
 use crate::{ConsoleMode, Error};
 
+mod status;
+pub use status::{FailedRun, Status};
+
 /// One experiment: the guest's workload, the designs compared, and the
 /// host-side injection. Every setter consumes and returns the scenario.
 #[derive(Debug, Clone)]
@@ -400,6 +403,10 @@ pub struct HostInfo {
     pub mode: String,
     /// Planned migrations folded into later ones.
     pub migrations_coalesced: u64,
+    /// Why the `--trace` file could not be written (null: it was, or none
+    /// was asked for).
+    #[serde(default)]
+    pub trace_error: Option<String>,
 }
 
 /// One design's figures.
@@ -542,6 +549,13 @@ impl DesignSummary {
 pub struct Report {
     /// ipivirt's version.
     pub version: String,
+    /// `ok`: the run finished (violations, if any, are results). Reports
+    /// of runs that did not finish are [`FailedRun`]s.
+    #[serde(default)]
+    pub status: Status,
+    /// Why the status is not `ok` (null when it is).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// The scenario as run.
     pub scenario: ScenarioInfo,
     /// Guest TSC frequency (kHz) as KVM reports it.
@@ -570,12 +584,9 @@ impl Report {
         let khz = boot.tsc_khz;
         let g = &boot.guest;
         let h = &boot.host;
-        let workload_name = workload_name(config.workload);
         let probe = boot.pv_probe.as_ref();
         let steal_time = probe.map_or(config.workload == Workload::Spin, |p| p.steal_time);
         let used_pv = config.all_pv() & abi::pv::ALL;
-        let mut pv_names = Vec::new();
-        abi::pv::names(used_pv, |n| pv_names.push(n.to_string()));
         let mechanisms = probe
             .map(|p| {
                 (0..abi::pv::NAMES.len())
@@ -600,32 +611,9 @@ impl Report {
         steal_ns.resize(config.vcpus as usize, 0);
         Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            scenario: ScenarioInfo {
-                vcpus: config.vcpus,
-                host_cpus: if h.active {
-                    h.host_cpus.clone()
-                } else {
-                    config.inject.host_cpus.clone().unwrap_or_default()
-                },
-                workload: workload_name.to_string(),
-                duration_s: config.duration.as_secs_f64(),
-                tasks_per_cpu: config.tasks_per_cpu,
-                seed: config.seed,
-                preempt: PreemptInfo {
-                    mode: mode.name().to_string(),
-                    len_us: config.inject.preempt_len.as_micros() as u64,
-                    every_us: config.inject.preempt_every.as_micros() as u64,
-                },
-                migrate_every_us: config
-                    .inject
-                    .migrate_every
-                    .map_or(0, |d| d.as_micros() as u64),
-                guest_preempt_prob: config.guest_preempt_prob,
-                pv: pv_names,
-                designs: g.designs.iter().map(|d| d.label()).collect(),
-                alloc_fail_prob: config.alloc_fail_prob,
-                forced_migration: config.forced_migration,
-            },
+            status: Status::Ok,
+            reason: None,
+            scenario: ScenarioInfo::new(config, h, g.designs.iter().map(|d| d.label()).collect()),
             tsc_khz: khz,
             boot_ms: boot.boot_time.as_secs_f64() * 1e3,
             guest_boot_ms: cycles_to_ns(boot.guest_boot_cycles, khz) as f64 / 1e6,
@@ -657,6 +645,7 @@ impl Report {
                 },
                 mode: mode.name().to_string(),
                 migrations_coalesced: h.migrations_coalesced,
+                trace_error: h.trace_error.clone(),
             },
             designs: g
                 .designs
