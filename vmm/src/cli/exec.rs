@@ -252,6 +252,8 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let mut table = crate::sweep::table_header() + "\n";
     let mut json_cells = Vec::new();
     let mut failed = None;
+    let mut stopped = None;
+    let mut done = 0;
     for cell in &cells {
         let mut entry = SweepCell {
             vcpus: cell.vcpus,
@@ -261,6 +263,22 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             reason: cell.skipped.clone(),
             report: None,
         };
+        // The first SIGINT/SIGTERM stops the sweep as a whole: no cell
+        // after it boots.
+        stopped = stopped.or(crate::signals::pending());
+        if let Some(signal) = stopped {
+            entry.outcome = "not-run".into();
+            entry.reason = Some(format!(
+                "the sweep was interrupted by {}",
+                crate::signals::name(signal)
+            ));
+            if cell.skipped.is_none() {
+                table += &crate::sweep::table_rows(cell, Err("not run (interrupted)"))
+                    .replace("failed: ", "");
+            }
+            json_cells.push(entry);
+            continue;
+        }
         let outcome = if cell.skipped.is_some() {
             entry.outcome = "skipped".into();
             Err(String::new())
@@ -271,7 +289,14 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             match run_scenario(&args.run, config, &mut out) {
                 Ok(r) => {
                     code = code.max(r.exit_code());
+                    done += 1;
                     Ok(r)
+                }
+                Err(Error::Interrupted(p)) => {
+                    stopped = Some(p.signal);
+                    entry.outcome = "partial".into();
+                    entry.reason = Some(p.to_string());
+                    Err(format!("interrupted by {}", crate::signals::name(p.signal)))
                 }
                 Err(e) => {
                     if code == crate::exit_code::OK {
@@ -291,9 +316,19 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         json_cells.push(entry);
     }
     out.say(table.trim_end());
-    let (status, reason) = match failed {
-        Some(why) => (Status::Failed, Some(why)),
-        None => (Status::Ok, None),
+    let runnable = cells.iter().filter(|c| c.skipped.is_none()).count();
+    let (status, reason) = match (stopped, failed) {
+        (Some(signal), _) => {
+            let why = format!(
+                "interrupted by {}: {done} of {runnable} cells ran to the end",
+                crate::signals::name(signal)
+            );
+            out.say(&format!("PARTIAL sweep: {why}"));
+            code = crate::signals::exit_code(signal);
+            (Status::Partial, Some(why))
+        }
+        (None, Some(why)) => (Status::Failed, Some(why)),
+        (None, None) => (Status::Ok, None),
     };
     if let Some(t) = &outputs.json {
         let report = SweepReport {
