@@ -192,3 +192,40 @@ fn test_signal_during_the_pv_probe_gives_the_partial_report() {
         "{stdout}"
     );
 }
+
+#[test]
+fn test_interrupted_run_replaces_the_previous_json_with_a_partial_one() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    std::fs::write(&json, "{\"status\": \"ok\", \"from\": \"an earlier run\"}").unwrap();
+    let child = spawn(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--duration",
+        "60s",
+        "--preempt",
+        "pause",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.id();
+    wait_for_thread(pid, "inj-");
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["status"], "partial", "{r}");
+    assert_eq!(r["exit_code"], 143);
+    assert!(r["reason"].as_str().unwrap().contains("SIGTERM"), "{r}");
+    assert_eq!(r["online"], 2);
+    assert!(r["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert!(stderr.contains("(status \"partial\")"), "{stderr}");
+}
