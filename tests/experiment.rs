@@ -239,7 +239,7 @@ fn test_sweep_of_two_small_cells() {
         "--host-cpus",
         "0",
         "--vcpus-list",
-        "1,2",
+        "2,3",
         "--designs",
         "upstream",
         "--json",
@@ -256,7 +256,7 @@ fn test_sweep_of_two_small_cells() {
     let rows: Vec<_> = stdout.lines().filter(|l| l.contains("upstream")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(
-        rows[0].contains("1:1") && rows[1].contains("2:1"),
+        rows[0].contains("2:1") && rows[1].contains("3:1"),
         "{stdout}"
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -264,7 +264,7 @@ fn test_sweep_of_two_small_cells() {
     assert!(r["reason"].is_null(), "{r}");
     let cells = r["cells"].as_array().expect("an array of cells");
     assert_eq!(cells.len(), 2);
-    for (cell, vcpus) in cells.iter().zip([1, 2]) {
+    for (cell, vcpus) in cells.iter().zip([2, 3]) {
         assert_eq!(cell["outcome"], "ok", "{cell}");
         assert_eq!(cell["vcpus"], vcpus);
         check_report(&cell["report"], vcpus);

@@ -71,6 +71,9 @@ pub enum Error {
     /// The scenario is invalid on this host.
     #[error("invalid scenario: {0}")]
     Scenario(String),
+    /// The scenario cannot be measured as asked ([`Scenario::validate`]).
+    #[error("invalid scenario: {0}")]
+    Invalid(#[from] scenario::ScenarioError),
     /// A KVM call failed while building the VM.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
@@ -126,6 +129,7 @@ impl Error {
             Error::KvmUnavailable(_) => exit_code::KVM_UNUSABLE,
             Error::Vm(vm::VmError::TooManyVcpus { .. })
             | Error::Scenario(_)
+            | Error::Invalid(_)
             | Error::OutputPath(_) => exit_code::USAGE,
             Error::Vm(_) | Error::Probe(_) => exit_code::KVM_UNUSABLE,
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,

@@ -167,8 +167,13 @@ fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<R
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
     crate::signals::install()?;
-    let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
     let config = args.machine_config();
+    let scenario = Scenario::from_config(config.clone());
+    scenario.validate()?;
+    if args.output.svg.is_some() {
+        scenario.check_plot()?;
+    }
+    let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
     let mut out = Printer::new(outputs.stdout_taken());
     let report = match measure(args, &config, &mut out) {
         Ok(r) => r,
@@ -231,6 +236,14 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     Ok(code)
 }
 
+/// The configuration of one sweep cell.
+fn cell_config(base: &MachineConfig, cell: &crate::sweep::Cell) -> MachineConfig {
+    let mut config = base.clone();
+    config.vcpus = cell.vcpus;
+    config.inject.host_cpus = Some(cell.host_cpus.clone());
+    config
+}
+
 fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     crate::signals::install()?;
     if args.run.output.svg.is_some() {
@@ -241,12 +254,26 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
     let base = args.run.machine_config();
     let available = base.inject.host_cpus.clone().unwrap_or_default();
-    let cells = crate::sweep::plan(
+    let mut cells = crate::sweep::plan(
         &available,
         args.ratios.as_ref().map(|r| r.0.as_slice()),
         args.vcpus_list.as_deref(),
         base.vcpus,
     );
+    // Every cell is checked before the first boots; one that cannot be
+    // measured is skipped, saying why, and a sweep of nothing is refused.
+    for cell in cells.iter_mut().filter(|c| c.skipped.is_none()) {
+        if let Err(e) = Scenario::from_config(cell_config(&base, cell)).validate() {
+            cell.skipped = Some(e.to_string());
+        }
+    }
+    if cells.iter().all(|c| c.skipped.is_some()) {
+        let why: Vec<String> = cells.iter().filter_map(|c| c.skipped.clone()).collect();
+        return Err(Error::Scenario(format!(
+            "every cell of the sweep is skipped: {}",
+            why.join("; ")
+        )));
+    }
     let mut out = Printer::new(outputs.stdout_taken());
     let mut code = crate::exit_code::OK;
     let mut table = crate::sweep::table_header() + "\n";
@@ -283,10 +310,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             entry.outcome = "skipped".into();
             Err(String::new())
         } else {
-            let mut config = base.clone();
-            config.vcpus = cell.vcpus;
-            config.inject.host_cpus = Some(cell.host_cpus.clone());
-            match run_scenario(&args.run, config, &mut out) {
+            match run_scenario(&args.run, cell_config(&base, cell), &mut out) {
                 Ok(r) => {
                     code = code.max(r.exit_code());
                     done += 1;

@@ -229,6 +229,9 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
 struct PvList(u32);
 
 fn parse_pv(s: &str) -> Result<PvList, String> {
+    if s.split(',').all(|f| f.trim().is_empty()) {
+        return Err("name at least one PV feature (or none)".into());
+    }
     crate::pv::parse_features(s).map(PvList)
 }
 
@@ -258,6 +261,9 @@ fn parse_designs(s: &str) -> Result<DesignList, String> {
             .into_iter()
             .find(|d| d.name() == name)
             .ok_or_else(|| format!("unknown design '{name}': valid designs are {}", valid()))?;
+        if item.ends_with('+') {
+            return Err(format!("design '{item}' names no PV feature after '+'"));
+        }
         let pv = match features {
             "pv" => ColumnPv::FromPvFlag,
             f => ColumnPv::Own(crate::pv::parse_features(f)?),

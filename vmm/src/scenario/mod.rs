@@ -38,7 +38,9 @@ use crate::results::DesignReport;
 use crate::{ConsoleMode, Error};
 
 mod status;
+mod validate;
 pub use status::{FailedRun, Status};
+pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
 
 /// One experiment: the guest's workload, the designs compared, and the
 /// host-side injection. Every setter consumes and returns the scenario.
@@ -223,8 +225,10 @@ impl Scenario {
         }
     }
 
-    /// Boots the guest, runs the scenario and returns the report.
+    /// Boots the guest, runs the scenario and returns the report; a
+    /// scenario [`Scenario::validate`] refuses does not boot.
     pub fn run(&self) -> Result<Report, Error> {
+        self.validate()?;
         let boot = crate::machine::boot(&self.config)?;
         Ok(Report::new(&self.config, boot))
     }
