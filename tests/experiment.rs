@@ -55,9 +55,47 @@ fn check_latency(v: &Value, what: &str) -> u64 {
     v["count"].as_u64().unwrap()
 }
 
+/// Checks the `provenance` object (issue 17): the command as run, the
+/// build, the host, and the load at start and end.
+fn check_provenance(p: &Value) {
+    let command: Vec<&str> = p["command"]
+        .as_array()
+        .expect("provenance.command is the argument list")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(command[0].ends_with("ipivirt"), "{p}");
+    assert!(command.contains(&"--quiet"), "{p}");
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    // Built from a git checkout here: the commit is known.
+    let commit = p["commit"].as_str().expect("a commit when built from git");
+    assert!(
+        commit.len() >= 40 && commit[..40].chars().all(|c| c.is_ascii_hexdigit()),
+        "{p}"
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(p["host_kernel"], kernel.trim());
+    assert!(
+        p["kvm_module"].is_string() || p["kvm_module"].is_null(),
+        "{p}"
+    );
+    assert_eq!(p["guest_mode"], "plain");
+    for f in ["load_start", "load_end"] {
+        let l = p[f].as_array().unwrap_or_else(|| panic!("{f}: {p}"));
+        assert_eq!(l.len(), 3);
+        assert!(
+            l.iter().all(|v| v.as_f64().is_some_and(|v| v >= 0.0)),
+            "{p}"
+        );
+    }
+}
+
 /// Checks a report against the contract; returns the design names.
 fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(r["version"].is_string());
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(r["reason"].is_null(), "{r}");
+    check_provenance(&r["provenance"]);
     let s = &r["scenario"];
     assert_eq!(uint(r, "/scenario/vcpus"), vcpus);
     assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
@@ -82,9 +120,22 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(r["platform"]["verdict"].is_string());
     uint(r, "/host/preemptions_injected");
     uint(r, "/host/migrations_injected");
-    let steal = r["host"]["steal_ns"].as_array().expect("steal_ns array");
-    assert_eq!(steal.len() as u64, vcpus);
-    assert!(steal.iter().all(|s| s.as_u64().is_some()));
+    // Steal time is registered only by `spin` and `--pv steal-time`:
+    // otherwise null, never zeros that look measured.
+    let registered = s["workload"] == "spin"
+        || s["pv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "steal-time");
+    match r["host"]["steal_ns"].as_array() {
+        Some(steal) => {
+            assert!(registered, "{r}");
+            assert_eq!(steal.len() as u64, vcpus);
+            assert!(steal.iter().all(|s| s.as_u64().is_some()));
+        }
+        None => assert!(!registered && r["host"]["steal_ns"].is_null(), "{r}"),
+    }
     for f in ["steal_time", "preempted_flag"] {
         assert!(r["host"]["pv"][f].is_boolean(), "host.pv.{f}");
     }
@@ -262,6 +313,7 @@ fn test_sweep_of_two_small_cells() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     assert!(r["reason"].is_null(), "{r}");
+    check_provenance(&r["provenance"]);
     let cells = r["cells"].as_array().expect("an array of cells");
     assert_eq!(cells.len(), 2);
     for (cell, vcpus) in cells.iter().zip([2, 3]) {
@@ -277,4 +329,71 @@ fn test_sweep_refuses_bad_ratio_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let (_, stderr) = common::text(&out);
     assert!(stderr.contains("not a ratio"), "{stderr}");
+}
+
+/// The host table's columns for vCPU 0: steal_ms and max_gap_us.
+fn vcpu0_steal_and_gap(stdout: &str) -> (String, String) {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("vcpu  tid"));
+    lines.next().expect("the host table");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    (row[2].to_string(), row[5].to_string())
+}
+
+#[test]
+fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("unmeasured.json");
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--designs",
+        "upstream",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        vcpu0_steal_and_gap(&stdout),
+        ("-".into(), "-".into()),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("steal time total - (not registered"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(r["host"]["steal_ns"].is_null(), "{r}");
+
+    // spin registers steal time and records the gap: numbers.
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "spin",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (steal, gap) = vcpu0_steal_and_gap(&stdout);
+    assert!(
+        steal.parse::<f64>().is_ok() && gap.parse::<f64>().is_ok(),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        r["host"]["steal_ns"].as_array().map(Vec::len),
+        Some(2),
+        "{r}"
+    );
 }

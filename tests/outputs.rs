@@ -101,6 +101,8 @@ fn test_failed_run_replaces_the_previous_json_and_removes_the_svg() {
         "{second}"
     );
     assert_eq!(second["scenario"]["vcpus"], 2);
+    assert_eq!(second["provenance"]["guest_mode"], "plain");
+    assert!(second["provenance"]["load_end"].is_array(), "{second}");
     assert!(stderr.contains("(status \"failed\")"), "{stderr}");
     assert!(!svg.exists(), "the earlier plot is removed");
     assert!(stderr.contains("removed the earlier"), "{stderr}");

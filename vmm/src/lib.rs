@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod output;
 pub mod progress;
+pub mod provenance;
 pub mod pv;
 pub mod report;
 pub mod results;

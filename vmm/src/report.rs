@@ -6,6 +6,32 @@ use abi::Histogram;
 
 use crate::machine::{BootReport, MachineConfig};
 
+/// Which per-vCPU guest figures a run measured; the others print `-` in
+/// the text and null in the JSON, never a zero that looks measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// The guest registered steal time (`spin`, `--pv steal-time`).
+    pub steal_time: bool,
+    /// The guest recorded its largest TSC gap (`spin`).
+    pub max_gap: bool,
+}
+
+impl Measured {
+    /// Everything measured.
+    pub const ALL: Measured = Measured {
+        steal_time: true,
+        max_gap: true,
+    };
+
+    /// What a run of `config` measures.
+    pub fn of(config: &MachineConfig) -> Self {
+        Measured {
+            steal_time: config.all_pv() & abi::pv::STEAL_TIME != 0,
+            max_gap: config.workload == abi::Workload::Spin,
+        }
+    }
+}
+
 /// Converts TSC cycles to microseconds.
 pub fn cycles_to_us(cycles: u64, tsc_khz: u64) -> f64 {
     if tsc_khz == 0 {

@@ -196,6 +196,8 @@ pub struct SweepReport {
     pub status: Status,
     /// Why the status is not `ok` (null when it is).
     pub reason: Option<String>,
+    /// Where the report comes from (load: at the sweep's start and end).
+    pub provenance: crate::provenance::Provenance,
     /// The cells in plan order, the ones not reached included.
     pub cells: Vec<SweepCell>,
 }

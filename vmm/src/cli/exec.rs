@@ -10,6 +10,8 @@ use super::text::{host_block, online_line, partial_text};
 use super::{Cli, Command, OutputArgs, RunArgs, RunCmd, SweepCmd};
 use crate::machine::{self, MachineConfig};
 use crate::output::{self, OutputError, Target};
+use crate::provenance::Provenance;
+use crate::report::Measured;
 use crate::scenario::{FailedRun, Report, Scenario, Status};
 use crate::sweep::{SweepCell, SweepReport};
 use crate::Error;
@@ -97,9 +99,9 @@ impl Outputs {
 
     /// A run that did not finish must not leave an earlier run's report
     /// behind: the failure's JSON replaces it, a stale SVG is removed.
-    fn record_failure(&self, config: &MachineConfig, e: &Error) {
+    fn record_failure(&self, config: &MachineConfig, e: &Error, provenance: &Provenance) {
         if let Some(t) = &self.json {
-            let failed = FailedRun::new(config, e);
+            let failed = FailedRun::new(config, e, provenance.clone());
             let status = serde_json::to_value(failed.status).unwrap_or_default();
             match output::write(t, failed.to_json().as_bytes()) {
                 Ok(()) if *t != Target::Stdout => note(&format!(
@@ -150,7 +152,7 @@ fn run_scenario(args: &RunCmd, config: MachineConfig, out: &mut Printer) -> Resu
     )
     .inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p));
+            out.say(&partial_text(p, Measured::of(scenario.config())));
         }
     })
 }
@@ -167,18 +169,19 @@ fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<R
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
     crate::signals::install()?;
+    let provenance = Provenance::start();
+    let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
     let config = args.machine_config();
     let scenario = Scenario::from_config(config.clone());
-    scenario.validate()?;
-    if args.output.svg.is_some() {
-        scenario.check_plot()?;
-    }
-    let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
     let mut out = Printer::new(outputs.stdout_taken());
-    let report = match measure(args, &config, &mut out) {
+    let checked = scenario.validate().and_then(|()| match outputs.svg {
+        Some(_) => scenario.check_plot(),
+        None => Ok(()),
+    });
+    let report = match checked.and_then(|()| measure(args, &config, &mut out)) {
         Ok(r) => r,
         Err(e) => {
-            outputs.record_failure(&config, &e);
+            outputs.record_failure(&config, &e, &provenance);
             if let Err(stdout) = out.finish() {
                 note(&format!("error: {stdout}"));
             }
@@ -206,7 +209,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if !raw.guest.designs.is_empty() {
         out.say(&crate::report::designs_text(raw));
     }
-    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus);
+    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus, Measured::of(&config));
     if !block.is_empty() {
         out.say(&block);
     }
@@ -251,6 +254,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             "--svg plots one run: use `ipivirt run --svg` for a cell".into(),
         ));
     }
+    let provenance = Provenance::start();
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
     let base = args.run.machine_config();
     let available = base.inject.host_cpus.clone().unwrap_or_default();
@@ -359,6 +363,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status,
             reason,
+            provenance: provenance.finish(),
             cells: json_cells,
         };
         let json = serde_json::to_string_pretty(&report).expect("reports serialise");
@@ -371,9 +376,10 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
 fn boot(args: &RunArgs) -> Result<u8, Error> {
     crate::signals::install()?;
     let mut out = Printer::new(false);
-    let report = machine::boot(&args.machine_config()).inspect_err(|e| {
+    let config = args.machine_config();
+    let report = machine::boot(&config).inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p));
+            out.say(&partial_text(p, Measured::of(&config)));
         }
     })?;
     out.say(&online_line(&report));

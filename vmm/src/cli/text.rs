@@ -3,6 +3,7 @@
 
 use crate::inject::{HostReport, PreemptMode};
 use crate::machine::BootReport;
+use crate::report::Measured;
 
 pub fn online_line(r: &BootReport) -> String {
     format!(
@@ -15,7 +16,7 @@ pub fn online_line(r: &BootReport) -> String {
 
 /// The partial report of a run stopped by SIGINT/SIGTERM: the boot
 /// figures and the host block collected so far, marked PARTIAL.
-pub fn partial_text(p: &crate::results::PartialReport) -> String {
+pub fn partial_text(p: &crate::results::PartialReport, measured: Measured) -> String {
     let mut out = format!(
         "PARTIAL report: interrupted by {} after {:.2} s; the run did not finish\n",
         crate::signals::name(p.signal),
@@ -40,7 +41,7 @@ pub fn partial_text(p: &crate::results::PartialReport) -> String {
     if p.tsc_khz > 0 {
         out += &format!("guest TSC {} kHz\n", p.tsc_khz);
     }
-    out += &host_block(&p.host, p.tsc_khz, p.vcpus);
+    out += &host_block(&p.host, p.tsc_khz, p.vcpus, measured);
     out.trim_end().to_string()
 }
 
@@ -50,7 +51,7 @@ fn ms(ns: u64) -> String {
 
 /// The plain-text host block of a run: placement, injected counts, steal
 /// time per vCPU, KVM's own statistics.
-pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
+pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32, measured: Measured) -> String {
     let mut out = String::new();
     if h.active {
         let mut placed: Vec<String> = h
@@ -103,10 +104,18 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
             out += &format!(
                 "{i:<5} {:<8} {:<9} {:<13} {:<10} {:<11} {:<15} {} {} {} {} {}\n",
                 v.tid,
-                ms(v.steal_ns),
+                if measured.steal_time {
+                    ms(v.steal_ns)
+                } else {
+                    "-".into()
+                },
                 v.run_delay_ns.map_or("-".into(), ms),
                 ms(v.paused_ns),
-                gap_us(v.max_gap_cycles),
+                if measured.max_gap {
+                    gap_us(v.max_gap_cycles)
+                } else {
+                    "-".into()
+                },
                 v.preempted_seen,
                 k(&v.kvm, "preemption_reported"),
                 k(&v.kvm, "preemption_other"),
@@ -120,7 +129,11 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
         }
         let total: u64 = h.vcpus.iter().map(|v| v.steal_ns).sum();
         let seen: u64 = h.vcpus.iter().map(|v| v.preempted_seen).sum();
-        out += &format!("steal time total {} ms; ", ms(total));
+        out += &if measured.steal_time {
+            format!("steal time total {} ms; ", ms(total))
+        } else {
+            "steal time total - (not registered in this run); ".to_string()
+        };
         out += &if seen == 0 {
             "steal-time preempted flag: never seen set (some hosts, nested ones among them, never set it)".to_string()
         } else {

@@ -229,8 +229,11 @@ impl Scenario {
     /// scenario [`Scenario::validate`] refuses does not boot.
     pub fn run(&self) -> Result<Report, Error> {
         self.validate()?;
+        let provenance = crate::provenance::Provenance::start();
         let boot = crate::machine::boot(&self.config)?;
-        Ok(Report::new(&self.config, boot))
+        let mut report = Report::new(&self.config, boot);
+        report.provenance = provenance.finish();
+        Ok(report)
     }
 }
 
@@ -398,9 +401,9 @@ pub struct HostInfo {
     pub preemptions_injected: u64,
     /// vCPU thread migrations applied.
     pub migrations_injected: u64,
-    /// Steal time per vCPU, in ns (measured by the `spin` workload only;
-    /// zero otherwise).
-    pub steal_ns: Vec<u64>,
+    /// Steal time per vCPU, in ns; null when the guest did not register
+    /// steal time (the `spin` workload and `--pv steal-time` do).
+    pub steal_ns: Option<Vec<u64>>,
     /// Paravirtual features.
     pub pv: PvInfo,
     /// Preemption mode used.
@@ -560,6 +563,9 @@ pub struct Report {
     /// Why the status is not `ok` (null when it is).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Where the report comes from (command, build, host, load).
+    #[serde(default)]
+    pub provenance: crate::provenance::Provenance,
     /// The scenario as run.
     pub scenario: ScenarioInfo,
     /// Guest TSC frequency (kHz) as KVM reports it.
@@ -611,12 +617,16 @@ impl Report {
         } else {
             config.inject.preempt
         };
-        let mut steal_ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
-        steal_ns.resize(config.vcpus as usize, 0);
+        let steal_ns = crate::report::Measured::of(config).steal_time.then(|| {
+            let mut ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
+            ns.resize(config.vcpus as usize, 0);
+            ns
+        });
         Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status: Status::Ok,
             reason: None,
+            provenance: crate::provenance::Provenance::default(),
             scenario: ScenarioInfo::new(config, h, g.designs.iter().map(|d| d.label()).collect()),
             tsc_khz: khz,
             boot_ms: boot.boot_time.as_secs_f64() * 1e3,

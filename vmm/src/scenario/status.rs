@@ -101,6 +101,8 @@ pub struct FailedRun {
     pub reason: String,
     /// The process exit code.
     pub exit_code: u8,
+    /// Where the report comes from.
+    pub provenance: crate::provenance::Provenance,
     /// The scenario as asked (placement as applied if injection started).
     pub scenario: ScenarioInfo,
     /// VM creation to the stop, in seconds (null: unknown).
@@ -113,8 +115,13 @@ pub struct FailedRun {
 }
 
 impl FailedRun {
-    /// The report of a run of `config` that ended with `e`.
-    pub fn new(config: &MachineConfig, e: &Error) -> Self {
+    /// The report of a run of `config` that ended with `e`; `provenance`
+    /// as taken when it started.
+    pub fn new(
+        config: &MachineConfig,
+        e: &Error,
+        provenance: crate::provenance::Provenance,
+    ) -> Self {
         let partial = match e {
             Error::Interrupted(p) => Some(p),
             _ => None,
@@ -125,6 +132,7 @@ impl FailedRun {
             status: Status::of_error(e),
             reason: e.to_string(),
             exit_code: e.exit_code(),
+            provenance: provenance.finish(),
             scenario: ScenarioInfo::new(config, &host, design_labels(config)),
             elapsed_s: partial.map(|p| p.elapsed.as_secs_f64()),
             online: partial.map(|p| p.online),
