@@ -56,12 +56,28 @@ pub struct Cell {
     pub host_cpus: Vec<usize>,
     /// Why the cell cannot run on this host (None: it runs).
     pub skipped: Option<String>,
+    /// The `--ratios` entry the cell comes from, if any.
+    pub given: Option<Ratio>,
 }
 
 impl Cell {
-    /// `V:M` as run.
+    /// The overcommit ratio: as given in `--ratios` (`2:1`, not the `4:2`
+    /// it becomes on 2 host CPUs), else `V:M` as run, reduced.
     pub fn ratio(&self) -> String {
-        format!("{}:{}", self.vcpus, self.host_cpus.len())
+        if let Some(r) = self.given {
+            return format!("{}:{}", r.vcpus, r.host);
+        }
+        let (v, m) = (self.vcpus, self.host_cpus.len() as u32);
+        let g = gcd(v, m).max(1);
+        format!("{}:{}", v / g, m / g)
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -74,14 +90,15 @@ pub fn plan(
     default_vcpus: u32,
 ) -> Vec<Cell> {
     let m = available.len() as u64;
-    let all = |vcpus| Cell {
+    let all = |vcpus, given| Cell {
         vcpus,
         host_cpus: available.to_vec(),
         skipped: None,
+        given,
     };
     match (ratios, vcpus_list) {
-        (None, None) => vec![all(default_vcpus)],
-        (None, Some(list)) => list.iter().map(|&v| all(v)).collect(),
+        (None, None) => vec![all(default_vcpus, None)],
+        (None, Some(list)) => list.iter().map(|&v| all(v, None)).collect(),
         (Some(rs), None) => rs
             .iter()
             .map(|r| {
@@ -94,9 +111,10 @@ pub fn plan(
                             "{}:{} does not divide the {m} host CPUs",
                             r.vcpus, r.host
                         )),
+                        given: Some(*r),
                     }
                 } else {
-                    all((v / u64::from(r.host)) as u32)
+                    all((v / u64::from(r.host)) as u32, Some(*r))
                 }
             })
             .collect(),
@@ -113,12 +131,14 @@ pub fn plan(
                                 "{v} vCPUs at {}:{} need {need} host CPUs, {m} given",
                                 r.vcpus, r.host
                             )),
+                            given: Some(*r),
                         }
                     } else {
                         Cell {
                             vcpus: v,
                             host_cpus: available[..need as usize].to_vec(),
                             skipped: None,
+                            given: Some(*r),
                         }
                     }
                 })
@@ -242,6 +262,19 @@ mod tests {
         let v: Vec<u32> = cells.iter().map(|c| c.vcpus).collect();
         assert_eq!(v, vec![2, 4, 8]);
         assert!(cells.iter().all(|c| c.host_cpus == vec![0, 1]));
+    }
+
+    #[test]
+    fn test_ratio_label_as_given() {
+        let r = parse_ratios("1:1,2:1,4:1").unwrap();
+        let labels: Vec<String> = plan(&[0, 1], Some(&r), None, 4)
+            .iter()
+            .map(Cell::ratio)
+            .collect();
+        assert_eq!(labels, ["1:1", "2:1", "4:1"]);
+        let cells = plan(&[0, 1], None, Some(&[4, 3]), 4);
+        assert_eq!(cells[0].ratio(), "2:1");
+        assert_eq!(cells[1].ratio(), "3:2");
     }
 
     #[test]

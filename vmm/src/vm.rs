@@ -40,8 +40,17 @@ pub enum KvmUnavailable {
         path: String,
     },
     /// Opening it was refused.
-    #[error("{path}: permission denied: run as root or add your user to the 'kvm' group")]
+    #[error("{path}: permission denied ({detail})")]
     PermissionDenied {
+        /// Device path tried.
+        path: String,
+        /// The device's owner, group and mode, and the fixes that apply
+        /// on this host.
+        detail: String,
+    },
+    /// It opened, but is not KVM (KVM_GET_API_VERSION failed).
+    #[error("{path} is not a KVM device (KVM_GET_API_VERSION failed): point {env} at /dev/kvm or unset it", env = "IPIVIRT_KVM_PATH")]
+    NotKvm {
         /// Device path tried.
         path: String,
     },
@@ -98,12 +107,16 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmUnavailable> {
         },
         libc::EACCES | libc::EPERM => KvmUnavailable::PermissionDenied {
             path: shown.clone(),
+            detail: permission_advice(path),
         },
         _ => KvmUnavailable::Open {
             path: shown.clone(),
             source,
         },
     })?;
+    if kvm.get_api_version() != KVM_API_VERSION {
+        return Err(KvmUnavailable::NotKvm { path: shown });
+    }
     for (cap, name) in [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -114,6 +127,60 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmUnavailable> {
         }
     }
     Ok(kvm)
+}
+
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
+
+/// The name of group or user `id` in `file` (`/etc/group`, `/etc/passwd`),
+/// or the number.
+fn id_name(file: &str, id: u32) -> String {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2].parse() == Ok(id)).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Who may open the device, and only the fixes that apply here: joining
+/// its group when the group may open it, otherwise root or an admin's
+/// change (a `kvm` group is suggested only where none exists to be joined).
+fn permission_advice(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return "run as root".into();
+    };
+    let (owner, group) = (
+        id_name("/etc/passwd", m.uid()),
+        id_name("/etc/group", m.gid()),
+    );
+    let mode = m.mode() & 0o7777;
+    let shown = format!("{owner}:{group} {mode:04o}");
+    if m.gid() != 0 && mode & 0o060 == 0o060 {
+        return format!(
+            "{shown}: add your user to the '{group}' group and log in again, or run as root"
+        );
+    }
+    let kvm_group = std::fs::read_to_string("/etc/group")
+        .is_ok_and(|t| t.lines().any(|l| l.starts_with("kvm:")));
+    let grant = if kvm_group {
+        format!(
+            "chgrp kvm {0} && chmod 0660 {0}, then add your user to 'kvm'",
+            path.display()
+        )
+    } else {
+        format!(
+            "groupadd kvm && chgrp kvm {0} && chmod 0660 {0} (there is no kvm group yet), then add your user to it",
+            path.display()
+        )
+    };
+    format!(
+        "{shown}: only {owner} may open it; run as {owner}, or have an administrator run {grant}"
+    )
 }
 
 /// Most vCPUs one VM may have on this host (and in the ABI).

@@ -13,6 +13,18 @@ use crate::{ConsoleMode, TestHook};
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
 
+/// The exit codes, shown after every command's `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0    ran; no invariant violation in a design expected to be safe
+  1    an invariant violation in a design expected to be safe
+  2    bad command line or scenario (refused before anything boots)
+  3    the guest crashed (exception, triple fault, panic) or broke the results contract
+  4    the watchdog (--timeout) fired
+  5    KVM unusable (/dev/kvm missing, not permitted, not KVM, or a KVM call failed)
+  6    another host-side failure (memory, threads, writing an output or the report)
+  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM: the partial report is printed";
+
 /// ipivirt: how cross-CPU function calls (IPIs) behave on preempted and
 /// migrated vCPUs.
 #[derive(Debug, Parser)]
@@ -20,7 +32,8 @@ pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
     name = "ipivirt",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,10 +47,13 @@ pub struct Cli {
 enum Command {
     /// One scenario: boot the guest, run the workload under host-side
     /// injection, report (the default command).
+    #[command(after_help = EXIT_CODES)]
     Run(RunCmd),
     /// Boot N vCPUs, print `online N/N vCPUs in X ms`, exit.
+    #[command(after_help = EXIT_CODES)]
     Boot(RunArgs),
     /// The run for each overcommit ratio / vCPU count given, one table.
+    #[command(after_help = EXIT_CODES)]
     Sweep(SweepCmd),
 }
 
@@ -86,8 +102,8 @@ struct RunArgs {
     /// Seeds every random choice, host and guest.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Watchdog for the whole run, in seconds.
-    #[arg(long, default_value_t = 120.0, value_parser = parse_timeout)]
+    /// Watchdog for the whole run (us, ms, s; a bare number is seconds).
+    #[arg(long, value_name = "DUR", default_value_t = 120.0, value_parser = parse_timeout)]
     timeout: f64,
     /// Do not print the guest console.
     #[arg(long, short)]
@@ -145,7 +161,7 @@ struct ScenarioArgs {
     /// What the guest runs after boot.
     #[arg(long, value_enum, default_value_t = WorkloadArg::Shootdown)]
     workload: WorkloadArg,
-    /// Wait-mask designs to compare (ping, shootdown), comma-separated:
+    /// Wait-mask designs to compare (ping, shootdown, torture), comma-separated:
     /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
     /// one is wrong on purpose and runs only when named). A design can carry
     /// PV features of its own: `task-local+sched-yield`, `upstream+pv` (pv:
@@ -431,20 +447,21 @@ impl From<HookArg> for TestHook {
     }
 }
 
+/// A duration like every other (`10s`, `500ms`, a bare number of
+/// seconds), above zero.
 fn parse_timeout(s: &str) -> Result<f64, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
-        Ok(secs)
-    } else {
-        Err(format!("{s} is out of range: give 0 < SECS <= 86400"))
+    match parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d.as_secs_f64()),
+        Ok(_) => Err(format!("{s} is out of range: give a timeout above 0")),
+        Err(e) => Err(e),
     }
 }
 
 impl RunArgs {
     fn machine_config(&self) -> MachineConfig {
+        // Empty is unset (a `VAR= ipivirt` typo must not name the empty path).
         let kvm_path = std::env::var_os(KVM_PATH_ENV)
+            .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(machine::DEFAULT_KVM_PATH));
         MachineConfig {
@@ -595,6 +612,18 @@ mod tests {
         assert_eq!(m.inject.preempt, PreemptMode::Antagonist);
         assert_eq!(m.inject.migrate_every, Some(Duration::from_millis(5)));
         assert_eq!(m.inject.max_duty, 0.5);
+    }
+
+    #[test]
+    fn test_timeout_accepts_units_like_every_duration() {
+        assert_eq!(parse_timeout("10s"), Ok(10.0));
+        assert_eq!(parse_timeout("1500ms"), Ok(1.5));
+        assert_eq!(parse_timeout("2"), Ok(2.0));
+        assert!(parse_timeout("0").is_err() && parse_timeout("0s").is_err());
+        let c = Cli::try_parse_from(["ipivirt", "boot", "--timeout", "10s"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Boot(RunArgs { timeout, .. })) if timeout == 10.0)
+        );
     }
 
     #[test]
