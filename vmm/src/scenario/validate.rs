@@ -51,7 +51,7 @@ pub enum ScenarioError {
     #[error("{0} design columns: at most {max} per run", max = abi::MAX_DESIGNS)]
     TooManyDesigns(usize),
     /// The same column twice.
-    #[error("design '{0}' is named twice")]
+    #[error("design column '{0}' appears twice (a `+pv` column needs --pv)")]
     DuplicateDesign(String),
     /// A duty cycle the injector would cap at `--max-duty`.
     #[error(
@@ -250,7 +250,7 @@ mod tests {
             assert!(refused(base().tasks_per_cpu(n)).contains("--tasks-per-cpu"));
         }
         assert!(refused(base().designs(&[])).contains("no design"));
-        assert!(refused(base().designs(&[Design::Stack, Design::Stack])).contains("twice"));
+        assert!(refused(base().designs(&[Design::Stack, Design::Stack])).contains("appears twice"));
         assert!(refused(base().timeout(Duration::ZERO)).contains("too short"));
         let long = base()
             .duration(Duration::from_secs(60))
