@@ -26,6 +26,7 @@ pub mod report;
 pub mod results;
 pub mod scenario;
 pub mod signals;
+pub mod stall;
 pub mod svg;
 pub mod sweep;
 pub mod vcpu;

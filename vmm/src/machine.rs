@@ -182,10 +182,14 @@ pub struct BootReport {
     pub pv_probe: Option<HostPv>,
     /// What the VMM's PV interface served (when the run had it).
     pub pv_host: Option<PvHostTotals>,
+    /// Stalls of the VMM itself during the run (none: it ran throughout).
+    pub vmm_stalls: crate::stall::StallLog,
 }
 
 /// A VM with its memory and vCPU threads.
 struct Machine {
+    /// Gaps in the controller's own clock (see [`crate::stall`]).
+    stalls: crate::stall::StallLog,
     // Field order is drop order: threads are joined explicitly before, and
     // the VM must go before the memory it maps.
     _vm: Arc<VmFd>,
@@ -250,6 +254,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
             r.host = std::mem::take(&mut machine.host);
             r.pv_probe = machine.pv_probe.clone();
             r.pv_host = machine.pv.as_ref().map(|p| p.totals());
+            r.vmm_stalls = machine.stalls;
             r
         })
         .map_err(|kind| machine.failure(kind, dumps)),
@@ -416,6 +421,7 @@ impl Machine {
         let run_control = Arc::new(RunControl::default());
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {
+            stalls: crate::stall::StallLog::default(),
             _vm: vm_fd,
             pv: pv_host.clone(),
             pv_probe,
@@ -467,9 +473,16 @@ impl Machine {
 
     /// Waits for the guest's verdict until the watchdog deadline.
     fn wait(&mut self, timeout: Duration) -> Wait {
-        let deadline = self.created + timeout;
+        let mut deadline = self.created + timeout;
         let mut all_online = None;
+        let mut step = (Instant::now(), SIGNAL_POLL);
         loop {
+            // A step far longer than it asked for is the VMM stalled: the
+            // watchdog counts only the time it was running.
+            let now = Instant::now();
+            deadline += self.stalls.observe(step.1, now - step.0);
+            let left = deadline.saturating_duration_since(now);
+            step = (now, left.min(SIGNAL_POLL));
             if let Some(signal) = crate::signals::pending() {
                 return Wait::Interrupted { signal, all_online };
             }

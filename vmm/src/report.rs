@@ -282,7 +282,9 @@ pub fn designs_text(r: &BootReport) -> String {
             8192 / 8
         );
     }
-    if let Some(base) = designs
+    if r.vmm_stalls.stalled() {
+        let _ = writeln!(out, "UNRELIABLE: {}", r.vmm_stalls.describe());
+    } else if let Some(base) = designs
         .iter()
         .find(|d| d.design == abi::Design::Upstream && d.label() == "upstream")
     {
@@ -312,7 +314,12 @@ pub fn designs_text(r: &BootReport) -> String {
         }
     }
     // Each PV column against its plain design, measured in the same run.
-    for d in designs.iter().filter(|d| d.label() != d.design.name()) {
+    let compared = if r.vmm_stalls.stalled() {
+        &[][..]
+    } else {
+        designs
+    };
+    for d in compared.iter().filter(|d| d.label() != d.design.name()) {
         if let Some(plain) = designs
             .iter()
             .find(|p| p.design == d.design && p.label() == p.design.name())

@@ -677,6 +677,7 @@ pub fn boot_report(
         })
         .map_err(FailureKind::InvalidResults)?,
         host: Default::default(),
+        vmm_stalls: Default::default(),
         pv_probe: None,
         pv_host: None,
     })

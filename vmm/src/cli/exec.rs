@@ -236,6 +236,9 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if code == crate::exit_code::VIOLATION {
         note("invariant violation in a design expected to be safe (see the violations row)");
     }
+    if raw.vmm_stalls.stalled() {
+        note(&format!("error: {}", raw.vmm_stalls.describe()));
+    }
     Ok(code)
 }
 

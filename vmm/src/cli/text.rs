@@ -82,6 +82,12 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32, measured: Measured) 
             h.elapsed.as_secs_f64(),
             if h.affinity_restored { "yes" } else { "NO" }
         );
+        if h.preemptions_skipped > 0 {
+            out += &format!(
+                "host: {} planned preemptions dropped, long overdue after a stall of the VMM (not replayed)\n",
+                h.preemptions_skipped
+            );
+        }
         for e in &h.errors {
             out += &format!("host: injector error: {e}\n");
         }

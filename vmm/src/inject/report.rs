@@ -55,6 +55,9 @@ pub struct HostReport {
     /// Planned moves folded into later ones because the migrator was late
     /// (a storm faster than sched_setaffinity): the VMM never falls behind.
     pub migrations_coalesced: u64,
+    /// Planned preemptions dropped because they were long overdue when
+    /// the injector got to them (the VMM was stalled): not replayed.
+    pub preemptions_skipped: u64,
     /// Events not kept in the timeline (beyond [`super::TIMELINE_LIMIT`]).
     pub timeline_dropped: u64,
     /// Injector errors (first few).

@@ -414,6 +414,13 @@ pub struct HostInfo {
     /// was asked for).
     #[serde(default)]
     pub trace_error: Option<String>,
+    /// Planned preemptions dropped because they were long overdue (the
+    /// VMM was stalled): never replayed.
+    #[serde(default)]
+    pub preemptions_skipped: u64,
+    /// Stalls of the VMM itself (SIGSTOP, an overloaded host).
+    #[serde(default)]
+    pub vmm_stalls: crate::stall::StallInfo,
 }
 
 /// One design's figures.
@@ -560,9 +567,14 @@ pub struct Report {
     /// of runs that did not finish are [`FailedRun`]s.
     #[serde(default)]
     pub status: Status,
-    /// Why the status is not `ok` (null when it is).
+    /// Why the status is not `ok`, or why the run is not reliable (null
+    /// when neither).
     #[serde(default)]
     pub reason: Option<String>,
+    /// False when the VMM itself stalled during the run (see
+    /// `host.vmm_stalls`): its figures do not compare designs fairly.
+    #[serde(default = "yes")]
+    pub reliable: bool,
     /// Where the report comes from (command, build, host, load).
     #[serde(default)]
     pub provenance: crate::provenance::Provenance,
@@ -625,7 +637,11 @@ impl Report {
         Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status: Status::Ok,
-            reason: None,
+            reason: boot
+                .vmm_stalls
+                .stalled()
+                .then(|| boot.vmm_stalls.describe()),
+            reliable: !boot.vmm_stalls.stalled(),
             provenance: crate::provenance::Provenance::default(),
             scenario: ScenarioInfo::new(config, h, g.designs.iter().map(|d| d.label()).collect()),
             tsc_khz: khz,
@@ -660,6 +676,8 @@ impl Report {
                 mode: mode.name().to_string(),
                 migrations_coalesced: h.migrations_coalesced,
                 trace_error: h.trace_error.clone(),
+                preemptions_skipped: h.preemptions_skipped,
+                vmm_stalls: boot.vmm_stalls.into(),
             },
             designs: g
                 .designs
@@ -687,6 +705,8 @@ impl Report {
             || (torture_errors > 0 && all_safe)
         {
             crate::exit_code::VIOLATION
+        } else if !self.reliable {
+            crate::exit_code::HOST_FAILURE
         } else {
             crate::exit_code::OK
         }
@@ -730,6 +750,10 @@ impl Report {
         }
         out.trim_end().to_string()
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The command-line name of a workload.
