@@ -119,3 +119,44 @@ fn test_undisturbed_run_is_reliable() {
     assert_eq!(r["host"]["vmm_stalls"]["count"], 0);
     assert_eq!(r["host"]["preemptions_skipped"], 0);
 }
+
+#[test]
+fn test_watchdog_counts_only_running_time_and_names_the_stall() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
+        .args([
+            "boot",
+            "--quiet",
+            "--vcpus",
+            "2",
+            "--test-hook",
+            "hang",
+            "--timeout",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(pid, "STOP");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(pid, "CONT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("the VMM itself was also stopped"),
+        "{stderr}"
+    );
+    // 2 s of running time plus the 1.5 s stop.
+    assert!(
+        started.elapsed() > Duration::from_millis(3300),
+        "{:?}",
+        started.elapsed()
+    );
+}

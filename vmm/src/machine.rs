@@ -266,6 +266,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
             missing: results::offline_vcpus(&page, config.vcpus, 16),
             dumps,
             console_tail: machine.console.tail(),
+            vmm_stalled: machine.stalls.stalled().then_some(machine.stalls.total),
         })),
         Wait::Interrupted { signal, all_online } => {
             let online =

@@ -50,8 +50,8 @@ impl Printer {
     }
 
     /// The write error, if one happened.
-    fn finish(self) -> Result<(), Error> {
-        self.failed.map_or(Ok(()), |e| Err(Error::Stdout(e)))
+    fn finish(self) -> Result<(), std::io::Error> {
+        self.failed.map_or(Ok(()), Err)
     }
 }
 
@@ -183,7 +183,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
         Err(e) => {
             outputs.record_failure(&config, &e, &provenance);
             if let Err(stdout) = out.finish() {
-                note(&format!("error: {stdout}"));
+                note(&format!("error: {}", Error::Stdout(stdout)));
             }
             return Err(e);
         }
@@ -229,7 +229,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
             code = crate::exit_code::HOST_FAILURE;
         }
     }
-    out.finish()?;
+    out.finish().map_err(Error::Stdout)?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -372,7 +372,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         let json = serde_json::to_string_pretty(&report).expect("reports serialise");
         write_output(t, &json)?;
     }
-    out.finish()?;
+    out.finish().map_err(Error::Stdout)?;
     Ok(code)
 }
 
@@ -386,7 +386,7 @@ fn boot(args: &RunArgs) -> Result<u8, Error> {
         }
     })?;
     out.say(&online_line(&report));
-    out.finish()?;
+    out.finish().map_err(Error::Stdout)?;
     Ok(crate::exit_code::OK)
 }
 
