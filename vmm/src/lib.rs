@@ -18,6 +18,7 @@ pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod oom;
 pub mod output;
 pub mod progress;
 pub mod provenance;
@@ -133,6 +134,7 @@ impl Error {
             | Error::Scenario(_)
             | Error::Invalid(_)
             | Error::OutputPath(_) => exit_code::USAGE,
+            Error::Vm(vm::VmError::FdLimit { .. }) => exit_code::HOST_FAILURE,
             Error::Vm(_) | Error::Probe(_) => exit_code::KVM_UNUSABLE,
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,

@@ -190,6 +190,8 @@ pub struct BootReport {
 struct Machine {
     /// Gaps in the controller's own clock (see [`crate::stall`]).
     stalls: crate::stall::StallLog,
+    /// Degraded measurements found while setting up (for the host report).
+    warnings: Vec<String>,
     // Field order is drop order: threads are joined explicitly before, and
     // the VM must go before the memory it maps.
     _vm: Arc<VmFd>,
@@ -222,6 +224,8 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let outcome = machine.wait(config.timeout);
     let dumps = machine.stop();
     let page = memory::read_shared(&machine.mem)?;
+    let warnings = std::mem::take(&mut machine.warnings);
+    machine.host.warnings.extend(warnings);
     for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
@@ -409,19 +413,31 @@ impl Machine {
         };
         memory::write_control(&mem, &control)?;
         // One stats fd per vCPU, for the first STATS_VCPUS only (fd limits).
-        let stats = if plan.is_some() || config.workload != Workload::None {
-            fds.iter()
-                .take(STATS_VCPUS)
-                .map(|fd| inject::kvmstats::open(fd).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let stats: Vec<Option<std::fs::File>> =
+            if plan.is_some() || config.workload != Workload::None {
+                fds.iter()
+                    .take(STATS_VCPUS)
+                    .map(|fd| inject::kvmstats::open(fd).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        // Missing statistics blank report columns: say why, once.
+        let missing = stats.iter().filter(|s| s.is_none()).count();
+        let mut warnings = Vec::new();
+        if missing > 0 {
+            warnings.push(format!(
+                "KVM statistics of {missing} vCPU(s) unavailable (KVM_GET_STATS_FD failed; ulimit -n \
+                 is {}): their kvm: columns show -",
+                vm::fd_limit().map_or("unknown".to_string(), |l| l.to_string())
+            ));
+        }
 
         let console = Arc::new(Console::new(config.vcpus, config.console));
         let run_control = Arc::new(RunControl::default());
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {
+            warnings,
             stalls: crate::stall::StallLog::default(),
             _vm: vm_fd,
             pv: pv_host.clone(),

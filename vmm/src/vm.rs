@@ -78,6 +78,19 @@ pub enum VmError {
         /// errno.
         source: kvm_ioctls::Error,
     },
+    /// The process ran out of file descriptors (each vCPU takes one for
+    /// itself and one for its KVM statistics).
+    #[error(
+        "{what} failed: out of file descriptors (ulimit -n is {}): each vCPU needs about 2, \
+         plus about 16 for the VMM; raise ulimit -n",
+        limit.map_or("unknown".to_string(), |l| l.to_string())
+    )]
+    FdLimit {
+        /// The call that failed.
+        what: &'static str,
+        /// The soft limit, if readable.
+        limit: Option<u64>,
+    },
     /// More vCPUs than this host (or the ABI) allows.
     #[error("{requested} vCPUs requested, but this host's KVM supports at most {max}")]
     TooManyVcpus {
@@ -89,7 +102,26 @@ pub enum VmError {
 }
 
 fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
-    r.map_err(|source| VmError::Ioctl { what, source })
+    r.map_err(|source| match source.errno() {
+        // Not KVM's fault: the process ran out of file descriptors.
+        libc::EMFILE | libc::ENFILE => VmError::FdLimit {
+            what,
+            limit: fd_limit(),
+        },
+        _ => VmError::Ioctl { what, source },
+    })
+}
+
+/// The soft limit on open files (`ulimit -n`; getrlimit needs no fd, so
+/// it answers when the process is out of them).
+pub fn fd_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `r`, a valid, owned value.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// Opens KVM at `path` (normally `/dev/kvm`), mapping failures to a message

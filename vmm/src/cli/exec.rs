@@ -239,6 +239,9 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if raw.vmm_stalls.stalled() {
         note(&format!("error: {}", raw.vmm_stalls.describe()));
     }
+    for w in &raw.host.warnings {
+        note(&format!("warning: {w}"));
+    }
     Ok(code)
 }
 
@@ -390,8 +393,33 @@ fn boot(args: &RunArgs) -> Result<u8, Error> {
     Ok(crate::exit_code::OK)
 }
 
+/// Stack of the thread the CLI runs on (the usual main-thread size).
+const MAIN_STACK: usize = 8 << 20;
+
 /// Runs the CLI; returns the process exit code.
+///
+/// The CLI runs on a thread of its own: the main thread's stack grows on
+/// demand, and under a low `ulimit -v` growing it fails with SIGSEGV,
+/// while a thread's stack is mapped whole when it starts, so a limit too
+/// low for it fails there, with a message.
 pub fn main() -> ExitCode {
+    let started = std::thread::Builder::new()
+        .name("ipivirt".into())
+        .stack_size(MAIN_STACK)
+        .spawn(cli_main);
+    match started {
+        // A panic has printed its message; 101 as for a panicking main.
+        Ok(cli) => cli.join().unwrap_or(ExitCode::from(101)),
+        Err(e) => {
+            note(&format!(
+                "error: cannot start: {e} (the address-space limit, ulimit -v, is too low)"
+            ));
+            ExitCode::from(crate::exit_code::HOST_FAILURE)
+        }
+    }
+}
+
+fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         None => run(&cli.run),

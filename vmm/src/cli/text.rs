@@ -88,6 +88,9 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32, measured: Measured) 
                 h.preemptions_skipped
             );
         }
+        for w in &h.warnings {
+            out += &format!("host: warning: {w}\n");
+        }
         for e in &h.errors {
             out += &format!("host: injector error: {e}\n");
         }

@@ -58,6 +58,9 @@ pub struct HostReport {
     /// Planned preemptions dropped because they were long overdue when
     /// the injector got to them (the VMM was stalled): not replayed.
     pub preemptions_skipped: u64,
+    /// Measurements the run could not make, and why (e.g. out of file
+    /// descriptors): the report's blanks explained.
+    pub warnings: Vec<String>,
     /// Events not kept in the timeline (beyond [`super::TIMELINE_LIMIT`]).
     pub timeline_dropped: u64,
     /// Injector errors (first few).

@@ -421,6 +421,9 @@ pub struct HostInfo {
     /// Stalls of the VMM itself (SIGSTOP, an overloaded host).
     #[serde(default)]
     pub vmm_stalls: crate::stall::StallInfo,
+    /// Measurements the run could not make, and why.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// One design's figures.
@@ -678,6 +681,7 @@ impl Report {
                 trace_error: h.trace_error.clone(),
                 preemptions_skipped: h.preemptions_skipped,
                 vmm_stalls: boot.vmm_stalls.into(),
+                warnings: h.warnings.clone(),
             },
             designs: g
                 .designs
