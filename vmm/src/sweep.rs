@@ -238,6 +238,22 @@ pub struct SweepCell {
     pub reason: Option<String>,
     /// The cell's report (outcome `ok`).
     pub report: Option<Report>,
+    /// The cell's own `--trace` file (null: none asked for, or not run).
+    pub trace: Option<std::path::PathBuf>,
+}
+
+/// The trace file of cell `index` (from 0) of a sweep given `--trace
+/// path`: `t.json` gives `t-1.json`, `t-2.json`, ... so that no cell
+/// overwrites another's.
+pub fn cell_trace(path: &std::path::Path, index: usize) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", index + 1),
+    };
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -262,6 +278,16 @@ mod tests {
         let v: Vec<u32> = cells.iter().map(|c| c.vcpus).collect();
         assert_eq!(v, vec![2, 4, 8]);
         assert!(cells.iter().all(|c| c.host_cpus == vec![0, 1]));
+    }
+
+    #[test]
+    fn test_cell_trace_names() {
+        use std::path::Path;
+        assert_eq!(
+            cell_trace(Path::new("d/t.json"), 0),
+            Path::new("d/t-1.json")
+        );
+        assert_eq!(cell_trace(Path::new("trace"), 2), Path::new("trace-3"));
     }
 
     #[test]

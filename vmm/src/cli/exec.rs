@@ -245,11 +245,17 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     Ok(code)
 }
 
-/// The configuration of one sweep cell.
-fn cell_config(base: &MachineConfig, cell: &crate::sweep::Cell) -> MachineConfig {
+/// The configuration of cell `index` of a sweep: its vCPUs and host
+/// CPUs, and a trace file of its own.
+fn cell_config(base: &MachineConfig, cell: &crate::sweep::Cell, index: usize) -> MachineConfig {
     let mut config = base.clone();
     config.vcpus = cell.vcpus;
     config.inject.host_cpus = Some(cell.host_cpus.clone());
+    config.inject.trace = base
+        .inject
+        .trace
+        .as_deref()
+        .map(|t| crate::sweep::cell_trace(t, index));
     config
 }
 
@@ -272,8 +278,11 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     );
     // Every cell is checked before the first boots; one that cannot be
     // measured is skipped, saying why, and a sweep of nothing is refused.
-    for cell in cells.iter_mut().filter(|c| c.skipped.is_none()) {
-        if let Err(e) = Scenario::from_config(cell_config(&base, cell)).validate() {
+    for (i, cell) in cells.iter_mut().enumerate() {
+        if cell.skipped.is_some() {
+            continue;
+        }
+        if let Err(e) = Scenario::from_config(cell_config(&base, cell, i)).validate() {
             cell.skipped = Some(e.to_string());
         }
     }
@@ -291,8 +300,10 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let mut failed = None;
     let mut stopped = None;
     let mut done = 0;
-    for cell in &cells {
+    for (i, cell) in cells.iter().enumerate() {
+        let config = cell_config(&base, cell, i);
         let mut entry = SweepCell {
+            trace: None,
             vcpus: cell.vcpus,
             host_cpus: cell.host_cpus.clone(),
             ratio: cell.ratio(),
@@ -320,7 +331,8 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             entry.outcome = "skipped".into();
             Err(String::new())
         } else {
-            match run_scenario(&args.run, cell_config(&base, cell), &mut out) {
+            entry.trace = config.inject.trace.clone();
+            match run_scenario(&args.run, config, &mut out) {
                 Ok(r) => {
                     code = code.max(r.exit_code());
                     done += 1;
@@ -350,6 +362,17 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         json_cells.push(entry);
     }
     out.say(table.trim_end());
+    for (k, c) in json_cells.iter().enumerate() {
+        if let Some(t) = &c.trace {
+            out.say(&format!(
+                "trace of cell {} ({} vCPUs, {}): {}",
+                k + 1,
+                c.vcpus,
+                c.ratio,
+                t.display()
+            ));
+        }
+    }
     let runnable = cells.iter().filter(|c| c.skipped.is_none()).count();
     let (status, reason) = match (stopped, failed) {
         (Some(signal), _) => {
