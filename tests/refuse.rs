@@ -58,6 +58,11 @@ fn test_unmeasurable_scenarios_exit_2_before_booting() {
             vec!["--designs", "upstream+send-ipi+send-ipi"],
             "named twice",
         ),
+        (vec!["--probe-period", "0"], "give a period above 0"),
+        (
+            vec!["--torture-weights", "single=1,single=2"],
+            "weighted twice",
+        ),
     ];
     for (extra, says) in cases {
         let mut args: Vec<&str> = q.iter().copied().chain(extra.iter().copied()).collect();
@@ -78,6 +83,43 @@ fn test_unmeasurable_scenarios_exit_2_before_booting() {
         assert!(started.elapsed() < Duration::from_secs(5), "{extra:?}");
     }
     assert!(!std::path::Path::new(svg).exists());
+}
+
+#[test]
+fn test_explicit_antagonist_without_sched_fifo_is_refused() {
+    use std::os::unix::process::CommandExt;
+    if !kvm_or_skip() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("skipped: needs root to become an unprivileged user");
+        return;
+    }
+    // `nobody` may not use SCHED_FIFO (RLIMIT_RTPRIO 0).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipivirt"))
+        .args([
+            "run",
+            "--quiet",
+            "--preempt",
+            "antagonist",
+            "--duration",
+            "100ms",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("--preempt antagonist needs SCHED_FIFO"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
 }
 
 #[test]

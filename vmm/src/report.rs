@@ -43,6 +43,10 @@ pub fn cycles_to_us(cycles: u64, tsc_khz: u64) -> f64 {
 /// `n=…, p50 …, p99 …, max …` of a histogram in microseconds.
 pub fn latency_summary(h: &Histogram, tsc_khz: u64) -> String {
     let us = |c| cycles_to_us(c, tsc_khz);
+    if h.count == 0 {
+        // Not a latency of zero: nothing was measured.
+        return "n=0, p50 -, p99 -, max - (no samples)".into();
+    }
     format!(
         "n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
         h.count,
@@ -468,6 +472,19 @@ fn pv_lines(out: &mut String, r: &BootReport) {
             h.preemptions_marked,
             h.deferrable,
             h.flushes_signalled
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_latency_summary_of_no_samples_is_dashes() {
+        assert_eq!(
+            latency_summary(&Histogram::new(), 1000),
+            "n=0, p50 -, p99 -, max - (no samples)"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use super::text::{host_block, online_line, partial_text};
-use super::{Cli, Command, OutputArgs, RunArgs, RunCmd, SweepCmd};
+use super::{Cli, Command, OutputArgs, PreemptArg, RunArgs, RunCmd, SweepCmd};
 use crate::machine::{self, MachineConfig};
 use crate::output::{self, OutputError, Target};
 use crate::provenance::Provenance;
@@ -157,6 +157,31 @@ fn run_scenario(args: &RunCmd, config: MachineConfig, out: &mut Printer) -> Resu
     })
 }
 
+/// An explicit `--preempt antagonist` that SCHED_FIFO refuses is refused
+/// (exit 2): only the default falls back to `pause`, since a run that
+/// silently measures something else than asked is not the one asked for.
+fn check_explicit_antagonist(args: &RunCmd) -> Result<(), Error> {
+    if args.scenario.preempt != Some(PreemptArg::Antagonist) {
+        return Ok(());
+    }
+    crate::inject::placement::fifo_permitted().map_err(|why| {
+        Error::Scenario(format!(
+            "--preempt antagonist needs SCHED_FIFO, which this process may not use ({why}): \
+             give --preempt pause, or leave --preempt out to fall back to pause"
+        ))
+    })
+}
+
+/// Says that a signal which came after the run had finished was ignored.
+fn late_signal() {
+    if let Some(signal) = crate::signals::pending() {
+        note(&format!(
+            "{} arrived after the run had finished: ignored (the report is complete)",
+            crate::signals::name(signal)
+        ));
+    }
+}
+
 /// The PV probe (when PV features are asked for) and the run.
 fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<Report, Error> {
     if config.requested_pv() != 0 {
@@ -174,10 +199,13 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config();
     let scenario = Scenario::from_config(config.clone());
     let mut out = Printer::new(outputs.stdout_taken());
-    let checked = scenario.validate().and_then(|()| match outputs.svg {
-        Some(_) => scenario.check_plot(),
-        None => Ok(()),
-    });
+    let checked = scenario
+        .validate()
+        .and_then(|()| match outputs.svg {
+            Some(_) => scenario.check_plot(),
+            None => Ok(()),
+        })
+        .and_then(|()| check_explicit_antagonist(args));
     let report = match checked.and_then(|()| measure(args, &config, &mut out)) {
         Ok(r) => r,
         Err(e) => {
@@ -242,6 +270,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     for w in &raw.host.warnings {
         note(&format!("warning: {w}"));
     }
+    late_signal();
     Ok(code)
 }
 
@@ -268,6 +297,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     }
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
+    check_explicit_antagonist(&args.run)?;
     let base = args.run.machine_config();
     let available = base.inject.host_cpus.clone().unwrap_or_default();
     let mut cells = crate::sweep::plan(
@@ -412,6 +442,7 @@ fn boot(args: &RunArgs) -> Result<u8, Error> {
         }
     })?;
     out.say(&online_line(&report));
+    late_signal();
     out.finish().map_err(Error::Stdout)?;
     Ok(crate::exit_code::OK)
 }

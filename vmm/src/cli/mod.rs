@@ -204,9 +204,9 @@ struct ScenarioArgs {
     /// guest kernel code is emulated].
     #[arg(long, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     tick_hz: Option<u32>,
-    /// Latency probe period [default: 1ms on hardware, 10ms where guest
-    /// kernel code is emulated].
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Latency probe period, above 0 [default: 1ms on hardware, 10ms
+    /// where guest kernel code is emulated].
+    #[arg(long, value_name = "DUR", value_parser = parse_period)]
     probe_period: Option<Duration>,
 }
 
@@ -216,6 +216,7 @@ struct Weights([u8; abi::torture::COUNT]);
 
 fn parse_weights(s: &str) -> Result<Weights, String> {
     let mut w = [0u8; abi::torture::COUNT];
+    let mut seen = [false; abi::torture::COUNT];
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, value) = item
             .split_once('=')
@@ -229,6 +230,9 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
                     abi::torture::NAMES.join(", ")
                 )
             })?;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("primitive '{}' is weighted twice", name.trim()));
+        }
         w[i] = value
             .trim()
             .parse()
@@ -447,6 +451,16 @@ impl From<HookArg> for TestHook {
     }
 }
 
+/// A duration above zero (0 would silently mean the default).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "{s}: give a period above 0 (leave the option out for the default)"
+        )),
+        d => Ok(d),
+    }
+}
+
 /// A duration like every other (`10s`, `500ms`, a bare number of
 /// seconds), above zero.
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -571,6 +585,8 @@ mod tests {
             &["ipivirt", "run", "--max-duty", "95"],
             &["ipivirt", "run", "--workload", "dance"],
             &["ipivirt", "boot", "--preempt", "pause"],
+            &["ipivirt", "run", "--probe-period", "0"],
+            &["ipivirt", "run", "--torture-weights", "single=1,single=2"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
