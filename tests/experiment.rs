@@ -370,6 +370,15 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(r["host"]["steal_ns"].is_null(), "{r}");
+    // The host table is in the JSON too, with the same nulls.
+    let rows = r["host"]["vcpus"].as_array().expect("host.vcpus");
+    assert_eq!(rows.len(), 2, "{r}");
+    for v in rows {
+        assert!(v["tid"].as_u64().is_some_and(|t| t > 0), "{v}");
+        assert!(v["steal_ns"].is_null() && v["max_gap_ns"].is_null(), "{v}");
+        assert!(v["run_delay_ns"].is_u64() && v["paused_ns"].is_u64(), "{v}");
+        assert!(v["kvm"]["halt_exits"].is_u64(), "{v}");
+    }
 
     // spin registers steal time and records the gap: numbers.
     let mut args = vec![
@@ -394,6 +403,12 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
     assert_eq!(
         r["host"]["steal_ns"].as_array().map(Vec::len),
         Some(2),
+        "{r}"
+    );
+    let rows = r["host"]["vcpus"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|v| v["steal_ns"].is_u64() && v["max_gap_ns"].is_u64()),
         "{r}"
     );
 }

@@ -37,8 +37,10 @@ use crate::machine::{BootReport, MachineConfig};
 use crate::results::DesignReport;
 use crate::{ConsoleMode, Error};
 
+mod host;
 mod status;
 mod validate;
+pub use host::VcpuInfo;
 pub use status::{FailedRun, Status};
 pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
 
@@ -424,6 +426,26 @@ pub struct HostInfo {
     /// Measurements the run could not make, and why.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Time the injectors preempted vCPUs in all, in ns.
+    #[serde(default)]
+    pub preempt_ns_injected: u64,
+    /// How long injection ran, in seconds.
+    #[serde(default)]
+    pub injection_s: f64,
+    /// Whether every vCPU thread's affinity was restored at the end (null:
+    /// no injector ran).
+    #[serde(default)]
+    pub affinity_restored: Option<bool>,
+    /// Why the preemption mode differs from the one asked for (null: it
+    /// does not).
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Errors the injectors hit (the run went on).
+    #[serde(default)]
+    pub injector_errors: Vec<String>,
+    /// The host table, one row per vCPU (as many as the text shows and more).
+    #[serde(default)]
+    pub vcpus: Vec<VcpuInfo>,
 }
 
 /// One design's figures.
@@ -682,6 +704,12 @@ impl Report {
                 preemptions_skipped: h.preemptions_skipped,
                 vmm_stalls: boot.vmm_stalls.into(),
                 warnings: h.warnings.clone(),
+                preempt_ns_injected: h.preempt_ns_injected,
+                injection_s: h.elapsed.as_secs_f64(),
+                affinity_restored: h.active.then_some(h.affinity_restored),
+                fallback: h.fallback.clone(),
+                injector_errors: h.errors.clone(),
+                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config)),
             },
             designs: g
                 .designs
