@@ -130,3 +130,22 @@ fn test_kvm_path_that_is_not_kvm_or_empty() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("online 2/2"), "{stdout}");
 }
+
+#[test]
+fn test_quiet_failure_shows_the_last_guest_console_lines() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // With --quiet the console is captured: a failure shows its tail.
+    let out = ipivirt(&["boot", "--quiet", "--vcpus", "2", "--test-hook", "panic"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let tail = stderr
+        .split("last guest console lines:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no console tail: {stderr}"));
+    assert!(
+        tail.contains("panic message: test hook: panic requested"),
+        "{stderr}"
+    );
+}

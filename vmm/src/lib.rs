@@ -161,6 +161,15 @@ impl Error {
         }
     }
 
+    /// The last guest console lines attached to the error, if any.
+    pub fn console_tail(&self) -> &[String] {
+        match self {
+            Error::Guest(g) => &g.console_tail,
+            Error::Watchdog(w) => &w.console_tail,
+            _ => &[],
+        }
+    }
+
     /// vCPU register dumps attached to the error, if any.
     pub fn register_dumps(&self) -> &[vcpu::RegisterDump] {
         match self {

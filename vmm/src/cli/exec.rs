@@ -475,6 +475,12 @@ pub fn main() -> ExitCode {
 
 fn cli_main() -> ExitCode {
     let cli = Cli::parse();
+    let quiet = match &cli.command {
+        None => cli.run.common.quiet,
+        Some(Command::Run(a)) => a.common.quiet,
+        Some(Command::Boot(a)) => a.quiet,
+        Some(Command::Sweep(a)) => a.run.common.quiet,
+    };
     let result = match &cli.command {
         None => run(&cli.run),
         Some(Command::Run(args)) => run(args),
@@ -486,6 +492,15 @@ fn cli_main() -> ExitCode {
         Err(e) => {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "ipivirt: error: {e}");
+            // With --quiet the console was captured, not shown: what the
+            // guest said last is often the explanation.
+            let tail = e.console_tail();
+            if quiet && !tail.is_empty() {
+                let _ = writeln!(err, "last guest console lines:");
+                for line in tail {
+                    let _ = writeln!(err, "  {line}");
+                }
+            }
             let dumps = e.register_dumps();
             if !dumps.is_empty() {
                 let _ = writeln!(err, "vCPU registers at stop:");
