@@ -204,7 +204,7 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
     assert!(r["floor_latency_ns"].is_null(), "no floor outside ping");
     assert_eq!(r["scenario"]["workload"], "shootdown");
     // The report reads back into the library's type.
-    let back: ipivirt::Report = serde_json::from_value(r).unwrap();
+    let back: ipivirt::Report = serde_json::from_value(r.clone()).unwrap();
     assert_eq!(back.designs.len(), 2);
 
     let text = std::fs::read_to_string(&svg).unwrap();
@@ -224,6 +224,28 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
         );
     }
     assert!(text.contains("latency (log scale)") && text.contains("class=\"legend\""));
+    // A tail axis (issue 17): percentiles up to 99.99, labels apart, and
+    // each curve's n in the legend.
+    let ticks: Vec<(String, f64)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("ytick"))
+        .map(|n| {
+            (
+                n.text().unwrap().to_string(),
+                n.attribute("y").unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let labels: Vec<&str> = ticks.iter().take(6).map(|t| t.0.as_str()).collect();
+    assert_eq!(labels, ["0", "50", "90", "99", "99.9", "99.99"]);
+    for w in ticks.windows(2).filter(|w| w[1].0 != "0") {
+        assert!(w[0].1 - w[1].1 >= 14.0, "tick labels overlap: {ticks:?}");
+    }
+    let calls = r["designs"][0]["call_latency_ns"]["count"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("upstream (n={calls} calls, ")),
+        "legend without n"
+    );
 }
 
 #[test]
