@@ -241,7 +241,9 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
     for w in ticks.windows(2).filter(|w| w[1].0 != "0") {
         assert!(w[0].1 - w[1].1 >= 14.0, "tick labels overlap: {ticks:?}");
     }
-    let calls = r["designs"][0]["call_latency_ns"]["count"].as_u64().unwrap();
+    let calls = r["designs"][0]["call_latency_ns"]["count"]
+        .as_u64()
+        .unwrap();
     assert!(
         text.contains(&format!("upstream (n={calls} calls, ")),
         "legend without n"

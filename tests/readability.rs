@@ -41,6 +41,19 @@ fn test_sweep_labels_ratios_as_given() {
     let ratio = |row: &str| row.split_whitespace().nth(2).unwrap().to_string();
     assert_eq!(ratio(rows[0]), "1:1", "{stdout}");
     assert_eq!(ratio(rows[1]), "2:1", "{stdout}");
+    // The rows streamed to stderr say which cell of how many, under a header.
+    let streamed: Vec<&str> = stderr.lines().filter(|l| l.contains("upstream")).collect();
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with("cell"),
+        "{stderr}"
+    );
+    assert!(streamed[0].trim_start().starts_with("[1/2]"), "{stderr}");
+    assert!(streamed[1].trim_start().starts_with("[2/2]"), "{stderr}");
 }
 
 #[test]

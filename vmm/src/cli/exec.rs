@@ -135,22 +135,42 @@ fn write_output(target: &Target, text: &str) -> Result<(), Error> {
     })
 }
 
+/// Where a sweep is: cell `cell` of `cells`, and how much slower than
+/// their workload's length the earlier cells ran (boot, calibration and
+/// emulation included), so that the bar's estimate is in this host's time.
+struct Pace {
+    cell: usize,
+    cells: usize,
+    slowdown: f64,
+}
+
 /// Runs a scenario with the progress bar (stderr, not with --quiet); an
 /// interrupted run prints its partial report.
-fn run_scenario(args: &RunCmd, config: MachineConfig, out: &mut Printer) -> Result<Report, Error> {
+fn run_scenario(
+    args: &RunCmd,
+    config: MachineConfig,
+    out: &mut Printer,
+    pace: Option<&mut Pace>,
+) -> Result<Report, Error> {
     let scenario = Scenario::from_config(config);
-    let label = format!(
+    let mut label = format!(
         "{} on {} vCPUs",
         crate::scenario::workload_name(scenario.config().workload),
         scenario.config().vcpus
     );
-    crate::progress::with_progress(
-        !args.common.quiet,
-        scenario.expected_duration(),
-        &label,
-        || scenario.run(),
-    )
-    .inspect_err(|e| {
+    let expected = scenario.expected_duration();
+    let mut shown = expected;
+    if let Some(p) = &pace {
+        label = format!("cell {}/{}: {label}", p.cell, p.cells);
+        shown = expected.mul_f64(p.slowdown);
+    }
+    let started = std::time::Instant::now();
+    let result =
+        crate::progress::with_progress(!args.common.quiet, shown, &label, || scenario.run());
+    if let (Some(p), false) = (pace, expected.is_zero()) {
+        p.slowdown = (started.elapsed().as_secs_f64() / expected.as_secs_f64()).clamp(1.0, 1e4);
+    }
+    result.inspect_err(|e| {
         if let Error::Interrupted(p) = e {
             out.say(&partial_text(p, Measured::of(scenario.config())));
         }
@@ -189,7 +209,7 @@ fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<R
         let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
         out.say(&format!("pv: {}", probe.summary()));
     }
-    run_scenario(args, config.clone(), out)
+    run_scenario(args, config.clone(), out, None)
 }
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
@@ -330,7 +350,20 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let mut failed = None;
     let mut stopped = None;
     let mut done = 0;
+    let mut pace = Pace {
+        cell: 0,
+        cells: cells.len(),
+        slowdown: 1.0,
+    };
+    // Rows stream to stderr as cells finish, each with its cell k/N.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{:>7} {}",
+        "cell",
+        crate::sweep::table_header()
+    );
     for (i, cell) in cells.iter().enumerate() {
+        pace.cell = i + 1;
         let config = cell_config(&base, cell, i);
         let mut entry = SweepCell {
             trace: None,
@@ -362,7 +395,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             Err(String::new())
         } else {
             entry.trace = config.inject.trace.clone();
-            match run_scenario(&args.run, config, &mut out) {
+            match run_scenario(&args.run, config, &mut out, Some(&mut pace)) {
                 Ok(r) => {
                     code = code.max(r.exit_code());
                     done += 1;
@@ -386,7 +419,10 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             }
         };
         let rows = crate::sweep::table_rows(cell, outcome.as_ref().map_err(String::as_str));
-        let _ = write!(std::io::stderr().lock(), "{rows}");
+        let mut err = std::io::stderr().lock();
+        for row in rows.lines() {
+            let _ = writeln!(err, "{:>7} {row}", format!("[{}/{}]", i + 1, cells.len()));
+        }
         table += &rows;
         entry.report = outcome.ok();
         json_cells.push(entry);
