@@ -96,6 +96,21 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert_eq!(r["status"], "ok", "{r}");
     assert!(r["reason"].is_null(), "{r}");
     check_provenance(&r["provenance"]);
+    // The guest's scheduler figures, as the text shows them.
+    let g = &r["guest"];
+    assert_eq!(
+        g["vcpus"].as_array().map(Vec::len),
+        Some(vcpus as usize),
+        "{g}"
+    );
+    assert!(
+        g["vcpus"][0]["ticks"].is_u64() && g["tasks_created"].is_u64(),
+        "{g}"
+    );
+    assert!(
+        g["heap_used_bytes"].is_u64() && g["workload_s"].is_f64(),
+        "{g}"
+    );
     let s = &r["scenario"];
     assert_eq!(uint(r, "/scenario/vcpus"), vcpus);
     assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
@@ -152,6 +167,9 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
         let calls = d["calls"].as_u64().unwrap();
         let violations = d["violations"].as_u64().unwrap();
         assert_eq!(violations, 0, "{name}");
+        // Task creation: timed when tasks were created, null otherwise.
+        let created = d["tasks_created"].as_u64().unwrap();
+        assert_eq!(d["task_create_mean_ns"].is_u64(), created > 0, "{d}");
         assert!(d["first_violation_ms"].is_null(), "{name}");
         let sync_calls = check_latency(&d["call_latency_ns"], "call_latency_ns");
         // Synchronous calls are timed; asynchronous ones only counted.
@@ -435,4 +453,35 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
             .all(|v| v["steal_ns"].is_u64() && v["max_gap_ns"].is_u64()),
         "{r}"
     );
+}
+
+#[test]
+fn test_idle_run_json_has_the_probe_and_counters() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("idle.json");
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "idle",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let n = uint(&r, "/guest/probe_latency_ns/count");
+    assert!(n > 0, "{r}");
+    assert!(
+        stdout.contains(&format!("sched latency (probe): n={n},")),
+        "{stdout}"
+    );
+    check_latency(&r["guest"]["probe_latency_ns"], "guest.probe_latency_ns");
+    assert!(r["designs"].as_array().unwrap().is_empty());
 }

@@ -262,6 +262,12 @@ pub struct DesignSummary {
     pub expected_safe: bool,
     /// The first violations the guest recorded (at most 8).
     pub violation_log: Vec<Violation>,
+    /// Tasks the phase created.
+    #[serde(default)]
+    pub tasks_created: u64,
+    /// Mean time to create one, in ns (null: none created).
+    #[serde(default)]
+    pub task_create_mean_ns: Option<u64>,
 }
 
 /// One recorded invariant violation.
@@ -331,6 +337,9 @@ impl DesignSummary {
                 d.calls as f64 * 1e9 / phase_ns as f64
             },
             expected_safe: d.design.expected_safe(),
+            tasks_created: d.tasks_created,
+            task_create_mean_ns: (d.tasks_created > 0)
+                .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
             violation_log: d
                 .violation_log
                 .iter()

@@ -36,10 +36,12 @@ use crate::inject::{self, PreemptMode};
 use crate::machine::{BootReport, MachineConfig};
 use crate::{ConsoleMode, Error};
 
+mod guest;
 mod host;
 mod json;
 mod status;
 mod validate;
+pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
     cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo, PvInfo,
@@ -285,6 +287,9 @@ pub struct Report {
     pub platform: Platform,
     /// Host-side injection.
     pub host: HostInfo,
+    /// The guest's scheduler figures (probe, counters, tasks).
+    #[serde(default)]
+    pub guest: GuestInfo,
     /// One entry per design, in run order.
     pub designs: Vec<DesignSummary>,
     /// The guest's report with its histograms (not serialised).
@@ -378,6 +383,7 @@ impl Report {
                 injector_errors: h.errors.clone(),
                 vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config)),
             },
+            guest: GuestInfo::new(g, khz),
             designs: g
                 .designs
                 .iter()
