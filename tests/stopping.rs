@@ -175,6 +175,8 @@ fn test_signal_during_the_pv_probe_gives_the_partial_report() {
         "upstream",
         "--duration",
         "60s",
+        "--timeout",
+        "600",
         "--preempt",
         "pause",
     ]);
@@ -207,6 +209,8 @@ fn test_interrupted_run_replaces_the_previous_json_with_a_partial_one() {
         "--quiet",
         "--vcpus",
         "2",
+        "--designs",
+        "upstream",
         "--duration",
         "60s",
         "--preempt",

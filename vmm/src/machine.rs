@@ -192,6 +192,8 @@ struct Machine {
     stalls: crate::stall::StallLog,
     /// Degraded measurements found while setting up (for the host report).
     warnings: Vec<String>,
+    /// This run's claim on its host CPUs (see [`inject::lock`]).
+    cpu_locks: inject::lock::CpuLocks,
     // Field order is drop order: threads are joined explicitly before, and
     // the VM must go before the memory it maps.
     _vm: Arc<VmFd>,
@@ -438,6 +440,7 @@ impl Machine {
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {
             warnings,
+            cpu_locks: Default::default(),
             stalls: crate::stall::StallLog::default(),
             _vm: vm_fd,
             pv: pv_host.clone(),
@@ -477,6 +480,9 @@ impl Machine {
             pv.set_kickers(kickers.clone());
         }
         if let Some(plan) = plan {
+            let (locks, busy) = inject::lock::claim(&plan.host_cpus);
+            machine.cpu_locks = locks;
+            machine.warnings.extend(busy);
             match Injector::start(plan, config.seed, &kickers, pv_host.clone()) {
                 Ok(injector) => machine.injector = Some(injector),
                 Err(e) => {

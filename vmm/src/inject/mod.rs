@@ -19,6 +19,7 @@
 
 pub mod antagonist;
 pub mod kvmstats;
+pub mod lock;
 pub mod migrate;
 pub mod pause;
 pub mod placement;
