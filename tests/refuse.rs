@@ -60,6 +60,14 @@ fn test_unmeasurable_scenarios_exit_2_before_booting() {
         ),
         (vec!["--probe-period", "0"], "give a period above 0"),
         (
+            vec!["--torture-weights", "single=1"],
+            "--torture-weights applies",
+        ),
+        (
+            vec!["--alloc-fail-prob", "0.1", "--designs", "upstream"],
+            "--alloc-fail-prob applies",
+        ),
+        (
             vec!["--torture-weights", "single=1,single=2"],
             "weighted twice",
         ),

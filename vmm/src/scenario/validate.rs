@@ -93,6 +93,9 @@ pub enum ScenarioError {
         /// The duration.
         duration: Duration,
     },
+    /// An option the scenario would silently ignore.
+    #[error("{0}")]
+    Unused(&'static str),
     /// `--svg` for a workload without per-design latencies.
     #[error(
         "--svg: the {0} workload has no per-design latency to plot (ping, shootdown and torture do)"
@@ -151,6 +154,21 @@ impl Scenario {
                     return Err(ScenarioError::DuplicateDesign(l.clone()).into());
                 }
             }
+        }
+        if c.torture_weights.iter().any(|&w| w != 0) && c.workload != Workload::Torture {
+            return Err(ScenarioError::Unused(
+                "--torture-weights applies to --workload torture only: this run would ignore it",
+            )
+            .into());
+        }
+        if c.alloc_fail_prob > 0.0
+            && (!per_design || !c.designs.contains(&abi::Design::AllocInPath))
+        {
+            return Err(ScenarioError::Unused(
+                "--alloc-fail-prob applies to the alloc-in-path design only, which this run does not \
+                 measure: this run would ignore it",
+            )
+            .into());
         }
         let inj = &c.inject;
         if inj.preempt != PreemptMode::None
@@ -246,6 +264,16 @@ mod tests {
             assert!(refused(base().alloc_fail_prob(p)).contains("alloc-fail-prob"));
             assert!(refused(base().forced_migration(p)).contains("forced-migration"));
         }
+        let mut weighted = base();
+        weighted.config_mut().torture_weights[0] = 1;
+        assert!(refused(weighted).contains("--torture-weights applies"));
+        let no_alloc = base().designs(&[Design::Upstream]).alloc_fail_prob(0.5);
+        assert!(refused(no_alloc).contains("--alloc-fail-prob applies"));
+        base()
+            .designs(&[Design::AllocInPath])
+            .alloc_fail_prob(0.5)
+            .validate()
+            .unwrap();
         for n in [0, 65, 1000] {
             assert!(refused(base().tasks_per_cpu(n)).contains("--tasks-per-cpu"));
         }
