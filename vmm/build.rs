@@ -9,6 +9,7 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    git_commit(&manifest);
     let guest_dir = manifest
         .join("../guest")
         .canonicalize()
@@ -58,7 +59,6 @@ fn main() {
         "cargo:rerun-if-changed={}",
         guest_dir.join("../abi/src").display()
     );
-    git_commit(&manifest);
 }
 
 /// Hands the git commit of the checkout being built to the crate as
