@@ -55,9 +55,62 @@ fn check_latency(v: &Value, what: &str) -> u64 {
     v["count"].as_u64().unwrap()
 }
 
+/// Checks the `provenance` object (issue 17): the command as run, the
+/// build, the host, and the load at start and end.
+fn check_provenance(p: &Value) {
+    let command: Vec<&str> = p["command"]
+        .as_array()
+        .expect("provenance.command is the argument list")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(command[0].ends_with("ipivirt"), "{p}");
+    assert!(command.contains(&"--quiet"), "{p}");
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    // Built from a git checkout here: the commit is known.
+    let commit = p["commit"].as_str().expect("a commit when built from git");
+    assert!(
+        commit.len() >= 40 && commit[..40].chars().all(|c| c.is_ascii_hexdigit()),
+        "{p}"
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(p["host_kernel"], kernel.trim());
+    assert!(
+        p["kvm_module"].is_string() || p["kvm_module"].is_null(),
+        "{p}"
+    );
+    assert_eq!(p["guest_mode"], "plain");
+    for f in ["load_start", "load_end"] {
+        let l = p[f].as_array().unwrap_or_else(|| panic!("{f}: {p}"));
+        assert_eq!(l.len(), 3);
+        assert!(
+            l.iter().all(|v| v.as_f64().is_some_and(|v| v >= 0.0)),
+            "{p}"
+        );
+    }
+}
+
 /// Checks a report against the contract; returns the design names.
 fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(r["version"].is_string());
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(r["reason"].is_null(), "{r}");
+    check_provenance(&r["provenance"]);
+    // The guest's scheduler figures, as the text shows them.
+    let g = &r["guest"];
+    assert_eq!(
+        g["vcpus"].as_array().map(Vec::len),
+        Some(vcpus as usize),
+        "{g}"
+    );
+    assert!(
+        g["vcpus"][0]["ticks"].is_u64() && g["tasks_created"].is_u64(),
+        "{g}"
+    );
+    assert!(
+        g["heap_used_bytes"].is_u64() && g["workload_s"].is_f64(),
+        "{g}"
+    );
     let s = &r["scenario"];
     assert_eq!(uint(r, "/scenario/vcpus"), vcpus);
     assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
@@ -82,9 +135,22 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(r["platform"]["verdict"].is_string());
     uint(r, "/host/preemptions_injected");
     uint(r, "/host/migrations_injected");
-    let steal = r["host"]["steal_ns"].as_array().expect("steal_ns array");
-    assert_eq!(steal.len() as u64, vcpus);
-    assert!(steal.iter().all(|s| s.as_u64().is_some()));
+    // Steal time is registered only by `spin` and `--pv steal-time`:
+    // otherwise null, never zeros that look measured.
+    let registered = s["workload"] == "spin"
+        || s["pv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "steal-time");
+    match r["host"]["steal_ns"].as_array() {
+        Some(steal) => {
+            assert!(registered, "{r}");
+            assert_eq!(steal.len() as u64, vcpus);
+            assert!(steal.iter().all(|s| s.as_u64().is_some()));
+        }
+        None => assert!(!registered && r["host"]["steal_ns"].is_null(), "{r}"),
+    }
     for f in ["steal_time", "preempted_flag"] {
         assert!(r["host"]["pv"][f].is_boolean(), "host.pv.{f}");
     }
@@ -101,6 +167,9 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
         let calls = d["calls"].as_u64().unwrap();
         let violations = d["violations"].as_u64().unwrap();
         assert_eq!(violations, 0, "{name}");
+        // Task creation: timed when tasks were created, null otherwise.
+        let created = d["tasks_created"].as_u64().unwrap();
+        assert_eq!(d["task_create_mean_ns"].is_u64(), created > 0, "{d}");
         assert!(d["first_violation_ms"].is_null(), "{name}");
         let sync_calls = check_latency(&d["call_latency_ns"], "call_latency_ns");
         // Synchronous calls are timed; asynchronous ones only counted.
@@ -153,7 +222,7 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
     assert!(r["floor_latency_ns"].is_null(), "no floor outside ping");
     assert_eq!(r["scenario"]["workload"], "shootdown");
     // The report reads back into the library's type.
-    let back: ipivirt::Report = serde_json::from_value(r).unwrap();
+    let back: ipivirt::Report = serde_json::from_value(r.clone()).unwrap();
     assert_eq!(back.designs.len(), 2);
 
     let text = std::fs::read_to_string(&svg).unwrap();
@@ -173,6 +242,30 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
         );
     }
     assert!(text.contains("latency (log scale)") && text.contains("class=\"legend\""));
+    // A tail axis (issue 17): percentiles up to 99.99, labels apart, and
+    // each curve's n in the legend.
+    let ticks: Vec<(String, f64)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("ytick"))
+        .map(|n| {
+            (
+                n.text().unwrap().to_string(),
+                n.attribute("y").unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let labels: Vec<&str> = ticks.iter().take(6).map(|t| t.0.as_str()).collect();
+    assert_eq!(labels, ["0", "50", "90", "99", "99.9", "99.99"]);
+    for w in ticks.windows(2).filter(|w| w[1].0 != "0") {
+        assert!(w[0].1 - w[1].1 >= 14.0, "tick labels overlap: {ticks:?}");
+    }
+    let calls = r["designs"][0]["call_latency_ns"]["count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        text.contains(&format!("upstream (n={calls} calls, ")),
+        "legend without n"
+    );
 }
 
 #[test]
@@ -239,7 +332,7 @@ fn test_sweep_of_two_small_cells() {
         "--host-cpus",
         "0",
         "--vcpus-list",
-        "1,2",
+        "2,3",
         "--designs",
         "upstream",
         "--json",
@@ -256,14 +349,20 @@ fn test_sweep_of_two_small_cells() {
     let rows: Vec<_> = stdout.lines().filter(|l| l.contains("upstream")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(
-        rows[0].contains("1:1") && rows[1].contains("2:1"),
+        rows[0].contains("2:1") && rows[1].contains("3:1"),
         "{stdout}"
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let cells = r.as_array().expect("an array of reports");
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(r["reason"].is_null(), "{r}");
+    check_provenance(&r["provenance"]);
+    let cells = r["cells"].as_array().expect("an array of cells");
     assert_eq!(cells.len(), 2);
-    check_report(&cells[0], 1);
-    check_report(&cells[1], 2);
+    for (cell, vcpus) in cells.iter().zip([2, 3]) {
+        assert_eq!(cell["outcome"], "ok", "{cell}");
+        assert_eq!(cell["vcpus"], vcpus);
+        check_report(&cell["report"], vcpus);
+    }
 }
 
 #[test]
@@ -272,4 +371,117 @@ fn test_sweep_refuses_bad_ratio_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let (_, stderr) = common::text(&out);
     assert!(stderr.contains("not a ratio"), "{stderr}");
+}
+
+/// The host table's columns for vCPU 0: steal_ms and max_gap_us.
+fn vcpu0_steal_and_gap(stdout: &str) -> (String, String) {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("vcpu  tid"));
+    lines.next().expect("the host table");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    (row[2].to_string(), row[5].to_string())
+}
+
+#[test]
+fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("unmeasured.json");
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--designs",
+        "upstream",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        vcpu0_steal_and_gap(&stdout),
+        ("-".into(), "-".into()),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("steal time total - (not registered"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(r["host"]["steal_ns"].is_null(), "{r}");
+    // The host table is in the JSON too, with the same nulls.
+    let rows = r["host"]["vcpus"].as_array().expect("host.vcpus");
+    assert_eq!(rows.len(), 2, "{r}");
+    for v in rows {
+        assert!(v["tid"].as_u64().is_some_and(|t| t > 0), "{v}");
+        assert!(v["steal_ns"].is_null() && v["max_gap_ns"].is_null(), "{v}");
+        assert!(v["run_delay_ns"].is_u64() && v["paused_ns"].is_u64(), "{v}");
+        assert!(v["kvm"]["halt_exits"].is_u64(), "{v}");
+    }
+
+    // spin registers steal time and records the gap: numbers.
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "spin",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (steal, gap) = vcpu0_steal_and_gap(&stdout);
+    assert!(
+        steal.parse::<f64>().is_ok() && gap.parse::<f64>().is_ok(),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        r["host"]["steal_ns"].as_array().map(Vec::len),
+        Some(2),
+        "{r}"
+    );
+    let rows = r["host"]["vcpus"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|v| v["steal_ns"].is_u64() && v["max_gap_ns"].is_u64()),
+        "{r}"
+    );
+}
+
+#[test]
+fn test_idle_run_json_has_the_probe_and_counters() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let json = tmp("idle.json");
+    let mut args = vec![
+        "run",
+        "--vcpus",
+        "2",
+        "--workload",
+        "idle",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(QUIET);
+    let out = common::ipivirt(&args);
+    let (stdout, stderr) = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let n = uint(&r, "/guest/probe_latency_ns/count");
+    assert!(n > 0, "{r}");
+    assert!(
+        stdout.contains(&format!("sched latency (probe): n={n},")),
+        "{stdout}"
+    );
+    check_latency(&r["guest"]["probe_latency_ns"], "guest.probe_latency_ns");
+    assert!(r["designs"].as_array().unwrap().is_empty());
 }

@@ -1,12 +1,15 @@
 //! Builds the guest micro-kernel (../guest) with its own flags and target
 //! directory, and hands its ELF path to the crate as IPIVIRT_GUEST_ELF so
-//! that the VMM embeds it: `cargo build` is the only build step.
+//! that the VMM embeds it: `cargo build` is the only build step. It also
+//! records the git commit being built (IPIVIRT_GIT_COMMIT) for the
+//! report's provenance.
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    git_commit(&manifest);
     let guest_dir = manifest
         .join("../guest")
         .canonicalize()
@@ -55,4 +58,44 @@ fn main() {
     for dep in ["../abi/src", "../guest-lib/src"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(dep).display());
     }
+}
+
+/// Hands the git commit of the checkout being built to the crate as
+/// IPIVIRT_GIT_COMMIT (`<sha>`, or `<sha>-dirty` with uncommitted changes
+/// to tracked files), for the report's provenance; unset outside a
+/// checkout or without git.
+fn git_commit(manifest: &std::path::Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(manifest)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(sha) = git(&["rev-parse", "HEAD"]) else {
+        return;
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let suffix = if dirty { "-dirty" } else { "" };
+    println!("cargo:rustc-env=IPIVIRT_GIT_COMMIT={sha}{suffix}");
+    // Rerun when HEAD moves (a commit, a checkout) or the index changes.
+    for args in [
+        &["rev-parse", "--git-path", "HEAD"][..],
+        &["rev-parse", "--git-path", "index"],
+        &["rev-parse", "--git-path", "packed-refs"],
+    ] {
+        if let Some(p) = git(args) {
+            println!("cargo:rerun-if-changed={}", manifest.join(p).display());
+        }
+    }
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(p) = git(&["rev-parse", "--git-path", &r]) {
+            println!("cargo:rerun-if-changed={}", manifest.join(p).display());
+        }
+    }
+    // Edits to the VMM's sources change the dirty flag.
+    println!("cargo:rerun-if-changed={}", manifest.join("src").display());
 }

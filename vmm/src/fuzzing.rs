@@ -96,7 +96,12 @@ pub fn exercise(data: &[u8]) -> Result<BootReport, FailureKind> {
         Ok(report) => {
             let config = MachineConfig::new(vcpus);
             std::hint::black_box(crate::report::scheduler_text(&config, report));
-            std::hint::black_box(crate::cli::host_block(&report.host, 2_600_000, vcpus));
+            std::hint::black_box(crate::cli::host_block(
+                &report.host,
+                2_600_000,
+                vcpus,
+                crate::report::Measured::ALL,
+            ));
         }
         Err(kind) => {
             std::hint::black_box(kind.to_string());

@@ -19,12 +19,16 @@ pub mod inject;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod oom;
+pub mod output;
 pub mod progress;
+pub mod provenance;
 pub mod pv;
 pub mod report;
 pub mod results;
 pub mod scenario;
 pub mod signals;
+pub mod stall;
 pub mod svg;
 pub mod sweep;
 pub mod vcpu;
@@ -71,6 +75,9 @@ pub enum Error {
     /// The scenario is invalid on this host.
     #[error("invalid scenario: {0}")]
     Scenario(String),
+    /// The scenario cannot be measured as asked ([`Scenario::validate`]).
+    #[error("invalid scenario: {0}")]
+    Invalid(#[from] scenario::ScenarioError),
     /// A KVM call failed while building the VM.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
@@ -101,14 +108,14 @@ pub enum Error {
     /// The signal handlers could not be installed.
     #[error(transparent)]
     Signals(#[from] signals::SignalError),
-    /// The trace file could not be written.
-    #[error("cannot write the trace file {path}: {source}")]
-    Trace {
-        /// The path given with --trace.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// An output path (--json, --svg, --trace) cannot be used; found
+    /// before the run.
+    #[error(transparent)]
+    OutputPath(#[from] output::OutputError),
+    /// The text report could not be written to standard output (a closed
+    /// pipe is not an error).
+    #[error("cannot write the report to standard output: {0}")]
+    Stdout(std::io::Error),
     /// A report file (--json, --svg) could not be written.
     #[error("cannot write {path}: {source}")]
     Output {
@@ -124,13 +131,17 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::KvmUnavailable(_) => exit_code::KVM_UNUSABLE,
-            Error::Vm(vm::VmError::TooManyVcpus { .. }) | Error::Scenario(_) => exit_code::USAGE,
+            Error::Vm(vm::VmError::TooManyVcpus { .. })
+            | Error::Scenario(_)
+            | Error::Invalid(_)
+            | Error::OutputPath(_) => exit_code::USAGE,
+            Error::Vm(vm::VmError::FdLimit { .. }) => exit_code::HOST_FAILURE,
             Error::Vm(_) | Error::Probe(_) => exit_code::KVM_UNUSABLE,
             Error::Memory(_) | Error::Thread(_) => exit_code::HOST_FAILURE,
             Error::Loader(_) | Error::Guest(_) => exit_code::GUEST_CRASH,
             Error::Watchdog(_) => exit_code::WATCHDOG,
             Error::Inject(e) if e.is_scenario() => exit_code::USAGE,
-            Error::Inject(_) | Error::Trace { .. } | Error::Signals(_) | Error::Output { .. } => {
+            Error::Inject(_) | Error::Stdout(_) | Error::Signals(_) | Error::Output { .. } => {
                 exit_code::HOST_FAILURE
             }
             Error::Interrupted(p) => signals::exit_code(p.signal),
@@ -148,6 +159,15 @@ impl Error {
                 _ => vec![0],
             },
             _ => vec![0],
+        }
+    }
+
+    /// The last guest console lines attached to the error, if any.
+    pub fn console_tail(&self) -> &[String] {
+        match self {
+            Error::Guest(g) => &g.console_tail,
+            Error::Watchdog(w) => &w.console_tail,
+            _ => &[],
         }
     }
 

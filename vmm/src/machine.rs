@@ -183,10 +183,18 @@ pub struct BootReport {
     pub pv_probe: Option<HostPv>,
     /// What the VMM's PV interface served (when the run had it).
     pub pv_host: Option<PvHostTotals>,
+    /// Stalls of the VMM itself during the run (none: it ran throughout).
+    pub vmm_stalls: crate::stall::StallLog,
 }
 
 /// A VM with its memory and vCPU threads.
 struct Machine {
+    /// Gaps in the controller's own clock (see [`crate::stall`]).
+    stalls: crate::stall::StallLog,
+    /// Degraded measurements found while setting up (for the host report).
+    warnings: Vec<String>,
+    /// This run's claim on its host CPUs (see [`inject::lock`]).
+    cpu_locks: inject::lock::CpuLocks,
     // Field order is drop order: threads are joined explicitly before, and
     // the VM must go before the memory it maps.
     _vm: Arc<VmFd>,
@@ -219,6 +227,8 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let outcome = machine.wait(config.timeout);
     let dumps = machine.stop();
     let page = memory::read_shared(&machine.mem)?;
+    let warnings = std::mem::take(&mut machine.warnings);
+    machine.host.warnings.extend(warnings);
     for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
@@ -227,16 +237,16 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         v.pv_neighbour_resumed = status.pv_neighbour_resumed;
     }
     if let (Some(path), true) = (&config.inject.trace, machine.host.active) {
-        inject::trace::write_file(
+        // A trace that cannot be written must not cost the run's results:
+        // the error rides along in the host report.
+        machine.host.trace_error = inject::trace::write_file(
             path,
             &machine.host.timeline,
             &machine.host.host_cpus,
             config.vcpus,
         )
-        .map_err(|source| Error::Trace {
-            path: path.clone(),
-            source,
-        })?;
+        .err()
+        .map(|e| format!("cannot write the trace file {}: {e}", path.display()));
     }
     match outcome {
         Wait::Done { all_online } => results::boot_report(
@@ -251,6 +261,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
             r.host = std::mem::take(&mut machine.host);
             r.pv_probe = machine.pv_probe.clone();
             r.pv_host = machine.pv.as_ref().map(|p| p.totals());
+            r.vmm_stalls = machine.stalls;
             r
         })
         .map_err(|kind| machine.failure(kind, dumps)),
@@ -262,6 +273,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
             missing: results::offline_vcpus(&page, config.vcpus, 16),
             dumps,
             console_tail: machine.console.tail(),
+            vmm_stalled: machine.stalls.stalled().then_some(machine.stalls.total),
         })),
         Wait::Interrupted { signal, all_online } => {
             let online =
@@ -417,20 +429,34 @@ impl Machine {
         };
         memory::write_control(&mem, &control)?;
         // One stats fd per vCPU, for the first STATS_VCPUS only (fd limits).
-        let stats = if plan.is_some() || config.workload != Workload::None {
-            fds.iter()
-                .take(STATS_VCPUS)
-                .map(|fd| inject::kvmstats::open(fd).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let stats: Vec<Option<std::fs::File>> =
+            if plan.is_some() || config.workload != Workload::None {
+                fds.iter()
+                    .take(STATS_VCPUS)
+                    .map(|fd| inject::kvmstats::open(fd).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        // Missing statistics blank report columns: say why, once.
+        let missing = stats.iter().filter(|s| s.is_none()).count();
+        let mut warnings = Vec::new();
+        if missing > 0 {
+            warnings.push(format!(
+                "KVM statistics of {missing} vCPU(s) unavailable (KVM_GET_STATS_FD failed; ulimit -n \
+                 is {}): their kvm: columns show -",
+                vm::fd_limit().map_or("unknown".to_string(), |l| l.to_string())
+            ));
+        }
 
         let console = Arc::new(Console::new(config.vcpus, config.console));
         console.attach_memory(mem.clone());
         let run_control = Arc::new(RunControl::default());
         let (tx, rx) = mpsc::channel();
         let mut machine = Machine {
+            warnings,
+            cpu_locks: Default::default(),
+            stalls: crate::stall::StallLog::default(),
             _vm: vm_fd,
             pv: pv_host.clone(),
             pv_probe,
@@ -469,6 +495,9 @@ impl Machine {
             pv.set_kickers(kickers.clone());
         }
         if let Some(plan) = plan {
+            let (locks, busy) = inject::lock::claim(&plan.host_cpus);
+            machine.cpu_locks = locks;
+            machine.warnings.extend(busy);
             match Injector::start(plan, config.seed, &kickers, pv_host.clone()) {
                 Ok(injector) => machine.injector = Some(injector),
                 Err(e) => {
@@ -482,9 +511,16 @@ impl Machine {
 
     /// Waits for the guest's verdict until the watchdog deadline.
     fn wait(&mut self, timeout: Duration) -> Wait {
-        let deadline = self.created + timeout;
+        let mut deadline = self.created + timeout;
         let mut all_online = None;
+        let mut step = (Instant::now(), SIGNAL_POLL);
         loop {
+            // A step far longer than it asked for is the VMM stalled: the
+            // watchdog counts only the time it was running.
+            let now = Instant::now();
+            deadline += self.stalls.observe(step.1, now - step.0);
+            let left = deadline.saturating_duration_since(now);
+            step = (now, left.min(SIGNAL_POLL));
             if let Some(signal) = crate::signals::pending() {
                 return Wait::Interrupted { signal, all_online };
             }

@@ -6,6 +6,32 @@ use abi::Histogram;
 
 use crate::machine::{BootReport, MachineConfig};
 
+/// Which per-vCPU guest figures a run measured; the others print `-` in
+/// the text and null in the JSON, never a zero that looks measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// The guest registered steal time (`spin`, `--pv steal-time`).
+    pub steal_time: bool,
+    /// The guest recorded its largest TSC gap (`spin`).
+    pub max_gap: bool,
+}
+
+impl Measured {
+    /// Everything measured.
+    pub const ALL: Measured = Measured {
+        steal_time: true,
+        max_gap: true,
+    };
+
+    /// What a run of `config` measures.
+    pub fn of(config: &MachineConfig) -> Self {
+        Measured {
+            steal_time: config.all_pv() & abi::pv::STEAL_TIME != 0,
+            max_gap: config.workload == abi::Workload::Spin,
+        }
+    }
+}
+
 /// Converts TSC cycles to microseconds.
 pub fn cycles_to_us(cycles: u64, tsc_khz: u64) -> f64 {
     if tsc_khz == 0 {
@@ -17,6 +43,10 @@ pub fn cycles_to_us(cycles: u64, tsc_khz: u64) -> f64 {
 /// `n=…, p50 …, p99 …, max …` of a histogram in microseconds.
 pub fn latency_summary(h: &Histogram, tsc_khz: u64) -> String {
     let us = |c| cycles_to_us(c, tsc_khz);
+    if h.count == 0 {
+        // Not a latency of zero: nothing was measured.
+        return "n=0, p50 -, p99 -, max - (no samples)".into();
+    }
     format!(
         "n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
         h.count,
@@ -266,7 +296,9 @@ pub fn designs_text(r: &BootReport) -> String {
             8192 / 8
         );
     }
-    if let Some(base) = designs
+    if r.vmm_stalls.stalled() {
+        let _ = writeln!(out, "UNRELIABLE: {}", r.vmm_stalls.describe());
+    } else if let Some(base) = designs
         .iter()
         .find(|d| d.design == abi::Design::Upstream && d.label() == "upstream")
     {
@@ -296,7 +328,12 @@ pub fn designs_text(r: &BootReport) -> String {
         }
     }
     // Each PV column against its plain design, measured in the same run.
-    for d in designs.iter().filter(|d| d.label() != d.design.name()) {
+    let compared = if r.vmm_stalls.stalled() {
+        &[][..]
+    } else {
+        designs
+    };
+    for d in compared.iter().filter(|d| d.label() != d.design.name()) {
         if let Some(plain) = designs
             .iter()
             .find(|p| p.design == d.design && p.label() == p.design.name())
@@ -445,6 +482,19 @@ fn pv_lines(out: &mut String, r: &BootReport) {
             h.preemptions_marked,
             h.deferrable,
             h.flushes_signalled
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_latency_summary_of_no_samples_is_dashes() {
+        assert_eq!(
+            latency_summary(&Histogram::new(), 1000),
+            "n=0, p50 -, p99 -, max - (no samples)"
         );
     }
 }

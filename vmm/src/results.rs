@@ -177,6 +177,9 @@ pub struct WatchdogReport {
     pub dumps: Vec<RegisterDump>,
     /// The last console lines.
     pub console_tail: Vec<String>,
+    /// How long the VMM itself was stalled before it fired (not counted
+    /// in the deadline, which the stalls pushed back); None: never.
+    pub vmm_stalled: Option<Duration>,
 }
 
 impl fmt::Display for WatchdogReport {
@@ -189,7 +192,17 @@ impl fmt::Display for WatchdogReport {
         if !self.missing.is_empty() {
             write!(f, "; never came online: vCPUs {:?}", self.missing)?;
         }
-        write!(f, "; every vCPU was stopped")
+        write!(f, "; every vCPU was stopped")?;
+        if let Some(stalled) = self.vmm_stalled {
+            write!(
+                f,
+                " (the VMM itself was also stopped or starved for {:.0} ms, not counted in the {:?}: \
+                 the guest had its full time)",
+                stalled.as_secs_f64() * 1e3,
+                self.timeout
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -728,6 +741,7 @@ pub fn boot_report(
         })
         .map_err(FailureKind::InvalidResults)?,
         host: Default::default(),
+        vmm_stalls: Default::default(),
         pv_probe: None,
         pv_host: None,
     })

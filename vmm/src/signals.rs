@@ -2,10 +2,14 @@
 //! that only records the signal; the controller polls it while it waits for
 //! the guest and then stops the run the way the watchdog does (vCPUs
 //! kicked, injectors stopped, affinities restored) and reports what it has,
-//! marked partial. The handler resets itself: a second Ctrl-C kills the
-//! process at once.
+//! marked partial. A second signal (either of the two) kills the process
+//! at once: the handler is installed once per process (installing it
+//! again, e.g. per sweep cell, would re-arm it), resets itself, and on a
+//! second signal of the other kind restores the default action and
+//! re-raises it.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 /// The first signal received (0: none).
 static PENDING: AtomicI32 = AtomicI32::new(0);
@@ -24,13 +28,34 @@ pub enum SignalError {
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // Async-signal-safe: one atomic store, and only the first signal counts.
-    let _ = PENDING.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    // Async-signal-safe: atomics, signal() and raise() only.
+    if PENDING
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // A second signal: die of it now. It is blocked while this handler
+        // runs, so it is delivered, with the default action, on return.
+        // SAFETY: signal() and raise() are async-signal-safe; SIG_DFL is a
+        // valid disposition for SIGINT and SIGTERM.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
 }
 
-/// Installs the handler for SIGINT and SIGTERM (once per process is
-/// enough; installing again is harmless).
+/// Installs the handler for SIGINT and SIGTERM. Only the first call per
+/// process installs it; later ones return its result, so that a handler
+/// the first signal reset is never re-armed.
 pub fn install() -> Result<(), SignalError> {
+    static INSTALLED: OnceLock<Result<(), (&'static str, i32)>> = OnceLock::new();
+    (*INSTALLED.get_or_init(install_now)).map_err(|(name, errno)| SignalError::Install {
+        name,
+        source: std::io::Error::from_raw_os_error(errno),
+    })
+}
+
+fn install_now() -> Result<(), (&'static str, i32)> {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no
         // flags) that is filled in below.
@@ -45,10 +70,8 @@ pub fn install() -> Result<(), SignalError> {
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(SignalError::Install {
-                name: name(signal),
-                source: std::io::Error::last_os_error(),
-            });
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return Err((name(signal), errno));
         }
     }
     Ok(())

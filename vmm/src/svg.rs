@@ -1,7 +1,11 @@
-//! The `--svg` plot: latency CDFs (log x axis), one curve per design, in
-//! two panels: the cross-call latency and the latency probe. Hand-written
-//! SVG from the histogram buckets: each curve goes through the upper end of
-//! every non-empty bucket (at most 6.25% wide) at its cumulative fraction.
+//! The `--svg` plot: latency percentile curves, one per design, in two
+//! panels: the cross-call latency and the latency probe. Both axes are
+//! logarithmic, as HdrHistogram plots them: latency across, and the
+//! percentile up a tail axis (`-log10(1 - p)`: 50, 90, 99, 99.9, 99.99 are
+//! evenly spaced), so the tail the designs differ in gets the room, not the
+//! median. Hand-written SVG from the histogram buckets: each curve goes
+//! through the upper end of every non-empty bucket (at most 6.25% wide) at
+//! its cumulative fraction; the legend gives each curve's sample count.
 
 use std::fmt::Write;
 
@@ -21,6 +25,28 @@ const LEFT: f64 = 60.0;
 const TOP: f64 = 60.0;
 const GAP: f64 = 90.0;
 const BOTTOM: f64 = 70.0;
+
+/// Percentile ticks of the tail axis, and its top (99.99th: a larger
+/// fraction, the maximum included, is drawn at the top).
+const TAIL_TICKS: [(f64, &str); 6] = [
+    (0.0, "0"),
+    (0.5, "50"),
+    (0.9, "90"),
+    (0.99, "99"),
+    (0.999, "99.9"),
+    (0.9999, "99.99"),
+];
+const TAIL_TOP: f64 = 4.0;
+
+/// Height on the tail axis of cumulative fraction `f` (0 at the bottom,
+/// [`TAIL_TOP`] for 99.99% and above).
+pub fn tail(f: f64) -> f64 {
+    if f >= 1.0 - 10f64.powf(-TAIL_TOP) {
+        TAIL_TOP
+    } else {
+        -(1.0 - f.max(0.0)).log10()
+    }
+}
 
 /// Escapes text for XML.
 pub fn escape(s: &str) -> String {
@@ -86,7 +112,7 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
     let d_lo = lo.log10().floor();
     let d_hi = hi.log10().ceil().max(d_lo + 1.0);
     let px = |ns: f64| x0 + (ns.log10() - d_lo) / (d_hi - d_lo) * PANEL_W;
-    let py = |f: f64| TOP + (1.0 - f) * PANEL_H;
+    let py = |f: f64| TOP + (1.0 - tail(f) / TAIL_TOP) * PANEL_H;
     let _ = writeln!(
         out,
         r#"<g class="panel"><text x="{:.1}" y="{:.1}" font-size="14" text-anchor="middle">{}</text>"#,
@@ -110,14 +136,22 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
         );
         d += 1.0;
     }
-    for f in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
+    for (f, label) in TAIL_TICKS {
         let y = py(f);
         let _ = writeln!(
             out,
-            r##"<line x1="{x0:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{f}</text>"##,
+            r##"<line x1="{x0:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text class="ytick" x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{label}</text>"##,
             x0 + PANEL_W,
             x0 - 6.0,
             y + 4.0
+        );
+    }
+    if curves.iter().all(|(_, pts)| pts.is_empty()) {
+        let _ = writeln!(
+            out,
+            r##"<text class="no-data" x="{:.1}" y="{:.1}" font-size="14" fill="#888" text-anchor="middle">no data</text>"##,
+            x0 + PANEL_W / 2.0,
+            TOP + PANEL_H / 2.0
         );
     }
     let _ = writeln!(
@@ -128,7 +162,7 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
     );
     let _ = writeln!(
         out,
-        r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" transform="rotate(-90 {:.1} {:.1})">fraction of samples</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" transform="rotate(-90 {:.1} {:.1})">percentile (tail scale)</text>"#,
         x0 - 42.0,
         TOP + PANEL_H / 2.0,
         x0 - 42.0,
@@ -157,8 +191,15 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
 /// histograms, in TSC cycles) with `title` on top.
 pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz: u64) -> String {
     let width = LEFT + 2.0 * PANEL_W + GAP + 30.0;
-    // Four legend entries a row, two when a name is long (PV columns).
-    let per_row = if designs.iter().any(|d| d.0.len() > 24) {
+    let labels: Vec<String> = designs
+        .iter()
+        .map(|(name, calls, probes)| {
+            format!("{name} (n={} calls, {} probes)", calls.count, probes.count)
+        })
+        .collect();
+    // Four legend entries a row when they fit in 200 px (about 6.5 px a
+    // character at 12 px), else two: labels never run into each other.
+    let per_row = if labels.iter().any(|l| l.len() > 28) {
         2
     } else {
         4
@@ -198,7 +239,7 @@ pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz:
         &probe,
     );
     let _ = writeln!(out, r#"<g class="legend">"#);
-    for (i, (name, _, _)) in designs.iter().enumerate() {
+    for (i, name) in labels.iter().enumerate() {
         let x = LEFT + (i % per_row) as f64 * (800.0 / per_row as f64);
         let y = TOP + PANEL_H + 56.0 + (i / per_row) as f64 * 18.0;
         let _ = writeln!(
@@ -268,6 +309,24 @@ mod tests {
         assert_eq!(svg.matches("<path class=\"curve\"").count(), 4);
         assert!(svg.contains("t &lt;&amp;&gt;"));
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn test_tail_axis_spaces_the_percentiles_evenly() {
+        assert_eq!(tail(0.0), 0.0);
+        for (f, want) in [(0.9, 1.0), (0.99, 2.0), (0.999, 3.0)] {
+            assert!((tail(f) - want).abs() < 1e-9, "{f}");
+        }
+        assert_eq!(tail(1.0), TAIL_TOP);
+        assert_eq!(tail(0.99995), TAIL_TOP);
+    }
+
+    #[test]
+    fn test_legend_gives_n_and_empty_panel_says_no_data() {
+        let (a, none) = (hist(&[1000, 3000, 5000]), Histogram::new());
+        let svg = cdf_svg("t", &[("upstream", &a, &none)], 2_600_000);
+        assert!(svg.contains("upstream (n=3 calls, 0 probes)"), "{svg}");
+        assert_eq!(svg.matches("class=\"no-data\"").count(), 1);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 
 use std::fmt::Write;
 
-use crate::scenario::Report;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Report, Status};
 
 /// An overcommit ratio `vcpus:host_cpus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +56,28 @@ pub struct Cell {
     pub host_cpus: Vec<usize>,
     /// Why the cell cannot run on this host (None: it runs).
     pub skipped: Option<String>,
+    /// The `--ratios` entry the cell comes from, if any.
+    pub given: Option<Ratio>,
 }
 
 impl Cell {
-    /// `V:M` as run.
+    /// The overcommit ratio: as given in `--ratios` (`2:1`, not the `4:2`
+    /// it becomes on 2 host CPUs), else `V:M` as run, reduced.
     pub fn ratio(&self) -> String {
-        format!("{}:{}", self.vcpus, self.host_cpus.len())
+        if let Some(r) = self.given {
+            return format!("{}:{}", r.vcpus, r.host);
+        }
+        let (v, m) = (self.vcpus, self.host_cpus.len() as u32);
+        let g = gcd(v, m).max(1);
+        format!("{}:{}", v / g, m / g)
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -72,14 +90,15 @@ pub fn plan(
     default_vcpus: u32,
 ) -> Vec<Cell> {
     let m = available.len() as u64;
-    let all = |vcpus| Cell {
+    let all = |vcpus, given| Cell {
         vcpus,
         host_cpus: available.to_vec(),
         skipped: None,
+        given,
     };
     match (ratios, vcpus_list) {
-        (None, None) => vec![all(default_vcpus)],
-        (None, Some(list)) => list.iter().map(|&v| all(v)).collect(),
+        (None, None) => vec![all(default_vcpus, None)],
+        (None, Some(list)) => list.iter().map(|&v| all(v, None)).collect(),
         (Some(rs), None) => rs
             .iter()
             .map(|r| {
@@ -92,9 +111,10 @@ pub fn plan(
                             "{}:{} does not divide the {m} host CPUs",
                             r.vcpus, r.host
                         )),
+                        given: Some(*r),
                     }
                 } else {
-                    all((v / u64::from(r.host)) as u32)
+                    all((v / u64::from(r.host)) as u32, Some(*r))
                 }
             })
             .collect(),
@@ -111,12 +131,14 @@ pub fn plan(
                                 "{v} vCPUs at {}:{} need {need} host CPUs, {m} given",
                                 r.vcpus, r.host
                             )),
+                            given: Some(*r),
                         }
                     } else {
                         Cell {
                             vcpus: v,
                             host_cpus: available[..need as usize].to_vec(),
                             skipped: None,
+                            given: Some(*r),
                         }
                     }
                 })
@@ -183,6 +205,57 @@ pub fn table_rows(cell: &Cell, outcome: Result<&Report, &str>) -> String {
     out
 }
 
+/// The `sweep --json` report: the sweep's status and every cell's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// ipivirt's version.
+    pub version: String,
+    /// `ok` when every cell ran to completion (skipped cells aside),
+    /// `partial` when a signal stopped the sweep, `failed` when a cell
+    /// failed.
+    pub status: Status,
+    /// Why the status is not `ok` (null when it is).
+    pub reason: Option<String>,
+    /// Where the report comes from (load: at the sweep's start and end).
+    pub provenance: crate::provenance::Provenance,
+    /// The cells in plan order, the ones not reached included.
+    pub cells: Vec<SweepCell>,
+}
+
+/// One cell of [`SweepReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepCell {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Host CPUs the vCPU threads were placed on.
+    pub host_cpus: Vec<usize>,
+    /// The overcommit ratio as given (`2:1`).
+    pub ratio: String,
+    /// `ok`, `failed`, `partial` (interrupted), `skipped` (cannot run on
+    /// this host) or `not-run` (the sweep stopped before it).
+    pub outcome: String,
+    /// Why the outcome is not `ok`.
+    pub reason: Option<String>,
+    /// The cell's report (outcome `ok`).
+    pub report: Option<Report>,
+    /// The cell's own `--trace` file (null: none asked for, or not run).
+    pub trace: Option<std::path::PathBuf>,
+}
+
+/// The trace file of cell `index` (from 0) of a sweep given `--trace
+/// path`: `t.json` gives `t-1.json`, `t-2.json`, ... so that no cell
+/// overwrites another's.
+pub fn cell_trace(path: &std::path::Path, index: usize) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{}.{}", index + 1, ext.to_string_lossy()),
+        None => format!("{stem}-{}", index + 1),
+    };
+    path.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +278,29 @@ mod tests {
         let v: Vec<u32> = cells.iter().map(|c| c.vcpus).collect();
         assert_eq!(v, vec![2, 4, 8]);
         assert!(cells.iter().all(|c| c.host_cpus == vec![0, 1]));
+    }
+
+    #[test]
+    fn test_cell_trace_names() {
+        use std::path::Path;
+        assert_eq!(
+            cell_trace(Path::new("d/t.json"), 0),
+            Path::new("d/t-1.json")
+        );
+        assert_eq!(cell_trace(Path::new("trace"), 2), Path::new("trace-3"));
+    }
+
+    #[test]
+    fn test_ratio_label_as_given() {
+        let r = parse_ratios("1:1,2:1,4:1").unwrap();
+        let labels: Vec<String> = plan(&[0, 1], Some(&r), None, 4)
+            .iter()
+            .map(Cell::ratio)
+            .collect();
+        assert_eq!(labels, ["1:1", "2:1", "4:1"]);
+        let cells = plan(&[0, 1], None, Some(&[4, 3]), 4);
+        assert_eq!(cells[0].ratio(), "2:1");
+        assert_eq!(cells[1].ratio(), "3:2");
     }
 
     #[test]

@@ -42,8 +42,17 @@ pub enum KvmUnavailable {
         path: String,
     },
     /// Opening it was refused.
-    #[error("{path}: permission denied: run as root or add your user to the 'kvm' group")]
+    #[error("{path}: permission denied ({detail})")]
     PermissionDenied {
+        /// Device path tried.
+        path: String,
+        /// The device's owner, group and mode, and the fixes that apply
+        /// on this host.
+        detail: String,
+    },
+    /// It opened, but is not KVM (KVM_GET_API_VERSION failed).
+    #[error("{path} is not a KVM device (KVM_GET_API_VERSION failed): point {env} at /dev/kvm or unset it", env = "IPIVIRT_KVM_PATH")]
+    NotKvm {
         /// Device path tried.
         path: String,
     },
@@ -71,6 +80,19 @@ pub enum VmError {
         /// errno.
         source: kvm_ioctls::Error,
     },
+    /// The process ran out of file descriptors (each vCPU takes one for
+    /// itself and one for its KVM statistics).
+    #[error(
+        "{what} failed: out of file descriptors (ulimit -n is {}): each vCPU needs about 2, \
+         plus about 16 for the VMM; raise ulimit -n",
+        limit.map_or("unknown".to_string(), |l| l.to_string())
+    )]
+    FdLimit {
+        /// The call that failed.
+        what: &'static str,
+        /// The soft limit, if readable.
+        limit: Option<u64>,
+    },
     /// More vCPUs than this host (or the ABI) allows.
     #[error("{requested} vCPUs requested, but this host's KVM supports at most {max}")]
     TooManyVcpus {
@@ -82,7 +104,26 @@ pub enum VmError {
 }
 
 fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
-    r.map_err(|source| VmError::Ioctl { what, source })
+    r.map_err(|source| match source.errno() {
+        // Not KVM's fault: the process ran out of file descriptors.
+        libc::EMFILE | libc::ENFILE => VmError::FdLimit {
+            what,
+            limit: fd_limit(),
+        },
+        _ => VmError::Ioctl { what, source },
+    })
+}
+
+/// The soft limit on open files (`ulimit -n`; getrlimit needs no fd, so
+/// it answers when the process is out of them).
+pub fn fd_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `r`, a valid, owned value.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// Opens KVM at `path` (normally `/dev/kvm`), mapping failures to a message
@@ -100,12 +141,16 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmUnavailable> {
         },
         libc::EACCES | libc::EPERM => KvmUnavailable::PermissionDenied {
             path: shown.clone(),
+            detail: permission_advice(path),
         },
         _ => KvmUnavailable::Open {
             path: shown.clone(),
             source,
         },
     })?;
+    if kvm.get_api_version() != KVM_API_VERSION {
+        return Err(KvmUnavailable::NotKvm { path: shown });
+    }
     for (cap, name) in [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -116,6 +161,60 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, KvmUnavailable> {
         }
     }
     Ok(kvm)
+}
+
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
+
+/// The name of group or user `id` in `file` (`/etc/group`, `/etc/passwd`),
+/// or the number.
+fn id_name(file: &str, id: u32) -> String {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2].parse() == Ok(id)).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Who may open the device, and only the fixes that apply here: joining
+/// its group when the group may open it, otherwise root or an admin's
+/// change (a `kvm` group is suggested only where none exists to be joined).
+fn permission_advice(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return "run as root".into();
+    };
+    let (owner, group) = (
+        id_name("/etc/passwd", m.uid()),
+        id_name("/etc/group", m.gid()),
+    );
+    let mode = m.mode() & 0o7777;
+    let shown = format!("{owner}:{group} {mode:04o}");
+    if m.gid() != 0 && mode & 0o060 == 0o060 {
+        return format!(
+            "{shown}: add your user to the '{group}' group and log in again, or run as root"
+        );
+    }
+    let kvm_group = std::fs::read_to_string("/etc/group")
+        .is_ok_and(|t| t.lines().any(|l| l.starts_with("kvm:")));
+    let grant = if kvm_group {
+        format!(
+            "chgrp kvm {0} && chmod 0660 {0}, then add your user to 'kvm'",
+            path.display()
+        )
+    } else {
+        format!(
+            "groupadd kvm && chgrp kvm {0} && chmod 0660 {0} (there is no kvm group yet), then add your user to it",
+            path.display()
+        )
+    };
+    format!(
+        "{shown}: only {owner} may open it; run as {owner}, or have an administrator run {grant}"
+    )
 }
 
 /// Most vCPUs one VM may have on this host (and in the ABI).

@@ -34,6 +34,14 @@ pub(crate) fn run(
     }
     let mut last_start: Option<Instant> = None;
     for ev in stream {
+        // Long overdue (the VMM stalled): dropped, not replayed.
+        if Instant::now().saturating_duration_since(shared.t0 + ev.at) > super::STALE_AFTER {
+            if shared.stopped() {
+                break;
+            }
+            out.skipped += 1;
+            continue;
+        }
         // Run-time duty bound: a late wake-up never bunches bursts.
         let min_gap = ev.len.div_f64(max_duty);
         let mut due = shared.t0 + ev.at;

@@ -19,6 +19,7 @@
 
 pub mod antagonist;
 pub mod kvmstats;
+pub mod lock;
 pub mod migrate;
 pub mod pause;
 pub mod placement;
@@ -33,6 +34,11 @@ use std::time::Duration;
 pub use report::{HostReport, VcpuHostFigures};
 pub use runner::Injector;
 pub(crate) use runner::{Shared, ThreadOutcome};
+
+/// A planned preemption this far past its time is dropped, not run: after
+/// a stall of the VMM, replaying every missed one would be a storm the
+/// scenario never asked for.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The highest duty cycle a scenario may ask for.
 pub const DUTY_LIMIT: f64 = 0.9;

@@ -28,22 +28,32 @@ pub(crate) fn run(
     while !next.is_empty() {
         let i = (0..next.len()).min_by_key(|&i| next[i].at).unwrap_or(0);
         let ev = next[i];
+        let stale =
+            Instant::now().saturating_duration_since(shared.t0 + ev.at) > super::STALE_AFTER;
         let mut due = shared.t0 + ev.at;
         if let Some(last) = last_start[i] {
             due = due.max(last + ev.len.div_f64(max_duty));
         }
-        if !shared.wait_precise(due) {
-            break;
-        }
-        let start = Instant::now();
-        last_start[i] = Some(start);
-        if let Some(k) = kickers.get(ev.vcpu as usize) {
-            k.pause_for(ev.len);
-            let slot = shared
-                .slots
-                .get(ev.vcpu as usize)
-                .map_or(usize::MAX, |s| s.load(Ordering::Relaxed));
-            out.push(shared.event(start, EventKind::Pause, vec![ev.vcpu], slot, ev.len));
+        if stale {
+            // Long overdue (the VMM stalled): dropped, not replayed.
+            if shared.stopped() {
+                break;
+            }
+            out.skipped += 1;
+        } else {
+            if !shared.wait_precise(due) {
+                break;
+            }
+            let start = Instant::now();
+            last_start[i] = Some(start);
+            if let Some(k) = kickers.get(ev.vcpu as usize) {
+                k.pause_for(ev.len);
+                let slot = shared
+                    .slots
+                    .get(ev.vcpu as usize)
+                    .map_or(usize::MAX, |s| s.load(Ordering::Relaxed));
+                out.push(shared.event(start, EventKind::Pause, vec![ev.vcpu], slot, ev.len));
+            }
         }
         match streams[i].next() {
             Some(n) => next[i] = n,

@@ -55,6 +55,12 @@ pub struct HostReport {
     /// Planned moves folded into later ones because the migrator was late
     /// (a storm faster than sched_setaffinity): the VMM never falls behind.
     pub migrations_coalesced: u64,
+    /// Planned preemptions dropped because they were long overdue when
+    /// the injector got to them (the VMM was stalled): not replayed.
+    pub preemptions_skipped: u64,
+    /// Measurements the run could not make, and why (e.g. out of file
+    /// descriptors): the report's blanks explained.
+    pub warnings: Vec<String>,
     /// Events not kept in the timeline (beyond [`super::TIMELINE_LIMIT`]).
     pub timeline_dropped: u64,
     /// Injector errors (first few).
@@ -67,6 +73,9 @@ pub struct HostReport {
     pub timeline: Vec<Event>,
     /// Per-vCPU figures.
     pub vcpus: Vec<VcpuHostFigures>,
+    /// Why the `--trace` file could not be written (None: written, or
+    /// none asked for). The run's results stand.
+    pub trace_error: Option<String>,
 }
 
 impl HostReport {

@@ -111,6 +111,9 @@ pub(crate) struct ThreadOutcome {
     pub(crate) events: Vec<Event>,
     pub(crate) dropped: u64,
     pub(crate) coalesced: u64,
+    /// Planned preemptions skipped because they were long overdue (the
+    /// VMM was stalled): never replayed as a burst.
+    pub(crate) skipped: u64,
     pub(crate) errors: Vec<String>,
 }
 
@@ -301,6 +304,7 @@ impl Injector {
                     report.timeline.extend(o.events);
                     report.timeline_dropped += o.dropped;
                     report.migrations_coalesced += o.coalesced;
+                    report.preemptions_skipped += o.skipped;
                     report.errors.extend(o.errors);
                 }
                 Err(_) => report.errors.push("an injector thread panicked".into()),

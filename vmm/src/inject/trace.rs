@@ -51,8 +51,17 @@ pub fn sort(events: &mut [Event]) {
     events.sort_by_key(|e| (e.at, e.kind as u8, e.host_cpu));
 }
 
+/// Track ids: host CPU `c` is `c`; vCPU `v`'s pauses `VCPU_TRACK + v`,
+/// its migrations `MIGRATE_TRACK + v`; lane `k > 0` of a track (for an
+/// event that would overlap the one before it) adds `k * LANE_STRIDE`.
+const VCPU_TRACK: u64 = 1000;
+const MIGRATE_TRACK: u64 = 1_000_000;
+const LANE_STRIDE: u64 = 10_000_000;
+
 /// Writes `events` as Chrome trace-event JSON: one track per host CPU for
-/// antagonists and migrations, one per vCPU for pauses (and migrations).
+/// antagonists, one per vCPU for its pauses and another for its
+/// migrations. No two slices of one track overlap (Perfetto drops such
+/// slices): an event that would is put on an extra lane of its track.
 pub fn write_chrome_json(
     out: &mut dyn Write,
     events: &[Event],
@@ -60,26 +69,31 @@ pub fn write_chrome_json(
     vcpus: u32,
 ) -> std::io::Result<()> {
     const PID: u32 = 1;
-    const VCPU_TRACK: u64 = 1000;
     let us = |d: Duration| d.as_nanos() as f64 / 1e3;
+    let meta = |out: &mut dyn Write, tid: u64, name: &str| {
+        write!(
+            out,
+            ",\n{{\"ph\":\"M\",\"pid\":{PID},\"tid\":{tid},\"name\":\"thread_name\",\"args\":{{\"name\":\"{name}\"}}}}"
+        )
+    };
     writeln!(out, "{{\"displayTimeUnit\":\"ns\",\"traceEvents\":[")?;
     write!(
         out,
         "{{\"ph\":\"M\",\"pid\":{PID},\"name\":\"process_name\",\"args\":{{\"name\":\"ipivirt host injection\"}}}}"
     )?;
     for &c in host_cpus {
-        write!(
-            out,
-            ",\n{{\"ph\":\"M\",\"pid\":{PID},\"tid\":{c},\"name\":\"thread_name\",\"args\":{{\"name\":\"host CPU {c}\"}}}}"
-        )?;
+        meta(out, c as u64, &format!("host CPU {c}"))?;
     }
     for v in 0..vcpus.min(1024) {
-        write!(
+        meta(out, VCPU_TRACK + u64::from(v), &format!("vCPU {v}"))?;
+        meta(
             out,
-            ",\n{{\"ph\":\"M\",\"pid\":{PID},\"tid\":{},\"name\":\"thread_name\",\"args\":{{\"name\":\"vCPU {v}\"}}}}",
-            VCPU_TRACK + u64::from(v)
+            MIGRATE_TRACK + u64::from(v),
+            &format!("vCPU {v} migrations"),
         )?;
     }
+    // The end of the last slice on each lane of each track.
+    let mut lanes: std::collections::HashMap<u64, Vec<Duration>> = Default::default();
     for e in events {
         let vcpus = e
             .vcpus
@@ -94,44 +108,55 @@ pub fn write_chrome_json(
             ),
             None => format!("{{\"vcpus\":[{vcpus}],\"host_cpu\":{}}}", e.host_cpu),
         };
-        let name = e.kind.name();
-        match e.kind {
-            EventKind::Antagonist => write!(
-                out,
-                ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{},\"name\":\"{name}\",\"cat\":\"preempt\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}}",
-                e.host_cpu,
-                us(e.at),
-                us(e.duration)
-            )?,
-            EventKind::Pause => write!(
-                out,
-                ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{},\"name\":\"{name}\",\"cat\":\"preempt\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}}",
-                VCPU_TRACK + u64::from(e.vcpus.first().copied().unwrap_or(0)),
-                us(e.at),
-                us(e.duration)
-            )?,
-            EventKind::Migrate => write!(
-                out,
-                ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{},\"name\":\"{name}\",\"cat\":\"migrate\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}}",
-                VCPU_TRACK + u64::from(e.vcpus.first().copied().unwrap_or(0)),
-                us(e.at),
-                us(e.duration)
-            )?,
+        let first = u64::from(e.vcpus.first().copied().unwrap_or(0));
+        let (track, cat, label) = match e.kind {
+            EventKind::Antagonist => (
+                e.host_cpu as u64,
+                "preempt",
+                format!("host CPU {}", e.host_cpu),
+            ),
+            EventKind::Pause => (VCPU_TRACK + first, "preempt", format!("vCPU {first}")),
+            EventKind::Migrate => (
+                MIGRATE_TRACK + first,
+                "migrate",
+                format!("vCPU {first} migrations"),
+            ),
+        };
+        let ends = lanes.entry(track).or_default();
+        let (lane, new_lane) = match ends.iter().position(|&end| end <= e.at) {
+            Some(l) => (l, false),
+            None => {
+                ends.push(Duration::ZERO);
+                (ends.len() - 1, true)
+            }
+        };
+        ends[lane] = e.at + e.duration;
+        let tid = track + lane as u64 * LANE_STRIDE;
+        if new_lane && lane > 0 {
+            // Named once, when it first appears.
+            meta(out, tid, &format!("{label} (overlap {lane})"))?;
         }
+        write!(
+            out,
+            ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{tid},\"name\":\"{}\",\"cat\":\"{cat}\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{args}}}",
+            e.kind.name(),
+            us(e.at),
+            us(e.duration)
+        )?;
     }
     writeln!(out, "\n]}}")
 }
 
-/// Writes the trace file at `path`.
+/// Writes the trace file at `path` (temporary file and rename: a failed
+/// write leaves the previous file, never a truncated one).
 pub fn write_file(
     path: &Path,
     events: &[Event],
     host_cpus: &[usize],
     vcpus: u32,
 ) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    write_chrome_json(&mut f, events, host_cpus, vcpus)?;
-    f.flush()
+    let target = crate::output::check("--trace", path).map_err(std::io::Error::other)?;
+    crate::output::write_with(&target, |w| write_chrome_json(w, events, host_cpus, vcpus))
 }
 
 #[cfg(test)]
@@ -167,7 +192,38 @@ mod tests {
         assert!(text.contains("\"ph\":\"X\",\"pid\":1,\"tid\":1,\"name\":\"antagonist\""));
         assert!(text.contains("\"ts\":10.000,\"dur\":200.000"));
         assert!(text.contains("\"vcpus\":[0,2]"));
-        assert!(text.contains("\"tid\":1001,\"name\":\"migrate\""));
+        assert!(text.contains("\"tid\":1000001,\"name\":\"migrate\""));
         assert!(text.trim_end().ends_with("]}"));
+    }
+
+    #[test]
+    fn test_overlapping_events_of_one_track_go_to_another_lane() {
+        let pause = |at_us, len_us| Event {
+            at: Duration::from_micros(at_us),
+            kind: EventKind::Pause,
+            vcpus: vec![2],
+            host_cpu: 0,
+            from_cpu: None,
+            duration: Duration::from_micros(len_us),
+        };
+        // 0-100 and 50-150 overlap; 100-120 fits after the first.
+        let events = [pause(0, 100), pause(50, 100), pause(100, 20)];
+        let mut out = Vec::new();
+        write_chrome_json(&mut out, &events, &[0], 3).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let tids: Vec<u64> = v["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .map(|e| e["tid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(tids, [1002, 10_001_002, 1002]);
+        let named = v["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["tid"] == 10_001_002 && e["args"]["name"] == "vCPU 2 (overlap 1)");
+        assert!(named);
     }
 }

@@ -72,7 +72,7 @@ pub fn parse_features(list: &str) -> Result<u32, String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        bits |= match name {
+        let bit = match name {
             "all" => pv::ALL,
             "none" => 0,
             _ => pv::NAMES
@@ -86,6 +86,10 @@ pub fn parse_features(list: &str) -> Result<u32, String> {
                     )
                 })?,
         };
+        if bits & bit != 0 {
+            return Err(format!("PV feature '{name}' is named twice"));
+        }
+        bits |= bit;
     }
     Ok(bits)
 }

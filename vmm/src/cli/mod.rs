@@ -1,20 +1,29 @@
 //! The `ipivirt` command line (clap). `ipivirt` with no subcommand is
 //! `ipivirt run` with the defaults.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::inject::{self, HostReport, InjectConfig, PreemptMode};
-use crate::machine::{self, BootReport, MachineConfig};
-use crate::scenario::{Report, Scenario};
-use crate::{ConsoleMode, Error, TestHook};
+use crate::inject::{self, InjectConfig, PreemptMode};
+use crate::machine::{self, MachineConfig};
+use crate::{ConsoleMode, TestHook};
 
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
+
+/// The exit codes, shown after every command's `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0    ran; no invariant violation in a design expected to be safe
+  1    an invariant violation in a design expected to be safe
+  2    bad command line or scenario (refused before anything boots)
+  3    the guest crashed (exception, triple fault, panic) or broke the results contract
+  4    the watchdog (--timeout) fired
+  5    KVM unusable (/dev/kvm missing, not permitted, not KVM, or a KVM call failed)
+  6    another host-side failure (memory, threads, writing an output or the report)
+  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM: the partial report is printed";
 
 /// ipivirt: how cross-CPU function calls (IPIs) behave on preempted and
 /// migrated vCPUs.
@@ -23,7 +32,8 @@ pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
     name = "ipivirt",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -37,10 +47,13 @@ pub struct Cli {
 enum Command {
     /// One scenario: boot the guest, run the workload under host-side
     /// injection, report (the default command).
+    #[command(after_help = EXIT_CODES)]
     Run(RunCmd),
     /// Boot N vCPUs, print `online N/N vCPUs in X ms`, exit.
+    #[command(after_help = EXIT_CODES)]
     Boot(RunArgs),
     /// The run for each overcommit ratio / vCPU count given, one table.
+    #[command(after_help = EXIT_CODES)]
     Sweep(SweepCmd),
 }
 
@@ -89,8 +102,8 @@ struct RunArgs {
     /// Seeds every random choice, host and guest.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Watchdog for the whole run, in seconds.
-    #[arg(long, default_value_t = 120.0, value_parser = parse_timeout)]
+    /// Watchdog for the whole run (us, ms, s; a bare number is seconds).
+    #[arg(long, value_name = "DUR", default_value_t = 120.0, value_parser = parse_timeout)]
     timeout: f64,
     /// Do not print the guest console.
     #[arg(long, short)]
@@ -148,7 +161,7 @@ struct ScenarioArgs {
     /// What the guest runs after boot.
     #[arg(long, value_enum, default_value_t = WorkloadArg::Shootdown)]
     workload: WorkloadArg,
-    /// Wait-mask designs to compare (ping, shootdown), comma-separated:
+    /// Wait-mask designs to compare (ping, shootdown, torture), comma-separated:
     /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
     /// one is wrong on purpose and runs only when named). A design can carry
     /// PV features of its own: `task-local+sched-yield`, `upstream+pv` (pv:
@@ -191,9 +204,9 @@ struct ScenarioArgs {
     /// guest kernel code is emulated].
     #[arg(long, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     tick_hz: Option<u32>,
-    /// Latency probe period [default: 1ms on hardware, 10ms where guest
-    /// kernel code is emulated].
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Latency probe period, above 0 [default: 1ms on hardware, 10ms
+    /// where guest kernel code is emulated].
+    #[arg(long, value_name = "DUR", value_parser = parse_period)]
     probe_period: Option<Duration>,
 }
 
@@ -203,6 +216,7 @@ struct Weights([u8; abi::torture::COUNT]);
 
 fn parse_weights(s: &str) -> Result<Weights, String> {
     let mut w = [0u8; abi::torture::COUNT];
+    let mut seen = [false; abi::torture::COUNT];
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, value) = item
             .split_once('=')
@@ -216,6 +230,9 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
                     abi::torture::NAMES.join(", ")
                 )
             })?;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("primitive '{}' is weighted twice", name.trim()));
+        }
         w[i] = value
             .trim()
             .parse()
@@ -232,6 +249,9 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
 struct PvList(u32);
 
 fn parse_pv(s: &str) -> Result<PvList, String> {
+    if s.split(',').all(|f| f.trim().is_empty()) {
+        return Err("name at least one PV feature (or none)".into());
+    }
     crate::pv::parse_features(s).map(PvList)
 }
 
@@ -261,6 +281,9 @@ fn parse_designs(s: &str) -> Result<DesignList, String> {
             .into_iter()
             .find(|d| d.name() == name)
             .ok_or_else(|| format!("unknown design '{name}': valid designs are {}", valid()))?;
+        if item.ends_with('+') {
+            return Err(format!("design '{item}' names no PV feature after '+'"));
+        }
         let pv = match features {
             "pv" => ColumnPv::FromPvFlag,
             f => ColumnPv::Own(crate::pv::parse_features(f)?),
@@ -428,20 +451,31 @@ impl From<HookArg> for TestHook {
     }
 }
 
+/// A duration above zero (0 would silently mean the default).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "{s}: give a period above 0 (leave the option out for the default)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// A duration like every other (`10s`, `500ms`, a bare number of
+/// seconds), above zero.
 fn parse_timeout(s: &str) -> Result<f64, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
-        Ok(secs)
-    } else {
-        Err(format!("{s} is out of range: give 0 < SECS <= 86400"))
+    match parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d.as_secs_f64()),
+        Ok(_) => Err(format!("{s} is out of range: give a timeout above 0")),
+        Err(e) => Err(e),
     }
 }
 
 impl RunArgs {
     fn machine_config(&self) -> MachineConfig {
+        // Empty is unset (a `VAR= ipivirt` typo must not name the empty path).
         let kvm_path = std::env::var_os(KVM_PATH_ENV)
+            .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(machine::DEFAULT_KVM_PATH));
         MachineConfig {
@@ -513,306 +547,11 @@ impl RunCmd {
     }
 }
 
-fn online_line(r: &BootReport) -> String {
-    format!(
-        "online {}/{} vCPUs in {:.1} ms",
-        r.online,
-        r.vcpus,
-        r.boot_time.as_secs_f64() * 1e3
-    )
-}
+mod exec;
+mod text;
 
-/// Prints to stdout; a closed pipe (`ipivirt ... | head`) is not an error.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-}
-
-/// The partial report of a run stopped by SIGINT/SIGTERM: the boot
-/// figures and the host block collected so far, marked PARTIAL.
-pub fn partial_text(p: &crate::results::PartialReport) -> String {
-    let mut out = format!(
-        "PARTIAL report: interrupted by {} after {:.2} s; the run did not finish\n",
-        crate::signals::name(p.signal),
-        p.elapsed.as_secs_f64()
-    );
-    match p.boot_time {
-        Some(t) => {
-            out += &format!(
-                "online {}/{} vCPUs in {:.1} ms\n",
-                p.online,
-                p.vcpus,
-                t.as_secs_f64() * 1e3
-            )
-        }
-        None => {
-            out += &format!(
-                "online {}/{} vCPUs (boot not finished)\n",
-                p.online, p.vcpus
-            )
-        }
-    }
-    if p.tsc_khz > 0 {
-        out += &format!("guest TSC {} kHz\n", p.tsc_khz);
-    }
-    out += &host_block(&p.host, p.tsc_khz, p.vcpus);
-    out.trim_end().to_string()
-}
-
-/// Boots, printing the partial report if a signal stopped the run.
-fn boot_or_partial(config: &MachineConfig) -> Result<BootReport, Error> {
-    crate::signals::install()?;
-    machine::boot(config).inspect_err(|e| {
-        if let Error::Interrupted(p) = e {
-            say(&partial_text(p));
-        }
-    })
-}
-
-fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|source| Error::Output {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Runs a scenario with the progress bar (stderr, not with --quiet).
-fn run_scenario(args: &RunCmd, config: MachineConfig) -> Result<Report, Error> {
-    let scenario = Scenario::from_config(config);
-    let label = format!(
-        "{} on {} vCPUs",
-        crate::scenario::workload_name(scenario.config().workload),
-        scenario.config().vcpus
-    );
-    crate::signals::install()?;
-    crate::progress::with_progress(
-        !args.common.quiet,
-        scenario.expected_duration(),
-        &label,
-        || scenario.run(),
-    )
-    .inspect_err(|e| {
-        if let Error::Interrupted(p) = e {
-            say(&partial_text(p));
-        }
-    })
-}
-
-fn run(args: &RunCmd) -> Result<u8, Error> {
-    let config = args.machine_config();
-    if config.requested_pv() != 0 {
-        // The host capability probe (cached: the run reuses it).
-        let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
-        say(&format!("pv: {}", probe.summary()));
-    }
-    let report = run_scenario(args, config.clone())?;
-    let Some(raw) = report.raw.as_deref() else {
-        unreachable!("a fresh report carries the guest's")
-    };
-    say(&online_line(raw));
-    if raw.tsc_khz > 0 {
-        say(&format!(
-            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
-            raw.tsc_khz,
-            raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
-        ));
-    }
-    if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
-        say(&crate::report::scheduler_text(&config, raw));
-    }
-    let floor = report.floor_text();
-    if !floor.is_empty() {
-        say(&floor);
-    }
-    if !raw.guest.designs.is_empty() {
-        say(&crate::report::designs_text(raw));
-    }
-    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus);
-    if !block.is_empty() {
-        say(&block);
-    }
-    if let Some(path) = &args.output.json {
-        write_file(path, &report.to_json())?;
-    }
-    if let Some(path) = &args.output.svg {
-        write_file(path, &report.svg().unwrap_or_default())?;
-    }
-    let code = report.exit_code();
-    if code == crate::exit_code::VIOLATION {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "ipivirt: invariant violation in a design expected to be safe (see the violations row)"
-        );
-    }
-    Ok(code)
-}
-
-fn sweep(args: &SweepCmd) -> Result<u8, Error> {
-    if args.run.output.svg.is_some() {
-        return Err(Error::Scenario(
-            "--svg plots one run: use `ipivirt run --svg` for a cell".into(),
-        ));
-    }
-    let base = args.run.machine_config();
-    let available = base.inject.host_cpus.clone().unwrap_or_default();
-    let cells = crate::sweep::plan(
-        &available,
-        args.ratios.as_ref().map(|r| r.0.as_slice()),
-        args.vcpus_list.as_deref(),
-        base.vcpus,
-    );
-    let mut code = crate::exit_code::OK;
-    let mut table = crate::sweep::table_header() + "\n";
-    let mut reports = Vec::new();
-    for cell in &cells {
-        let outcome = if cell.skipped.is_some() {
-            Err(String::new())
-        } else {
-            let mut config = base.clone();
-            config.vcpus = cell.vcpus;
-            config.inject.host_cpus = Some(cell.host_cpus.clone());
-            match run_scenario(&args.run, config) {
-                Ok(r) => {
-                    code = code.max(r.exit_code());
-                    Ok(r)
-                }
-                Err(e) => {
-                    if code == crate::exit_code::OK {
-                        code = e.exit_code();
-                    }
-                    Err(e.to_string())
-                }
-            }
-        };
-        let rows = crate::sweep::table_rows(cell, outcome.as_ref().map_err(String::as_str));
-        let _ = write!(std::io::stderr().lock(), "{rows}");
-        table += &rows;
-        if let Ok(r) = outcome {
-            reports.push(r);
-        }
-    }
-    say(table.trim_end());
-    if let Some(path) = &args.run.output.json {
-        let json = serde_json::to_string_pretty(&reports).expect("reports serialise");
-        write_file(path, &json)?;
-    }
-    Ok(code)
-}
-
-fn ms(ns: u64) -> String {
-    format!("{:.1}", ns as f64 / 1e6)
-}
-
-/// The plain-text host block of a run: placement, injected counts, steal
-/// time per vCPU, KVM's own statistics.
-pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32) -> String {
-    let mut out = String::new();
-    if h.active {
-        let mut placed: Vec<String> = h
-            .vcpus
-            .iter()
-            .take(32)
-            .map(|v| v.host_cpu.map_or("-".into(), |c| c.to_string()))
-            .collect();
-        if h.vcpus.len() > 32 {
-            placed.push("...".into());
-        }
-        out += &format!(
-            "host: {vcpus} vCPUs on host CPUs {:?} (placement vCPU->CPU: {}); preempt mode {}\n",
-            h.host_cpus,
-            placed.join(" "),
-            h.mode.unwrap_or(PreemptMode::None).name()
-        );
-        if let Some(why) = &h.fallback {
-            out += &format!("host: {why}\n");
-        }
-        out += &format!(
-            "host: preemptions_injected {} ({} ms), migrations_injected {} ({} coalesced), over {:.2} s; \
-             affinities restored: {}\n",
-            h.preemptions_injected,
-            ms(h.preempt_ns_injected),
-            h.migrations_injected,
-            h.migrations_coalesced,
-            h.elapsed.as_secs_f64(),
-            if h.affinity_restored { "yes" } else { "NO" }
-        );
-        for e in &h.errors {
-            out += &format!("host: injector error: {e}\n");
-        }
-    }
-    if !h.vcpus.is_empty() {
-        out += "vcpu  tid      steal_ms  run_delay_ms  paused_ms  max_gap_us  preempted_seen  \
-                kvm: preempt_reported preempt_other halt_exits yield_attempted yield_ok\n";
-        let gap_us = |c: u64| {
-            if tsc_khz > 0 {
-                format!("{:.1}", c as f64 * 1e3 / tsc_khz as f64)
-            } else {
-                "?".into()
-            }
-        };
-        let k = |m: &std::collections::BTreeMap<String, u64>, n: &str| {
-            m.get(n).map_or("-".into(), u64::to_string)
-        };
-        const ROWS: usize = 16;
-        for (i, v) in h.vcpus.iter().enumerate().take(ROWS) {
-            out += &format!(
-                "{i:<5} {:<8} {:<9} {:<13} {:<10} {:<11} {:<15} {} {} {} {} {}\n",
-                v.tid,
-                ms(v.steal_ns),
-                v.run_delay_ns.map_or("-".into(), ms),
-                ms(v.paused_ns),
-                gap_us(v.max_gap_cycles),
-                v.preempted_seen,
-                k(&v.kvm, "preemption_reported"),
-                k(&v.kvm, "preemption_other"),
-                k(&v.kvm, "halt_exits"),
-                k(&v.kvm, "directed_yield_attempted"),
-                k(&v.kvm, "directed_yield_successful"),
-            );
-        }
-        if h.vcpus.len() > ROWS {
-            out += &format!("... {} more vCPUs\n", h.vcpus.len() - ROWS);
-        }
-        let total: u64 = h.vcpus.iter().map(|v| v.steal_ns).sum();
-        let seen: u64 = h.vcpus.iter().map(|v| v.preempted_seen).sum();
-        out += &format!("steal time total {} ms; ", ms(total));
-        out += &if seen == 0 {
-            "steal-time preempted flag: never seen set (some hosts, nested ones among them, never set it)".to_string()
-        } else {
-            format!("steal-time preempted flag seen {seen} times")
-        };
-    }
-    out.trim_end().to_string()
-}
-
-fn boot(args: &RunArgs) -> Result<u8, Error> {
-    let report = boot_or_partial(&args.machine_config())?;
-    say(&online_line(&report));
-    Ok(crate::exit_code::OK)
-}
-
-/// Runs the CLI; returns the process exit code.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        None => run(&cli.run),
-        Some(Command::Run(args)) => run(args),
-        Some(Command::Boot(args)) => boot(args),
-        Some(Command::Sweep(args)) => sweep(args),
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "ipivirt: error: {e}");
-            let dumps = e.register_dumps();
-            if !dumps.is_empty() {
-                let _ = writeln!(err, "vCPU registers at stop:");
-                let _ = crate::vcpu::write_dumps(&mut err, dumps, &e.focus_vcpus());
-            }
-            ExitCode::from(e.exit_code())
-        }
-    }
-}
+pub use exec::main;
+pub use text::{host_block, partial_text};
 
 #[cfg(test)]
 mod tests {
@@ -846,6 +585,8 @@ mod tests {
             &["ipivirt", "run", "--max-duty", "95"],
             &["ipivirt", "run", "--workload", "dance"],
             &["ipivirt", "boot", "--preempt", "pause"],
+            &["ipivirt", "run", "--probe-period", "0"],
+            &["ipivirt", "run", "--torture-weights", "single=1,single=2"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -887,6 +628,18 @@ mod tests {
         assert_eq!(m.inject.preempt, PreemptMode::Antagonist);
         assert_eq!(m.inject.migrate_every, Some(Duration::from_millis(5)));
         assert_eq!(m.inject.max_duty, 0.5);
+    }
+
+    #[test]
+    fn test_timeout_accepts_units_like_every_duration() {
+        assert_eq!(parse_timeout("10s"), Ok(10.0));
+        assert_eq!(parse_timeout("1500ms"), Ok(1.5));
+        assert_eq!(parse_timeout("2"), Ok(2.0));
+        assert!(parse_timeout("0").is_err() && parse_timeout("0s").is_err());
+        let c = Cli::try_parse_from(["ipivirt", "boot", "--timeout", "10s"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Boot(RunArgs { timeout, .. })) if timeout == 10.0)
+        );
     }
 
     #[test]

@@ -29,13 +29,26 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use abi::{Design, FloorResults, Histogram, Workload};
+use abi::{Design, Workload};
 use serde::{Deserialize, Serialize};
 
 use crate::inject::{self, PreemptMode};
 use crate::machine::{BootReport, MachineConfig};
-use crate::results::DesignReport;
 use crate::{ConsoleMode, Error};
+
+mod guest;
+mod host;
+mod json;
+mod status;
+mod validate;
+pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
+pub use host::VcpuInfo;
+pub use json::{
+    cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo, PvInfo,
+    ScenarioInfo, Violation,
+};
+pub use status::{FailedRun, Status};
+pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
 
 /// One experiment: the guest's workload, the designs compared, and the
 /// host-side injection. Every setter consumes and returns the scenario.
@@ -220,319 +233,21 @@ impl Scenario {
         }
     }
 
-    /// Boots the guest, runs the scenario and returns the report.
+    /// Boots the guest, runs the scenario and returns the report; a
+    /// scenario [`Scenario::validate`] refuses does not boot.
     pub fn run(&self) -> Result<Report, Error> {
+        self.validate()?;
+        let provenance = crate::provenance::Provenance::start();
         let boot = crate::machine::boot(&self.config)?;
-        Ok(Report::new(&self.config, boot))
+        let mut report = Report::new(&self.config, boot);
+        report.provenance = provenance.finish();
+        Ok(report)
     }
 }
 
 /// Runs `scenario` (the same as [`Scenario::run`]).
 pub fn run(scenario: &Scenario) -> Result<Report, Error> {
     scenario.run()
-}
-
-/// Latency percentiles in nanoseconds (converted from TSC cycles with the
-/// guest's `tsc_khz`). Percentiles are the upper ends of histogram buckets
-/// (at most 6.25% wide), clamped to the exact maximum; all 0 when empty.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Latency {
-    /// Values recorded.
-    pub count: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest value.
-    pub max: u64,
-    /// Mean (exact, from the sum of the values).
-    pub mean: f64,
-}
-
-/// TSC cycles to nanoseconds (0 when the TSC frequency is unknown).
-pub fn cycles_to_ns(cycles: u64, tsc_khz: u64) -> u64 {
-    if tsc_khz == 0 {
-        return 0;
-    }
-    (cycles as u128 * 1_000_000 / tsc_khz as u128).min(u64::MAX as u128) as u64
-}
-
-impl Latency {
-    /// The figures of a histogram of TSC cycles.
-    pub fn from_histogram(h: &Histogram, tsc_khz: u64) -> Self {
-        let ns = |c| cycles_to_ns(c, tsc_khz);
-        if h.count == 0 {
-            return Latency::default();
-        }
-        Latency {
-            count: h.count,
-            p50: ns(h.quantile_ppm(500_000)),
-            p90: ns(h.quantile_ppm(900_000)),
-            p99: ns(h.quantile_ppm(990_000)),
-            p999: ns(h.quantile_ppm(999_000)),
-            max: ns(h.max),
-            mean: if tsc_khz == 0 {
-                0.0
-            } else {
-                h.sum as f64 / h.count as f64 * 1e6 / tsc_khz as f64
-            },
-        }
-    }
-
-    /// The figures of the guest's floor summary (None when not measured).
-    pub fn from_floor(f: &FloorResults, tsc_khz: u64) -> Option<Self> {
-        let ns = |c| cycles_to_ns(c, tsc_khz);
-        (f.count > 0).then(|| Latency {
-            count: f.count,
-            p50: ns(f.p50),
-            p90: ns(f.p90),
-            p99: ns(f.p99),
-            p999: ns(f.p999),
-            max: ns(f.max),
-            mean: if tsc_khz == 0 {
-                0.0
-            } else {
-                f.sum as f64 / f.count as f64 * 1e6 / tsc_khz as f64
-            },
-        })
-    }
-}
-
-/// Host-side preemption settings as run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreemptInfo {
-    /// `none`, `pause` or `antagonist` (the mode used, after any fallback).
-    pub mode: String,
-    /// Length of one preemption, in us.
-    pub len_us: u64,
-    /// Mean gap between preemptions per host CPU, in us.
-    pub every_us: u64,
-}
-
-/// The scenario as run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScenarioInfo {
-    /// Guest CPUs.
-    pub vcpus: u32,
-    /// Host CPUs the vCPU threads were placed on.
-    pub host_cpus: Vec<usize>,
-    /// Workload name (as on the command line).
-    pub workload: String,
-    /// Measured time per design, in seconds.
-    pub duration_s: f64,
-    /// Workload tasks per vCPU.
-    pub tasks_per_cpu: u32,
-    /// The seed.
-    pub seed: u64,
-    /// Host-side preemption.
-    pub preempt: PreemptInfo,
-    /// Mean gap between migrations, in us (0: none).
-    pub migrate_every_us: u64,
-    /// Guest-side forced preemption probability.
-    pub guest_preempt_prob: f64,
-    /// Paravirtual features the guest used.
-    pub pv: Vec<String>,
-    /// Designs run, in order.
-    pub designs: Vec<String>,
-    /// Injected allocation failure probability (alloc-in-path).
-    pub alloc_fail_prob: f64,
-    /// Forced guest task migration probability per tick.
-    pub forced_migration: f64,
-}
-
-/// The guest's calibration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Platform {
-    /// TSC cycles per iteration of a `dec; jnz` loop at CPL0 (the guest
-    /// times 1024 iterations; this is that figure / 1024).
-    pub cpl0_cycles_per_iter: f64,
-    /// The same at CPL3 (0: not measured).
-    pub cpl3_cycles_per_iter: f64,
-    /// `hardware-accelerated`, `CPL0 emulated` or `not measured`.
-    pub verdict: String,
-    /// Guest scheduler tick, in Hz.
-    pub tick_hz: u32,
-}
-
-/// Paravirtual features: what the host offers (its probe) and what ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PvInfo {
-    /// KVM accepted steal time (the probe; without a probe: whether the
-    /// guest registered it).
-    pub steal_time: bool,
-    /// KVM's steal-time `preempted` flag was seen set: by the probe (which
-    /// preempts a vCPU of its own on purpose) or by the guest in the run.
-    pub preempted_flag: bool,
-    /// What the probe found about the flag, in words (empty: not probed).
-    pub preempted_flag_note: String,
-    /// Whether a KVM hypercall completed in the probe; `None` (JSON null)
-    /// when the run used no PV feature and so did not probe.
-    pub kvm_hypercalls: Option<bool>,
-    /// Why hypercalls are unavailable (empty when they work or were not
-    /// probed).
-    pub kvm_hypercalls_note: String,
-    /// How long the probe took, in ms (null: not probed).
-    pub probe_ms: Option<f64>,
-    /// The mechanism that served each feature the run used (`kvm`,
-    /// `ipivirt`, `kvm+ipivirt`, `unavailable`).
-    pub mechanisms: std::collections::BTreeMap<String, String>,
-    /// What the VMM's PV interface served (null when the run had none).
-    pub served: Option<crate::pv::PvHostTotals>,
-}
-
-/// Host-side injection figures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostInfo {
-    /// Antagonist bursts or pauses injected.
-    pub preemptions_injected: u64,
-    /// vCPU thread migrations applied.
-    pub migrations_injected: u64,
-    /// Steal time per vCPU, in ns (measured by the `spin` workload only;
-    /// zero otherwise).
-    pub steal_ns: Vec<u64>,
-    /// Paravirtual features.
-    pub pv: PvInfo,
-    /// Preemption mode used.
-    pub mode: String,
-    /// Planned migrations folded into later ones.
-    pub migrations_coalesced: u64,
-}
-
-/// One design's figures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DesignSummary {
-    /// Column name: the design, plus `+feature` for each PV feature that
-    /// changes its path (e.g. `task-local+sched-yield`).
-    pub design: String,
-    /// The wait-mask design alone.
-    pub base_design: String,
-    /// PV features of the phase.
-    pub pv: Vec<String>,
-    /// Those KVM's mechanism served (the rest: ipivirt's).
-    pub pv_kvm: Vec<String>,
-    /// PV counters of the phase.
-    pub pv_counts: crate::results::PvCounts,
-    /// Cross calls completed.
-    pub calls: u64,
-    /// Invariant violations.
-    pub violations: u64,
-    /// Time from phase start to the first violation, in ms.
-    pub first_violation_ms: Option<f64>,
-    /// Cross-call latency, entry to return (wait=true).
-    pub call_latency_ns: Latency,
-    /// The latency probe during the phase.
-    pub sched_latency_ns: Latency,
-    /// Waits during which the waiting task was switched out.
-    pub waits_preempted: u64,
-    /// Waits that resumed on another vCPU.
-    pub waits_migrated: u64,
-    /// Extra bytes each task carries for this design.
-    pub mask_bytes_per_task: u64,
-    /// Mask allocations.
-    pub mask_allocs: u64,
-    /// Fallbacks to the pinned wait (alloc-in-path).
-    pub fallbacks: u64,
-    /// Mask frees.
-    pub mask_frees: u64,
-    /// Callbacks run.
-    pub callbacks: u64,
-    /// Stack bytes per call for the mask (stack design).
-    pub stack_bytes_per_call: u64,
-    /// csd-lock waits over the watchdog threshold.
-    pub csd_watchdog_fires: u64,
-    /// Phase length as the guest measured it, in ms.
-    pub phase_ms: f64,
-    /// Calls per second of guest time.
-    pub calls_per_s: f64,
-    /// Whether the design is expected to keep every invariant.
-    pub expected_safe: bool,
-    /// The first violations the guest recorded (at most 8).
-    pub violation_log: Vec<Violation>,
-}
-
-/// One recorded invariant violation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Violation {
-    /// `not-run` (the caller returned before a target ran the callback),
-    /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
-    /// `lost` (an asynchronous call never ran by the end of the phase).
-    pub kind: String,
-    /// The target CPU concerned.
-    pub cpu: u32,
-    /// Request id.
-    pub request: u64,
-    /// Time since the phase's checker was reset, in ms.
-    pub ms: f64,
-}
-
-/// The report name of a [`abi::violation`] kind.
-pub fn violation_name(kind: u32) -> &'static str {
-    use abi::violation::*;
-    match kind {
-        NOT_RUN => "not-run",
-        RAN_TWICE => "ran-twice",
-        RAN_AFTER_RETURN => "ran-after-return",
-        WRONG_CPU => "wrong-cpu",
-        CSD_REINIT => "csd-reinit",
-        LOST => "lost",
-        DEFERRED_LATE => "deferred-late",
-        _ => "unknown",
-    }
-}
-
-impl DesignSummary {
-    fn new(d: &DesignReport, khz: u64) -> Self {
-        let phase_ns = cycles_to_ns(d.phase_cycles, khz);
-        let names = |bits: u32| {
-            let mut v = Vec::new();
-            abi::pv::names(bits, |n| v.push(n.to_string()));
-            v
-        };
-        DesignSummary {
-            design: d.label(),
-            base_design: d.design.name().to_string(),
-            pv: names(d.pv),
-            pv_kvm: names(d.pv_kvm),
-            pv_counts: d.pv_counts,
-            calls: d.calls,
-            violations: d.violations,
-            first_violation_ms: d
-                .first_violation_cycles
-                .map(|c| cycles_to_ns(c, khz) as f64 / 1e6),
-            call_latency_ns: Latency::from_histogram(&d.call_latency, khz),
-            sched_latency_ns: Latency::from_histogram(&d.sched_latency, khz),
-            waits_preempted: d.waits_preempted,
-            waits_migrated: d.waits_migrated,
-            mask_bytes_per_task: d.mask_bytes_per_task,
-            mask_allocs: d.mask_allocs,
-            fallbacks: d.fallbacks,
-            mask_frees: d.mask_frees,
-            callbacks: d.callbacks,
-            stack_bytes_per_call: d.stack_bytes_per_call,
-            csd_watchdog_fires: d.csd_watchdog_fires,
-            phase_ms: phase_ns as f64 / 1e6,
-            calls_per_s: if phase_ns == 0 {
-                0.0
-            } else {
-                d.calls as f64 * 1e9 / phase_ns as f64
-            },
-            expected_safe: d.design.expected_safe(),
-            violation_log: d
-                .violation_log
-                .iter()
-                .map(|v| Violation {
-                    kind: violation_name(v.kind).to_string(),
-                    cpu: v.cpu,
-                    request: v.request,
-                    ms: cycles_to_ns(v.cycles, khz) as f64 / 1e6,
-                })
-                .collect(),
-        }
-    }
 }
 
 /// What a run produced: the `--json` report (interface contract). The raw
@@ -542,6 +257,21 @@ impl DesignSummary {
 pub struct Report {
     /// ipivirt's version.
     pub version: String,
+    /// `ok`: the run finished (violations, if any, are results). Reports
+    /// of runs that did not finish are [`FailedRun`]s.
+    #[serde(default)]
+    pub status: Status,
+    /// Why the status is not `ok`, or why the run is not reliable (null
+    /// when neither).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// False when the VMM itself stalled during the run (see
+    /// `host.vmm_stalls`): its figures do not compare designs fairly.
+    #[serde(default = "yes")]
+    pub reliable: bool,
+    /// Where the report comes from (command, build, host, load).
+    #[serde(default)]
+    pub provenance: crate::provenance::Provenance,
     /// The scenario as run.
     pub scenario: ScenarioInfo,
     /// Guest TSC frequency (kHz) as KVM reports it.
@@ -557,6 +287,9 @@ pub struct Report {
     pub platform: Platform,
     /// Host-side injection.
     pub host: HostInfo,
+    /// The guest's scheduler figures (probe, counters, tasks).
+    #[serde(default)]
+    pub guest: GuestInfo,
     /// One entry per design, in run order.
     pub designs: Vec<DesignSummary>,
     /// The guest's report with its histograms (not serialised).
@@ -570,12 +303,9 @@ impl Report {
         let khz = boot.tsc_khz;
         let g = &boot.guest;
         let h = &boot.host;
-        let workload_name = workload_name(config.workload);
         let probe = boot.pv_probe.as_ref();
         let steal_time = probe.map_or(config.workload == Workload::Spin, |p| p.steal_time);
         let used_pv = config.all_pv() & abi::pv::ALL;
-        let mut pv_names = Vec::new();
-        abi::pv::names(used_pv, |n| pv_names.push(n.to_string()));
         let mechanisms = probe
             .map(|p| {
                 (0..abi::pv::NAMES.len())
@@ -596,36 +326,21 @@ impl Report {
         } else {
             config.inject.preempt
         };
-        let mut steal_ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
-        steal_ns.resize(config.vcpus as usize, 0);
+        let steal_ns = crate::report::Measured::of(config).steal_time.then(|| {
+            let mut ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
+            ns.resize(config.vcpus as usize, 0);
+            ns
+        });
         Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            scenario: ScenarioInfo {
-                vcpus: config.vcpus,
-                host_cpus: if h.active {
-                    h.host_cpus.clone()
-                } else {
-                    config.inject.host_cpus.clone().unwrap_or_default()
-                },
-                workload: workload_name.to_string(),
-                duration_s: config.duration.as_secs_f64(),
-                tasks_per_cpu: config.tasks_per_cpu,
-                seed: config.seed,
-                preempt: PreemptInfo {
-                    mode: mode.name().to_string(),
-                    len_us: config.inject.preempt_len.as_micros() as u64,
-                    every_us: config.inject.preempt_every.as_micros() as u64,
-                },
-                migrate_every_us: config
-                    .inject
-                    .migrate_every
-                    .map_or(0, |d| d.as_micros() as u64),
-                guest_preempt_prob: config.guest_preempt_prob,
-                pv: pv_names,
-                designs: g.designs.iter().map(|d| d.label()).collect(),
-                alloc_fail_prob: config.alloc_fail_prob,
-                forced_migration: config.forced_migration,
-            },
+            status: Status::Ok,
+            reason: boot
+                .vmm_stalls
+                .stalled()
+                .then(|| boot.vmm_stalls.describe()),
+            reliable: !boot.vmm_stalls.stalled(),
+            provenance: crate::provenance::Provenance::default(),
+            scenario: ScenarioInfo::new(config, h, g.designs.iter().map(|d| d.label()).collect()),
             tsc_khz: khz,
             boot_ms: boot.boot_time.as_secs_f64() * 1e3,
             guest_boot_ms: cycles_to_ns(boot.guest_boot_cycles, khz) as f64 / 1e6,
@@ -657,7 +372,18 @@ impl Report {
                 },
                 mode: mode.name().to_string(),
                 migrations_coalesced: h.migrations_coalesced,
+                trace_error: h.trace_error.clone(),
+                preemptions_skipped: h.preemptions_skipped,
+                vmm_stalls: boot.vmm_stalls.into(),
+                warnings: h.warnings.clone(),
+                preempt_ns_injected: h.preempt_ns_injected,
+                injection_s: h.elapsed.as_secs_f64(),
+                affinity_restored: h.active.then_some(h.affinity_restored),
+                fallback: h.fallback.clone(),
+                injector_errors: h.errors.clone(),
+                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config)),
             },
+            guest: GuestInfo::new(g, khz),
             designs: g
                 .designs
                 .iter()
@@ -684,6 +410,8 @@ impl Report {
             || (torture_errors > 0 && all_safe)
         {
             crate::exit_code::VIOLATION
+        } else if !self.reliable {
+            crate::exit_code::HOST_FAILURE
         } else {
             crate::exit_code::OK
         }
@@ -729,6 +457,10 @@ impl Report {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// The command-line name of a workload.
 pub fn workload_name(w: Workload) -> &'static str {
     match w {
@@ -747,6 +479,7 @@ pub fn workload_name(w: Workload) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi::{FloorResults, Histogram};
 
     #[test]
     fn test_latency_from_histogram_monotone_ns() {

@@ -1,0 +1,138 @@
+//! The trace opens cleanly in Perfetto (issue 17, item 7): no two slices
+//! of one track overlap (Perfetto drops such slices, so migrations went
+//! missing), and a sweep writes one trace per cell instead of keeping
+//! only the last.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{ipivirt, kvm_or_skip, text};
+use serde_json::Value;
+
+/// A slice: start and length (us), name.
+type Slice = (f64, f64, String);
+
+/// The X slices of a trace, by track (pid, tid), sorted by start.
+fn tracks(trace: &Value) -> BTreeMap<(u64, u64), Vec<Slice>> {
+    let mut by: BTreeMap<(u64, u64), Vec<Slice>> = BTreeMap::new();
+    for e in trace["traceEvents"].as_array().unwrap() {
+        if e["ph"] == "X" {
+            by.entry((e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap()))
+                .or_default()
+                .push((
+                    e["ts"].as_f64().unwrap(),
+                    e["dur"].as_f64().unwrap(),
+                    e["name"].as_str().unwrap().to_string(),
+                ));
+        }
+    }
+    for v in by.values_mut() {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    by
+}
+
+#[test]
+fn test_trace_has_no_overlapping_slices_on_a_track() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, json) = (dir.path().join("t.json"), dir.path().join("r.json"));
+    // Pauses and a migration storm on the same vCPUs (the review's case).
+    let out = ipivirt(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--designs",
+        "upstream",
+        "--duration",
+        "300ms",
+        "--preempt",
+        "pause",
+        "--migrate-every",
+        "100us",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let t: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut slices = 0;
+    let mut migrations = 0;
+    for (track, s) in tracks(&t) {
+        for w in s.windows(2) {
+            // ts and dur are in us with ns precision.
+            assert!(
+                w[1].0 + 0.0005 >= w[0].0 + w[0].1,
+                "track {track:?}: {:?} overlaps {:?}",
+                w[1],
+                w[0]
+            );
+        }
+        slices += s.len();
+        migrations += s.iter().filter(|e| e.2 == "migrate").count();
+    }
+    let injected = r["host"]["preemptions_injected"].as_u64().unwrap() as usize;
+    let migrated = r["host"]["migrations_injected"].as_u64().unwrap() as usize;
+    assert!(migrated > 0 && injected > 0, "{r}");
+    assert_eq!(migrations, migrated, "every migration is a slice");
+    assert_eq!(slices, injected + migrated);
+}
+
+#[test]
+fn test_sweep_writes_one_trace_per_cell() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.json");
+    let out = ipivirt(&[
+        "sweep",
+        "--quiet",
+        "--host-cpus",
+        "0",
+        "--vcpus-list",
+        "2,3",
+        "--designs",
+        "upstream",
+        "--duration",
+        "100ms",
+        "--preempt",
+        "pause",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!trace.exists(), "no cell writes the bare name");
+    for (k, vcpus) in [(1, 2), (2, 3)] {
+        let cell = dir.path().join(format!("t-{k}.json"));
+        let t: Value = serde_json::from_slice(&std::fs::read(&cell).unwrap()).unwrap();
+        // The cell's own vCPUs are named in its trace.
+        let names: Vec<&str> = t["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["args"]["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&format!("vCPU {}", vcpus - 1).as_str()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&format!("vCPU {vcpus}").as_str()),
+            "{names:?}"
+        );
+        assert!(
+            stdout.contains(&format!("trace of cell {k} ({vcpus} vCPUs")),
+            "{stdout}"
+        );
+    }
+}

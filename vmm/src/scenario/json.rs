@@ -1,0 +1,355 @@
+//! The serialised figures of a report: latency percentiles, the scenario
+//! as run, the platform, the host block and each design's summary (the
+//! JSON of the interface contract).
+
+use abi::{FloorResults, Histogram};
+use serde::{Deserialize, Serialize};
+
+use super::VcpuInfo;
+use crate::results::DesignReport;
+
+/// Latency percentiles in nanoseconds (converted from TSC cycles with the
+/// guest's `tsc_khz`). Percentiles are the upper ends of histogram buckets
+/// (at most 6.25% wide), clamped to the exact maximum; all 0 when empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest value.
+    pub max: u64,
+    /// Mean (exact, from the sum of the values).
+    pub mean: f64,
+}
+
+/// TSC cycles to nanoseconds (0 when the TSC frequency is unknown).
+pub fn cycles_to_ns(cycles: u64, tsc_khz: u64) -> u64 {
+    if tsc_khz == 0 {
+        return 0;
+    }
+    (cycles as u128 * 1_000_000 / tsc_khz as u128).min(u64::MAX as u128) as u64
+}
+
+impl Latency {
+    /// The figures of a histogram of TSC cycles.
+    pub fn from_histogram(h: &Histogram, tsc_khz: u64) -> Self {
+        let ns = |c| cycles_to_ns(c, tsc_khz);
+        if h.count == 0 {
+            return Latency::default();
+        }
+        Latency {
+            count: h.count,
+            p50: ns(h.quantile_ppm(500_000)),
+            p90: ns(h.quantile_ppm(900_000)),
+            p99: ns(h.quantile_ppm(990_000)),
+            p999: ns(h.quantile_ppm(999_000)),
+            max: ns(h.max),
+            mean: if tsc_khz == 0 {
+                0.0
+            } else {
+                h.sum as f64 / h.count as f64 * 1e6 / tsc_khz as f64
+            },
+        }
+    }
+
+    /// The figures of the guest's floor summary (None when not measured).
+    pub fn from_floor(f: &FloorResults, tsc_khz: u64) -> Option<Self> {
+        let ns = |c| cycles_to_ns(c, tsc_khz);
+        (f.count > 0).then(|| Latency {
+            count: f.count,
+            p50: ns(f.p50),
+            p90: ns(f.p90),
+            p99: ns(f.p99),
+            p999: ns(f.p999),
+            max: ns(f.max),
+            mean: if tsc_khz == 0 {
+                0.0
+            } else {
+                f.sum as f64 / f.count as f64 * 1e6 / tsc_khz as f64
+            },
+        })
+    }
+}
+
+/// Host-side preemption settings as run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptInfo {
+    /// `none`, `pause` or `antagonist` (the mode used, after any fallback).
+    pub mode: String,
+    /// Length of one preemption, in us.
+    pub len_us: u64,
+    /// Mean gap between preemptions per host CPU, in us.
+    pub every_us: u64,
+}
+
+/// The scenario as run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioInfo {
+    /// Guest CPUs.
+    pub vcpus: u32,
+    /// Host CPUs the vCPU threads were placed on.
+    pub host_cpus: Vec<usize>,
+    /// Workload name (as on the command line).
+    pub workload: String,
+    /// Measured time per design, in seconds.
+    pub duration_s: f64,
+    /// Workload tasks per vCPU.
+    pub tasks_per_cpu: u32,
+    /// The seed.
+    pub seed: u64,
+    /// Host-side preemption.
+    pub preempt: PreemptInfo,
+    /// Mean gap between migrations, in us (0: none).
+    pub migrate_every_us: u64,
+    /// Guest-side forced preemption probability.
+    pub guest_preempt_prob: f64,
+    /// Paravirtual features the guest used.
+    pub pv: Vec<String>,
+    /// Designs run, in order.
+    pub designs: Vec<String>,
+    /// Injected allocation failure probability (alloc-in-path).
+    pub alloc_fail_prob: f64,
+    /// Forced guest task migration probability per tick.
+    pub forced_migration: f64,
+}
+
+/// The guest's calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Platform {
+    /// TSC cycles per iteration of a `dec; jnz` loop at CPL0 (the guest
+    /// times 1024 iterations; this is that figure / 1024).
+    pub cpl0_cycles_per_iter: f64,
+    /// The same at CPL3 (0: not measured).
+    pub cpl3_cycles_per_iter: f64,
+    /// `hardware-accelerated`, `CPL0 emulated` or `not measured`.
+    pub verdict: String,
+    /// Guest scheduler tick, in Hz.
+    pub tick_hz: u32,
+}
+
+/// Paravirtual features: what the host offers (its probe) and what ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PvInfo {
+    /// KVM accepted steal time (the probe; without a probe: whether the
+    /// guest registered it).
+    pub steal_time: bool,
+    /// KVM's steal-time `preempted` flag was seen set: by the probe (which
+    /// preempts a vCPU of its own on purpose) or by the guest in the run.
+    pub preempted_flag: bool,
+    /// What the probe found about the flag, in words (empty: not probed).
+    pub preempted_flag_note: String,
+    /// Whether a KVM hypercall completed in the probe; `None` (JSON null)
+    /// when the run used no PV feature and so did not probe.
+    pub kvm_hypercalls: Option<bool>,
+    /// Why hypercalls are unavailable (empty when they work or were not
+    /// probed).
+    pub kvm_hypercalls_note: String,
+    /// How long the probe took, in ms (null: not probed).
+    pub probe_ms: Option<f64>,
+    /// The mechanism that served each feature the run used (`kvm`,
+    /// `ipivirt`, `kvm+ipivirt`, `unavailable`).
+    pub mechanisms: std::collections::BTreeMap<String, String>,
+    /// What the VMM's PV interface served (null when the run had none).
+    pub served: Option<crate::pv::PvHostTotals>,
+}
+
+/// Host-side injection figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Antagonist bursts or pauses injected.
+    pub preemptions_injected: u64,
+    /// vCPU thread migrations applied.
+    pub migrations_injected: u64,
+    /// Steal time per vCPU, in ns; null when the guest did not register
+    /// steal time (the `spin` workload and `--pv steal-time` do).
+    pub steal_ns: Option<Vec<u64>>,
+    /// Paravirtual features.
+    pub pv: PvInfo,
+    /// Preemption mode used.
+    pub mode: String,
+    /// Planned migrations folded into later ones.
+    pub migrations_coalesced: u64,
+    /// Why the `--trace` file could not be written (null: it was, or none
+    /// was asked for).
+    #[serde(default)]
+    pub trace_error: Option<String>,
+    /// Planned preemptions dropped because they were long overdue (the
+    /// VMM was stalled): never replayed.
+    #[serde(default)]
+    pub preemptions_skipped: u64,
+    /// Stalls of the VMM itself (SIGSTOP, an overloaded host).
+    #[serde(default)]
+    pub vmm_stalls: crate::stall::StallInfo,
+    /// Measurements the run could not make, and why.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Time the injectors preempted vCPUs in all, in ns.
+    #[serde(default)]
+    pub preempt_ns_injected: u64,
+    /// How long injection ran, in seconds.
+    #[serde(default)]
+    pub injection_s: f64,
+    /// Whether every vCPU thread's affinity was restored at the end (null:
+    /// no injector ran).
+    #[serde(default)]
+    pub affinity_restored: Option<bool>,
+    /// Why the preemption mode differs from the one asked for (null: it
+    /// does not).
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Errors the injectors hit (the run went on).
+    #[serde(default)]
+    pub injector_errors: Vec<String>,
+    /// The host table, one row per vCPU (as many as the text shows and more).
+    #[serde(default)]
+    pub vcpus: Vec<VcpuInfo>,
+}
+
+/// One design's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesignSummary {
+    /// Column name: the design, plus `+feature` for each PV feature that
+    /// changes its path (e.g. `task-local+sched-yield`).
+    pub design: String,
+    /// The wait-mask design alone.
+    pub base_design: String,
+    /// PV features of the phase.
+    pub pv: Vec<String>,
+    /// Those KVM's mechanism served (the rest: ipivirt's).
+    pub pv_kvm: Vec<String>,
+    /// PV counters of the phase.
+    pub pv_counts: crate::results::PvCounts,
+    /// Cross calls completed.
+    pub calls: u64,
+    /// Invariant violations.
+    pub violations: u64,
+    /// Time from phase start to the first violation, in ms.
+    pub first_violation_ms: Option<f64>,
+    /// Cross-call latency, entry to return (wait=true).
+    pub call_latency_ns: Latency,
+    /// The latency probe during the phase.
+    pub sched_latency_ns: Latency,
+    /// Waits during which the waiting task was switched out.
+    pub waits_preempted: u64,
+    /// Waits that resumed on another vCPU.
+    pub waits_migrated: u64,
+    /// Extra bytes each task carries for this design.
+    pub mask_bytes_per_task: u64,
+    /// Mask allocations.
+    pub mask_allocs: u64,
+    /// Fallbacks to the pinned wait (alloc-in-path).
+    pub fallbacks: u64,
+    /// Mask frees.
+    pub mask_frees: u64,
+    /// Callbacks run.
+    pub callbacks: u64,
+    /// Stack bytes per call for the mask (stack design).
+    pub stack_bytes_per_call: u64,
+    /// csd-lock waits over the watchdog threshold.
+    pub csd_watchdog_fires: u64,
+    /// Phase length as the guest measured it, in ms.
+    pub phase_ms: f64,
+    /// Calls per second of guest time.
+    pub calls_per_s: f64,
+    /// Whether the design is expected to keep every invariant.
+    pub expected_safe: bool,
+    /// The first violations the guest recorded (at most 8).
+    pub violation_log: Vec<Violation>,
+    /// Tasks the phase created.
+    #[serde(default)]
+    pub tasks_created: u64,
+    /// Mean time to create one, in ns (null: none created).
+    #[serde(default)]
+    pub task_create_mean_ns: Option<u64>,
+}
+
+/// One recorded invariant violation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `not-run` (the caller returned before a target ran the callback),
+    /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
+    /// `lost` (an asynchronous call never ran by the end of the phase).
+    pub kind: String,
+    /// The target CPU concerned.
+    pub cpu: u32,
+    /// Request id.
+    pub request: u64,
+    /// Time since the phase's checker was reset, in ms.
+    pub ms: f64,
+}
+
+/// The report name of a [`abi::violation`] kind.
+pub fn violation_name(kind: u32) -> &'static str {
+    use abi::violation::*;
+    match kind {
+        NOT_RUN => "not-run",
+        RAN_TWICE => "ran-twice",
+        RAN_AFTER_RETURN => "ran-after-return",
+        WRONG_CPU => "wrong-cpu",
+        CSD_REINIT => "csd-reinit",
+        LOST => "lost",
+        DEFERRED_LATE => "deferred-late",
+        _ => "unknown",
+    }
+}
+
+impl DesignSummary {
+    pub(super) fn new(d: &DesignReport, khz: u64) -> Self {
+        let phase_ns = cycles_to_ns(d.phase_cycles, khz);
+        let names = |bits: u32| {
+            let mut v = Vec::new();
+            abi::pv::names(bits, |n| v.push(n.to_string()));
+            v
+        };
+        DesignSummary {
+            design: d.label(),
+            base_design: d.design.name().to_string(),
+            pv: names(d.pv),
+            pv_kvm: names(d.pv_kvm),
+            pv_counts: d.pv_counts,
+            calls: d.calls,
+            violations: d.violations,
+            first_violation_ms: d
+                .first_violation_cycles
+                .map(|c| cycles_to_ns(c, khz) as f64 / 1e6),
+            call_latency_ns: Latency::from_histogram(&d.call_latency, khz),
+            sched_latency_ns: Latency::from_histogram(&d.sched_latency, khz),
+            waits_preempted: d.waits_preempted,
+            waits_migrated: d.waits_migrated,
+            mask_bytes_per_task: d.mask_bytes_per_task,
+            mask_allocs: d.mask_allocs,
+            fallbacks: d.fallbacks,
+            mask_frees: d.mask_frees,
+            callbacks: d.callbacks,
+            stack_bytes_per_call: d.stack_bytes_per_call,
+            csd_watchdog_fires: d.csd_watchdog_fires,
+            phase_ms: phase_ns as f64 / 1e6,
+            calls_per_s: if phase_ns == 0 {
+                0.0
+            } else {
+                d.calls as f64 * 1e9 / phase_ns as f64
+            },
+            expected_safe: d.design.expected_safe(),
+            tasks_created: d.tasks_created,
+            task_create_mean_ns: (d.tasks_created > 0)
+                .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
+            violation_log: d
+                .violation_log
+                .iter()
+                .map(|v| Violation {
+                    kind: violation_name(v.kind).to_string(),
+                    cpu: v.cpu,
+                    request: v.request,
+                    ms: cycles_to_ns(v.cycles, khz) as f64 / 1e6,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! What a scenario must satisfy before anything boots: a run that cannot
+//! measure what it is asked to (a cross-CPU workload on one vCPU, a
+//! duty cycle the injector would silently cap, a watchdog shorter than
+//! the run) is refused with the reason (exit 2), by the library and the
+//! CLI alike.
+
+use std::time::Duration;
+
+use abi::Workload;
+
+use super::Scenario;
+use crate::inject::{InjectError, PreemptMode, DUTY_LIMIT};
+use crate::Error;
+
+/// The shortest `--duration` that gives timed calls or probe samples.
+pub const MIN_DURATION: Duration = Duration::from_millis(10);
+/// The shortest watchdog: time to create the VM and boot a few vCPUs.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Allowance for boot and calibration on top of the workload's length.
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(1);
+/// Workload tasks per vCPU (the guest's task table bounds it).
+pub const MAX_TASKS_PER_CPU: u32 = 64;
+
+/// Why a scenario is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScenarioError {
+    /// vCPU count out of range.
+    #[error("--vcpus {0} is out of range: give 1..={max}", max = abi::MAX_VCPUS)]
+    Vcpus(u32),
+    /// A cross-CPU workload on one vCPU sends no IPI.
+    #[error(
+        "--workload {0} needs at least 2 vCPUs: with 1 every call is local and no IPI is sent \
+         (give --vcpus 2 or more)"
+    )]
+    NeedsTwoVcpus(&'static str),
+    /// A probability outside 0..=1 (or NaN).
+    #[error("--{name} {value} is not a probability between 0 and 1")]
+    Probability {
+        /// The option, without dashes.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// Task count out of range.
+    #[error("--tasks-per-cpu {0} is out of range: give 1..={MAX_TASKS_PER_CPU}")]
+    Tasks(u32),
+    /// A per-design workload with no design.
+    #[error("no design to run: name at least one")]
+    NoDesigns,
+    /// More design columns than the guest has room for.
+    #[error("{0} design columns: at most {max} per run", max = abi::MAX_DESIGNS)]
+    TooManyDesigns(usize),
+    /// The same column twice.
+    #[error("design column '{0}' appears twice (a `+pv` column needs --pv)")]
+    DuplicateDesign(String),
+    /// A duty cycle the injector would cap at `--max-duty`.
+    #[error(
+        "--preempt-len {len:?} every {every:?} is a {pct:.0}% duty cycle on each host CPU, above \
+         --max-duty {max_pct:.0}%: the injector would cap it and the run would not be the one asked \
+         for (lengthen --preempt-every, shorten --preempt-len or raise --max-duty)"
+    )]
+    DutyAboveMax {
+        /// Length of one preemption.
+        len: Duration,
+        /// Mean gap.
+        every: Duration,
+        /// Duty cycle asked for, in percent.
+        pct: f64,
+        /// `--max-duty`, in percent.
+        max_pct: f64,
+    },
+    /// A watchdog too short for anything.
+    #[error("--timeout {0:?} is too short: give at least {MIN_TIMEOUT:?}")]
+    TimeoutTooSmall(Duration),
+    /// A watchdog that would fire before the workload ends.
+    #[error(
+        "--timeout {timeout:?} is shorter than the run: its workload alone takes about {expected:?} \
+         (give --timeout {need}s or more)"
+    )]
+    TimeoutTooShort {
+        /// The timeout.
+        timeout: Duration,
+        /// The workload's expected length.
+        expected: Duration,
+        /// A timeout that would do, in whole seconds.
+        need: u64,
+    },
+    /// A duration too short for one timed call or probe sample.
+    #[error(
+        "--duration {duration:?} is too short to time anything: give at least {MIN_DURATION:?}"
+    )]
+    DurationTooShort {
+        /// The duration.
+        duration: Duration,
+    },
+    /// An option the scenario would silently ignore.
+    #[error("{0}")]
+    Unused(&'static str),
+    /// `--svg` for a workload without per-design latencies.
+    #[error(
+        "--svg: the {0} workload has no per-design latency to plot (ping, shootdown and torture do)"
+    )]
+    NothingToPlot(&'static str),
+}
+
+fn probability(name: &'static str, value: f64) -> Result<(), ScenarioError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ScenarioError::Probability { name, value })
+    }
+}
+
+impl Scenario {
+    /// Refuses a scenario that cannot be measured as asked (see the
+    /// module doc). [`Scenario::run`] calls it first; the CLI calls it
+    /// before anything slow.
+    pub fn validate(&self) -> Result<(), Error> {
+        let c = self.config();
+        let workload = super::workload_name(c.workload);
+        if c.vcpus == 0 || c.vcpus as usize > abi::MAX_VCPUS {
+            return Err(ScenarioError::Vcpus(c.vcpus).into());
+        }
+        if c.vcpus < 2
+            && matches!(
+                c.workload,
+                Workload::Floor | Workload::Ping | Workload::Shootdown
+            )
+        {
+            return Err(ScenarioError::NeedsTwoVcpus(workload).into());
+        }
+        probability("guest-preempt-prob", c.guest_preempt_prob)?;
+        probability("alloc-fail-prob", c.alloc_fail_prob)?;
+        probability("forced-migration", c.forced_migration)?;
+        if !(1..=MAX_TASKS_PER_CPU).contains(&c.tasks_per_cpu) {
+            return Err(ScenarioError::Tasks(c.tasks_per_cpu).into());
+        }
+        let per_design = matches!(
+            c.workload,
+            Workload::Ping | Workload::Shootdown | Workload::Torture
+        );
+        if per_design {
+            if c.designs.is_empty() {
+                return Err(ScenarioError::NoDesigns.into());
+            }
+            if c.designs.len() > abi::MAX_DESIGNS {
+                return Err(ScenarioError::TooManyDesigns(c.designs.len()).into());
+            }
+            let labels = super::status::design_labels(c);
+            for (i, l) in labels.iter().enumerate() {
+                let same =
+                    (0..i).any(|j| c.designs[j] == c.designs[i] && c.phase_pv(j) == c.phase_pv(i));
+                if same {
+                    return Err(ScenarioError::DuplicateDesign(l.clone()).into());
+                }
+            }
+        }
+        if c.torture_weights.iter().any(|&w| w != 0) && c.workload != Workload::Torture {
+            return Err(ScenarioError::Unused(
+                "--torture-weights applies to --workload torture only: this run would ignore it",
+            )
+            .into());
+        }
+        if c.alloc_fail_prob > 0.0
+            && (!per_design || !c.designs.contains(&abi::Design::AllocInPath))
+        {
+            return Err(ScenarioError::Unused(
+                "--alloc-fail-prob applies to the alloc-in-path design only, which this run does not \
+                 measure: this run would ignore it",
+            )
+            .into());
+        }
+        let inj = &c.inject;
+        if inj.preempt != PreemptMode::None
+            && !inj.preempt_every.is_zero()
+            && !inj.preempt_len.is_zero()
+        {
+            let duty = inj.preempt_len.as_secs_f64() / inj.preempt_every.as_secs_f64();
+            if duty > DUTY_LIMIT {
+                return Err(InjectError::DutyRefused {
+                    len: inj.preempt_len,
+                    every: inj.preempt_every,
+                    pct: duty * 100.0,
+                }
+                .into());
+            }
+            if duty > inj.max_duty {
+                return Err(ScenarioError::DutyAboveMax {
+                    len: inj.preempt_len,
+                    every: inj.preempt_every,
+                    pct: duty * 100.0,
+                    max_pct: inj.max_duty * 100.0,
+                }
+                .into());
+            }
+        }
+        if c.workload != Workload::None && c.duration < MIN_DURATION {
+            return Err(ScenarioError::DurationTooShort {
+                duration: c.duration,
+            }
+            .into());
+        }
+        if c.timeout < MIN_TIMEOUT {
+            return Err(ScenarioError::TimeoutTooSmall(c.timeout).into());
+        }
+        let expected = self.expected_duration();
+        if c.timeout < expected + BOOT_ALLOWANCE {
+            return Err(ScenarioError::TimeoutTooShort {
+                timeout: c.timeout,
+                expected,
+                need: (expected + BOOT_ALLOWANCE).as_secs_f64().ceil() as u64 + 1,
+            }
+            .into());
+        }
+        if let Some(path) = &inj.trace {
+            crate::output::check("--trace", path)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an `--svg` plot of a workload with nothing to plot.
+    pub fn check_plot(&self) -> Result<(), Error> {
+        let w = self.config().workload;
+        if matches!(w, Workload::Ping | Workload::Shootdown | Workload::Torture) {
+            Ok(())
+        } else {
+            Err(ScenarioError::NothingToPlot(super::workload_name(w)).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi::Design;
+
+    fn refused(s: Scenario) -> String {
+        let e = s.validate().expect_err("refused");
+        assert_eq!(e.exit_code(), crate::exit_code::USAGE, "{e}");
+        e.to_string()
+    }
+
+    fn base() -> Scenario {
+        Scenario::new()
+            .vcpus(2)
+            .duration(Duration::from_millis(100))
+            .timeout(Duration::from_secs(30))
+    }
+
+    #[test]
+    fn test_validate_accepts_the_defaults() {
+        Scenario::new().validate().unwrap();
+        base().validate().unwrap();
+    }
+
+    #[test]
+    fn test_validate_refuses_what_cannot_be_measured() {
+        for w in [Workload::Floor, Workload::Ping, Workload::Shootdown] {
+            assert!(refused(base().vcpus(1).workload(w)).contains("at least 2 vCPUs"));
+        }
+        base().vcpus(1).workload(Workload::Idle).validate().unwrap();
+        for p in [f64::NAN, -0.1, 2.0, f64::INFINITY] {
+            assert!(refused(base().guest_preempt_prob(p)).contains("guest-preempt-prob"));
+            assert!(refused(base().alloc_fail_prob(p)).contains("alloc-fail-prob"));
+            assert!(refused(base().forced_migration(p)).contains("forced-migration"));
+        }
+        let mut weighted = base();
+        weighted.config_mut().torture_weights[0] = 1;
+        assert!(refused(weighted).contains("--torture-weights applies"));
+        let no_alloc = base().designs(&[Design::Upstream]).alloc_fail_prob(0.5);
+        assert!(refused(no_alloc).contains("--alloc-fail-prob applies"));
+        base()
+            .designs(&[Design::AllocInPath])
+            .alloc_fail_prob(0.5)
+            .validate()
+            .unwrap();
+        for n in [0, 65, 1000] {
+            assert!(refused(base().tasks_per_cpu(n)).contains("--tasks-per-cpu"));
+        }
+        assert!(refused(base().designs(&[])).contains("no design"));
+        assert!(refused(base().designs(&[Design::Stack, Design::Stack])).contains("appears twice"));
+        assert!(refused(base().timeout(Duration::ZERO)).contains("too short"));
+        let long = base()
+            .duration(Duration::from_secs(60))
+            .timeout(Duration::from_secs(5));
+        assert!(refused(long).contains("shorter than the run"));
+        assert!(refused(base().duration(Duration::ZERO)).contains("--duration"));
+        let capped = base()
+            .preempt(PreemptMode::Pause)
+            .preempt_len(Duration::from_micros(1500))
+            .preempt_every(Duration::from_millis(2));
+        assert!(refused(capped).contains("above --max-duty 50%"));
+        assert!(matches!(
+            base().workload(Workload::Idle).check_plot(),
+            Err(Error::Invalid(ScenarioError::NothingToPlot("idle")))
+        ));
+        base().check_plot().unwrap();
+    }
+}
