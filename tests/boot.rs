@@ -68,12 +68,43 @@ fn test_cli_boot_prints_online_line() {
     let (stdout, stderr) = common::text(&out);
     assert!(out.status.success(), "{stderr}");
     let line = stdout.lines().next().unwrap_or_default();
-    let ms: f64 = line
+    let (ms, kernel) = line
         .strip_prefix("online 4/4 vCPUs in ")
-        .and_then(|rest| rest.strip_suffix(" ms"))
-        .and_then(|n| n.parse().ok())
+        .and_then(|rest| rest.split_once(" ms (kernel "))
+        .and_then(|(n, k)| Some((n.parse::<f64>().ok()?, k.strip_suffix(')')?)))
         .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
     assert!(ms > 0.0, "{line}");
+    assert!(["plain", "pvm-native"].contains(&kernel), "{line}");
+}
+
+/// The mode the environment asks for is the mode that runs: `plain` gives
+/// the plain kernel everywhere; on a PVM host `auto` gives the native one.
+#[test]
+fn test_guest_mode_flag_picks_the_kernel() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let boot = |mode: &str| {
+        let out = common::ipivirt(&["boot", "--vcpus", "2", "--quiet", "--guest-mode", mode]);
+        let (stdout, stderr) = common::text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = boot("plain");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("(kernel plain)"), "{stdout}");
+    let pvm_host = std::path::Path::new("/sys/module/kvm_pvm").is_dir();
+    let (code, stdout, stderr) = boot("pvm");
+    if pvm_host {
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("(kernel pvm-native)"), "{stdout}");
+        let (_, auto, _) = boot("auto");
+        assert!(auto.contains("(kernel pvm-native)"), "{auto}");
+    } else {
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("kvm_pvm"), "{stderr}");
+    }
+    let (code, _, stderr) = boot("emulated");
+    assert_eq!(code, Some(2), "{stderr}");
 }
 
 #[test]

@@ -19,7 +19,8 @@ pub struct Provenance {
     /// The loaded KVM vendor module(s) (`kvm_intel`, `kvm_amd`,
     /// `kvm_pvm`, ...); null if none is visible.
     pub kvm_module: Option<String>,
-    /// How the guest runs: `plain` (no other mode exists yet).
+    /// The guest kernel that ran (`plain` or `pvm-native`); before a run,
+    /// the mode asked for (`auto`, `pvm`, `plain`).
     pub guest_mode: String,
     /// Host load averages (1, 5, 15 min) when the run started.
     pub load_start: Option<[f64; 3]>,
@@ -40,7 +41,10 @@ impl Provenance {
                 .ok()
                 .map(|s| s.trim().to_string()),
             kvm_module: kvm_modules(),
-            guest_mode: "plain".into(),
+            guest_mode: crate::guest_mode::GuestMode::from_env()
+                .unwrap_or_default()
+                .name()
+                .into(),
             load_start: load_average(),
             load_end: None,
         }
@@ -93,7 +97,10 @@ mod tests {
     #[test]
     fn test_start_and_finish_fill_the_host_fields() {
         let p = Provenance::start().finish();
-        assert_eq!(p.guest_mode, "plain");
+        assert!(
+            ["auto", "pvm", "plain"].contains(&p.guest_mode.as_str()),
+            "{p:?}"
+        );
         assert!(!p.command.is_empty());
         assert!(p.host_kernel.is_some() && p.load_start.is_some() && p.load_end.is_some());
     }

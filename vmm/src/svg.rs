@@ -36,7 +36,8 @@ const TAIL_TICKS: [(f64, &str); 6] = [
     (0.999, "99.9"),
     (0.9999, "99.99"),
 ];
-const TAIL_TOP: f64 = 4.0;
+/// The top of the tail axis: 99.99% (four nines).
+pub const TAIL_TOP: f64 = 4.0;
 
 /// Height on the tail axis of cumulative fraction `f` (0 at the bottom,
 /// [`TAIL_TOP`] for 99.99% and above).

@@ -108,6 +108,11 @@ struct RunArgs {
     /// Do not print the guest console.
     #[arg(long, short)]
     quiet: bool,
+    /// Guest kernel: auto (the PVM host's native mode where the host offers
+    /// it, else plain), pvm (native mode or exit 2), plain [default:
+    /// $IPIVIRT_GUEST_MODE, else auto].
+    #[arg(long, value_name = "MODE")]
+    guest_mode: Option<crate::guest_mode::GuestMode>,
     /// Test only: make the guest fail on purpose.
     #[arg(long, hide = true, value_enum, default_value_t = HookArg::None)]
     test_hook: HookArg,
@@ -490,6 +495,7 @@ impl RunArgs {
             },
             test_hook: self.test_hook.into(),
             test_hook_vcpu: self.test_hook_vcpu,
+            guest_mode: self.guest_mode,
             ..MachineConfig::new(self.vcpus)
         }
     }

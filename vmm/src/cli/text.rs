@@ -5,12 +5,14 @@ use crate::inject::{HostReport, PreemptMode};
 use crate::machine::BootReport;
 use crate::report::Measured;
 
+/// The boot line: vCPUs online, how long it took and which kernel ran.
 pub fn online_line(r: &BootReport) -> String {
     format!(
-        "online {}/{} vCPUs in {:.1} ms",
+        "online {}/{} vCPUs in {:.1} ms (kernel {})",
         r.online,
         r.vcpus,
-        r.boot_time.as_secs_f64() * 1e3
+        r.boot_time.as_secs_f64() * 1e3,
+        r.guest.mode
     )
 }
 

@@ -123,6 +123,14 @@ pub struct ScenarioInfo {
 /// The guest's calibration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Platform {
+    /// The guest kernel that ran: `plain` or `pvm-native` (see
+    /// docs/native-mode.md).
+    #[serde(default)]
+    pub mode: String,
+    /// Why the native mode did not run although it was asked for (null: it
+    /// ran, or was not asked for).
+    #[serde(default)]
+    pub native_error: Option<String>,
     /// TSC cycles per iteration of a `dec; jnz` loop at CPL0 (the guest
     /// times 1024 iterations; this is that figure / 1024).
     pub cpl0_cycles_per_iter: f64,
@@ -132,6 +140,16 @@ pub struct Platform {
     pub verdict: String,
     /// Guest scheduler tick, in Hz.
     pub tick_hz: u32,
+    /// One system call round trip from a user task, in the running mode
+    /// (null: not measured).
+    #[serde(default)]
+    pub syscall_ns: Option<u64>,
+    /// One x2APIC ICR write (null: not measured).
+    #[serde(default)]
+    pub icr_write_ns: Option<u64>,
+    /// One x2APIC EOI write (null: not measured).
+    #[serde(default)]
+    pub eoi_write_ns: Option<u64>,
 }
 
 /// Paravirtual features: what the host offers (its probe) and what ran.

@@ -198,6 +198,14 @@ impl Scenario {
         self
     }
 
+    /// The guest kernel: [`GuestMode::Auto`](crate::guest_mode::GuestMode::Auto) (the PVM host's native mode
+    /// where it is offered, plain elsewhere), `Pvm` or `Plain`. Unset: the
+    /// `IPIVIRT_GUEST_MODE` variable, else auto.
+    pub fn guest_mode(mut self, mode: crate::guest_mode::GuestMode) -> Self {
+        self.config.guest_mode = Some(mode);
+        self
+    }
+
     /// Watchdog for the whole run.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.config.timeout = d;
@@ -241,6 +249,7 @@ impl Scenario {
         let boot = crate::machine::boot(&self.config)?;
         let mut report = Report::new(&self.config, boot);
         report.provenance = provenance.finish();
+        report.provenance.guest_mode = report.platform.mode.clone();
         Ok(report)
     }
 }
@@ -346,10 +355,15 @@ impl Report {
             guest_boot_ms: cycles_to_ns(boot.guest_boot_cycles, khz) as f64 / 1e6,
             floor_latency_ns: Latency::from_floor(&g.floor, khz),
             platform: Platform {
+                mode: g.mode.to_string(),
+                native_error: g.native_error.map(str::to_string),
                 cpl0_cycles_per_iter: g.cpl0_cycles_per_kiter as f64 / 1024.0,
                 cpl3_cycles_per_iter: g.cpl3_cycles_per_kiter as f64 / 1024.0,
                 verdict: g.verdict.split(':').next().unwrap_or("").to_string(),
                 tick_hz: g.tick_hz,
+                syscall_ns: (g.trap_cycles != 0).then(|| cycles_to_ns(g.trap_cycles, khz)),
+                icr_write_ns: (g.icr_cycles != 0).then(|| cycles_to_ns(g.icr_cycles, khz)),
+                eoi_write_ns: (g.eoi_cycles != 0).then(|| cycles_to_ns(g.eoi_cycles, khz)),
             },
             host: HostInfo {
                 preemptions_injected: h.preemptions_injected,

@@ -4,6 +4,7 @@
 //! the run) is refused with the reason (exit 2), by the library and the
 //! CLI alike.
 
+use crate::guest_mode::{self, GuestMode};
 use std::time::Duration;
 
 use abi::Workload;
@@ -96,6 +97,9 @@ pub enum ScenarioError {
     /// An option the scenario would silently ignore.
     #[error("{0}")]
     Unused(&'static str),
+    /// A guest mode that cannot run here (or a bad `IPIVIRT_GUEST_MODE`).
+    #[error("{0}")]
+    GuestMode(String),
     /// `--svg` for a workload without per-design latencies.
     #[error(
         "--svg: the {0} workload has no per-design latency to plot (ping, shootdown and torture do)"
@@ -215,6 +219,12 @@ impl Scenario {
         if let Some(path) = &inj.trace {
             crate::output::check("--trace", path)?;
         }
+        let mode = match c.guest_mode {
+            Some(m) => m,
+            None => GuestMode::from_env().map_err(|e| ScenarioError::GuestMode(e.to_string()))?,
+        };
+        guest_mode::resolve(mode, guest_mode::host_offers_pvm())
+            .map_err(ScenarioError::GuestMode)?;
         Ok(())
     }
 
