@@ -144,7 +144,7 @@ pub fn write(target: &Target, bytes: &[u8]) -> std::io::Result<()> {
     write_with(target, |w| w.write_all(bytes))
 }
 
-/// Like [`write`], with the content produced by `fill`.
+/// Like [`write()`], with the content produced by `fill`.
 pub fn write_with(
     target: &Target,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
