@@ -1,5 +1,8 @@
-//! Trap entry and exit, shared by every IDT gate (plain backend: the return
-//! is `iretq`).
+//! Trap entry and exit, shared by every IDT gate. The return is `iretq`,
+//! except to kernel code in the PVM host's native mode, where `iretq` traps:
+//! there the stub restores the registers and the virtual IF itself and
+//! returns with `popfq; ret` on the interrupted stack (NMI and #DF keep
+//! `iretq`).
 //!
 //! Red zone: the prebuilt `core` uses the 128-byte red zone below RSP, so
 //! an interrupt frame must never be pushed onto an interrupted kernel
@@ -168,6 +171,64 @@ global_asm!(
     "pop rdi",
     "pop rsi",
     "pop rdx",
+    // Left: rcx, rbx, rax, vector, error, then the hardware frame (rip,
+    // cs, rflags, rsp, ss) at +40.
+    "cmp byte ptr [rip + {native}], 0",
+    "je 8f",
+    "cmp qword ptr [rsp + 48], {kernel_cs}",
+    "jne 8f",
+    "cmp qword ptr [rsp + 24], 2", // NMI and #DF keep iretq
+    "je 8f",
+    "cmp qword ptr [rsp + 24], 8",
+    "je 8f",
+    // The PVM host's native mode, back to kernel code: return in software
+    // (an `iretq` is a trap there). Three slots just below the interrupted
+    // code's red zone, T = its rsp - 152, get rax, rflags and rip; the
+    // frame (below T or overlapping it in slots already read) is dead once
+    // rsp = T. A nested interrupt after IF is on lands below T - 128.
+    "mov rax, [rsp + 64]",
+    "lea rax, [rax - 152]",
+    "mov rbx, [rsp + 40]",
+    "mov [rax + 16], rbx",
+    "mov rbx, [rsp + 56]",
+    "mov [rax + 8], rbx",
+    "mov rbx, [rsp + 16]",
+    "mov [rax], rbx",
+    "mov rcx, [rsp]",
+    "mov rbx, [rsp + 8]",
+    "mov rsp, rax",
+    "test byte ptr [rsp + 9], 2", // the saved RFLAGS.IF
+    "jz 7f",
+    "mov byte ptr fs:[0], 1",
+    "cmp byte ptr fs:[1], 0",
+    "je 7f",
+    // An interrupt became pending while IF was off: any trap lets the host
+    // deliver it (a null hypercall; every register it may touch is saved).
+    "push rbx",
+    "push rcx",
+    "push rdx",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "mov eax, 0x9999",
+    "int 0x1b",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rdx",
+    "pop rcx",
+    "pop rbx",
+    "7:",
+    "pop rax",
+    "popfq", // leaves the virtual IF alone
+    "ret 128", // rip from T + 16; rsp ends at the interrupted rsp
+    "8:",
     "pop rcx",
     "pop rbx",
     "pop rax",
@@ -175,6 +236,8 @@ global_asm!(
     "iretq",
     kstack = const OFFSET_KSTACK_TOP,
     user_cs = const selector::USER_CODE,
+    kernel_cs = const selector::KERNEL_CODE,
+    native = sym super::NATIVE,
     dispatch = sym trap_dispatch,
 );
 
