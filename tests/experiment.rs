@@ -79,7 +79,12 @@ fn check_provenance(p: &Value) {
         p["kvm_module"].is_string() || p["kvm_module"].is_null(),
         "{p}"
     );
-    assert_eq!(p["guest_mode"], "plain");
+    // A run's report: the kernel that ran; a sweep's: the mode asked for.
+    let mode = p["guest_mode"].as_str().unwrap_or_default();
+    assert!(
+        ["plain", "pvm-native", "auto", "pvm"].contains(&mode),
+        "{p}"
+    );
     for f in ["load_start", "load_end"] {
         let l = p[f].as_array().unwrap_or_else(|| panic!("{f}: {p}"));
         assert_eq!(l.len(), 3);
@@ -96,6 +101,20 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert_eq!(r["status"], "ok", "{r}");
     assert!(r["reason"].is_null(), "{r}");
     check_provenance(&r["provenance"]);
+    let mode = &r["platform"]["mode"];
+    assert!(mode == "plain" || mode == "pvm-native", "{r}");
+    assert_eq!(r["provenance"]["guest_mode"], *mode, "{r}");
+    let native = mode == "pvm-native";
+    assert!(r["platform"]["native_error"].is_null(), "{r}");
+    for cost in ["syscall_ns", "icr_write_ns", "eoi_write_ns"] {
+        let ns = r["platform"][cost]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{cost}: {r}"));
+        assert!(ns > 0, "{r}");
+    }
+    if native {
+        assert_eq!(r["platform"]["verdict"], "hardware-accelerated", "{r}");
+    }
     // The guest's scheduler figures, as the text shows them.
     let g = &r["guest"];
     assert_eq!(

@@ -493,6 +493,14 @@ const MAIN_STACK: usize = 8 << 20;
 /// while a thread's stack is mapped whole when it starts, so a limit too
 /// low for it fails there, with a message.
 pub fn main() -> ExitCode {
+    // One malloc arena for every thread: glibc otherwise reserves 64 MiB of
+    // address space per thread arena (up to 8 per CPU), and a thread whose
+    // arena cannot be mapped under a low `ulimit -v` dies in glibc's own
+    // fatal error (its TLS destructor registration), which nothing here can
+    // catch. The threads allocate little; one arena costs nothing.
+    // SAFETY: mallopt only tunes the allocator; called before any other
+    // thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let started = std::thread::Builder::new()
         .name("ipivirt".into())
         .stack_size(MAIN_STACK)
