@@ -13,21 +13,21 @@ use ipivirt::{Design, Workload};
 fn bench_call_single(c: &mut Criterion) {
     let mut group = c.benchmark_group("call_single");
     guest::configure(&mut group);
-    for design in [
-        Design::Upstream,
-        Design::TaskLocal,
-        Design::Stack,
-        Design::AllocInPath,
-    ] {
-        let s = guest::scenario(2, 2, Duration::from_millis(200))
-            .workload(Workload::Ping)
-            .designs(&[design]);
-        guest::bench(
-            &mut group,
-            BenchmarkId::from_parameter(design.name()),
-            &s,
-            |r| r.designs[0].call_latency_ns.mean,
-        );
+    for (mode, name) in guest::modes() {
+        for design in [
+            Design::Upstream,
+            Design::TaskLocal,
+            Design::Stack,
+            Design::AllocInPath,
+        ] {
+            let s = guest::scenario(2, 2, Duration::from_millis(200))
+                .workload(Workload::Ping)
+                .designs(&[design])
+                .guest_mode(mode);
+            guest::bench(&mut group, BenchmarkId::new(name, design.name()), &s, |r| {
+                r.designs[0].call_latency_ns.mean
+            });
+        }
     }
     group.finish();
 }

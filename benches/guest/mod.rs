@@ -9,7 +9,17 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkGroup, BenchmarkId};
-use ipivirt::{PreemptMode, Report, Scenario};
+use ipivirt::{GuestMode, PreemptMode, Report, Scenario};
+
+/// The guest kernel modes this host can run, each with its benchmark id
+/// prefix: the plain kernel everywhere, the PVM native one where offered.
+pub fn modes() -> Vec<(GuestMode, &'static str)> {
+    let mut m = vec![(GuestMode::Plain, "plain")];
+    if ipivirt::guest_mode::host_offers_pvm() {
+        m.push((GuestMode::Pvm, "pvm-native"));
+    }
+    m
+}
 
 /// A quiet, injection-free scenario of `vcpus` vCPUs on the first
 /// `host_cpus` CPUs this process may use.

@@ -37,6 +37,7 @@ pub mod vm;
 pub use abi;
 pub use abi::{Design, Histogram, TestHook, Workload};
 pub use console::ConsoleMode;
+pub use guest_mode::GuestMode;
 pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};
 pub use scenario::{Report, Scenario};
