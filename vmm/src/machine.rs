@@ -304,6 +304,17 @@ enum Wait {
     },
 }
 
+/// Address space the threads of a run need: one per vCPU (its stack, its
+/// signal stack and guard pages) and a handful of others (injectors, the PV
+/// probe, the controller) at Rust's default 2 MiB stacks, plus slack for
+/// the heap.
+fn thread_room(vcpus: u32) -> u64 {
+    const VCPU_THREAD: u64 = 512 << 10;
+    const OTHER_THREADS: u64 = 16 * (2 << 20) + (1 << 20);
+    const SLACK: u64 = 16 << 20;
+    u64::from(vcpus) * VCPU_THREAD + OTHER_THREADS + SLACK
+}
+
 impl Machine {
     fn create(config: &MachineConfig) -> Result<Self, Error> {
         let mode = match config.guest_mode {
@@ -358,6 +369,7 @@ impl Machine {
         };
         let created = Instant::now();
         let mem = memory::allocate(memory::ram_size(config.vcpus))?;
+        memory::check_room(thread_room(config.vcpus))?;
         memory::write_page_tables(&mem, native_possible)?;
         memory::write_gdt(&mem)?;
         let entry = loader::load(&mem, loader::GUEST_ELF)?;

@@ -34,6 +34,15 @@ pub enum MemoryError {
         /// Cause.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// Too little address space left for the VMM's threads.
+    #[error(
+        "not enough address space left for the VMM's threads ({size} bytes): the \
+         address-space limit (ulimit -v) is too low"
+    )]
+    NoRoomForThreads {
+        /// The room asked for.
+        size: u64,
+    },
     /// A write into guest RAM failed (address outside RAM).
     #[error("failed to write {what} at guest address {addr:#x}: {source}")]
     Write {
@@ -67,6 +76,32 @@ pub fn allocate(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let len = usize::try_from(size).expect("guest RAM size fits usize on x86_64");
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)])
         .map_err(|source| MemoryError::Allocate { size, source })
+}
+
+/// Checks that `size` bytes of address space are still free, by mapping and
+/// unmapping them. A thread whose stack or signal stack cannot be mapped
+/// aborts the process inside Rust's runtime (before any code of ours runs),
+/// so the VMM asks for its threads' room up front, while a failure can
+/// still end the run with a message.
+pub fn check_room(size: u64) -> Result<(), MemoryError> {
+    let len = usize::try_from(size).map_err(|_| MemoryError::NoRoomForThreads { size })?;
+    // SAFETY: a fresh anonymous PROT_NONE mapping that nothing uses, unmapped
+    // at once; it counts against RLIMIT_AS like the thread stacks will.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(MemoryError::NoRoomForThreads { size });
+        }
+        libc::munmap(p, len);
+    }
+    Ok(())
 }
 
 /// Writes `bytes` at guest-physical `addr` (`what` names it in errors).
