@@ -32,6 +32,9 @@ pub mod selector {
 /// Offsets used by assembly (trap.rs): keep in sync with the field order.
 pub const OFFSET_KSTACK_TOP: usize = 8;
 
+/// Offset of [`PerCpu::scratch`], for assembly that needs one free slot.
+pub const OFFSET_SCRATCH: usize = core::mem::offset_of!(PerCpu, scratch);
+
 /// Offset of [`PerCpu::current`], for a gs-relative load.
 pub const OFFSET_CURRENT: usize = core::mem::offset_of!(PerCpu, current);
 
@@ -93,7 +96,8 @@ pub struct PerCpu {
     /// Top of the running task's kernel stack (mirrors TSS.RSP0); read by
     /// the trap and syscall entry code.
     pub kstack_top: Cell<u64>,
-    /// Reserved (keeps the assembly offsets stable).
+    /// A free slot for entry assembly: the native-mode `syscall` entry parks
+    /// the user stack pointer here while it switches stacks.
     pub scratch: Cell<u64>,
     /// vCPU index.
     pub id: Cell<u32>,

@@ -110,6 +110,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             frame.rip += arch::SYSCALL_INSN_LEN;
             syscall::dispatch(frame);
         }
+        arch::SYSCALL_VECTOR => syscall::dispatch(frame),
         0..=31 => {
             if !arch::fixup(frame) {
                 exception(frame)

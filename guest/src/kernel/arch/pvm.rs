@@ -22,7 +22,44 @@
 use core::arch::asm;
 
 use super::entry::TrapFrame;
-use crate::kernel::percpu;
+use super::{msr, rdmsr, wrmsr};
+use crate::kernel::percpu::{self, selector};
+
+/// EFER.SCE: `syscall`/`sysret` enabled.
+const EFER_SCE: u64 = 1;
+
+/// Points this vCPU's `syscall` at [`pvm_syscall_entry`]: the kernel's CS
+/// (and SS after it) in STAR, the entry in LSTAR, IF, TF and DF cleared on
+/// entry (SFMASK), and EFER.SCE. Native mode only: on the plain kernel of a
+/// PVM host `syscall` does not work (docs/native-mode.md).
+///
+/// # Safety
+/// This vCPU runs in native mode with its GDT and per-CPU data set up.
+pub unsafe fn enable_syscall() {
+    let star = u64::from(selector::KERNEL_CODE) << 32 | u64::from(selector::USER_DATA - 8) << 48;
+    // SAFETY: delegated to the caller; the MSRs only affect `syscall`.
+    unsafe {
+        wrmsr(msr::STAR, star);
+        wrmsr(msr::LSTAR, pvm_syscall_entry as *const () as u64);
+        wrmsr(msr::SFMASK, 0x700);
+        wrmsr(msr::EFER, rdmsr(msr::EFER) | EFER_SCE);
+    }
+}
+
+/// A system call from user mode in native mode: `syscall` with the number
+/// in rax and the argument in rdi; rcx and r11 are the CPU's.
+#[inline(always)]
+pub fn sys(nr: u64, a0: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: the kernel's syscall entry runs the call and returns to the
+    // next instruction with every register but rax (the result), rcx and
+    // r11 restored.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr => ret, in("rdi") a0, lateout("rcx") _,
+             lateout("r11") _, options(nostack))
+    };
+    ret
+}
 
 /// MSR that switches a vCPU to native mode (value: VIF page | flags).
 const MSR_PVM_VIF: u32 = 0x4b56_4d10;
@@ -154,7 +191,40 @@ core::arch::global_asm!(
     vif_msr = const MSR_PVM_VIF,
 );
 
+/// The pseudo-vector of a `syscall` in the frame the entry builds (above
+/// every hardware vector, so the dispatcher cannot mistake it).
+pub const SYSCALL_VECTOR: u64 = 0x100;
+
+// The `syscall` entry (LSTAR): interrupts off first (whether the host
+// applies SFMASK to the virtual IF is not known), park the user rsp, switch
+// to the task's kernel stack and build the frame an interrupt from user
+// mode would have (ss, rsp, rflags = r11, cs, rip = rcx, error 0, the
+// pseudo-vector), then the common trap path. The return is the common one:
+// `iretq` to user mode (trapped, it restores the virtual IF from rflags).
+core::arch::global_asm!(
+    ".section .text",
+    ".global pvm_syscall_entry",
+    "pvm_syscall_entry:",
+    "mov byte ptr fs:[0], 0",
+    "mov gs:[{scratch}], rsp",
+    "mov rsp, gs:[{kstack}]",
+    "push {user_ss}",
+    "push qword ptr gs:[{scratch}]",
+    "push r11",
+    "push {user_cs}",
+    "push rcx",
+    "push 0",
+    "push {vector}",
+    "jmp trap_save",
+    scratch = const percpu::OFFSET_SCRATCH,
+    kstack = const percpu::OFFSET_KSTACK_TOP,
+    user_ss = const selector::USER_DATA,
+    user_cs = const selector::USER_CODE,
+    vector = const SYSCALL_VECTOR,
+);
+
 extern "C" {
+    fn pvm_syscall_entry();
     fn pvm_safe_halt();
     fn pvm_read_signature() -> u64;
     fn pvm_switch(value: u64) -> u32;

@@ -90,6 +90,14 @@ pub mod msr {
     pub const APIC_BASE: u32 = 0x1b;
     /// IA32_TSC_DEADLINE.
     pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+    /// IA32_STAR: the `syscall`/`sysret` selectors.
+    pub const STAR: u32 = 0xc000_0081;
+    /// IA32_LSTAR: the 64-bit `syscall` entry.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// IA32_FMASK: RFLAGS bits `syscall` clears.
+    pub const SFMASK: u32 = 0xc000_0084;
     /// IA32_FS_BASE.
     pub const FS_BASE: u32 = 0xc000_0100;
     /// IA32_GS_BASE.
