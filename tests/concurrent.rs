@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{ipivirt, kvm_or_skip, text};
+use common::{
+    finish, ipivirt, kvm_or_skip, pause_run, read_json, send_signal, spawn_ipivirt, text,
+    wait_for_thread,
+};
 
 #[test]
 fn test_second_run_on_the_same_host_cpus_is_warned() {
@@ -16,63 +16,22 @@ fn test_second_run_on_the_same_host_cpus_is_warned() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("b.json");
-    let first = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args([
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--designs",
-            "upstream",
-            "--duration",
-            "60s",
-            "--preempt",
-            "pause",
-            "--host-cpus",
-            "0-1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let first = spawn_ipivirt(&pause_run("60s", &["--host-cpus", "0-1"]));
     let pid = first.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::task_names(pid)
-        .iter()
-        .any(|n| n.starts_with("inj-"))
-    {
-        assert!(Instant::now() < deadline, "the first run never injected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let second = ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
+    wait_for_thread(pid, "inj-");
+    let second = ipivirt(&pause_run(
         "100ms",
-        "--preempt",
-        "pause",
-        "--host-cpus",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = first.wait_with_output().unwrap().status;
+        &["--host-cpus", "1", "--json", json.to_str().unwrap()],
+    ));
+    send_signal(pid, "INT");
+    let (status, _, _) = finish(first);
     assert_eq!(status.code(), Some(130));
     let (stdout, stderr) = text(&second);
     assert_eq!(second.status.code(), Some(0), "{stderr}");
     let says = "another ipivirt process is injecting on host CPUs [1]";
     assert!(stderr.contains(says), "{stderr}");
     assert!(stdout.contains(says), "{stdout}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = read_json(&json);
     assert!(
         r["host"]["warnings"]
             .as_array()
@@ -82,20 +41,7 @@ fn test_second_run_on_the_same_host_cpus_is_warned() {
         "{r}"
     );
     // Alone again: no warning.
-    let alone = ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
-        "100ms",
-        "--preempt",
-        "pause",
-        "--host-cpus",
-        "1",
-    ]);
+    let alone = ipivirt(&pause_run("100ms", &["--host-cpus", "1"]));
     let (_, stderr) = text(&alone);
     assert!(!stderr.contains("another ipivirt"), "{stderr}");
 }

@@ -18,10 +18,12 @@ const QUIET: [&str; 8] = [
     "--duration=300ms",
 ];
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ipivirt-exp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// Runs `ipivirt ARGS` with [`QUIET`] and `--json` appended; it must exit
+/// 0. Returns its stdout and the JSON report.
+fn quiet_json(args: &[&str]) -> (String, Value) {
+    let mut all = args.to_vec();
+    all.extend(QUIET);
+    common::ipivirt_json(&all)
 }
 
 fn uint(v: &Value, path: &str) -> u64 {
@@ -218,8 +220,9 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
         return;
     }
     let _g = common::heavy();
-    let (json, svg) = (tmp("shootdown.json"), tmp("shootdown.svg"));
-    let mut args = vec![
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("r.svg");
+    let (_, r) = quiet_json(&[
         "run",
         "--vcpus",
         "2",
@@ -227,16 +230,9 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
         "shootdown",
         "--designs",
         "upstream,task-local",
-        "--json",
-        json.to_str().unwrap(),
         "--svg",
         svg.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    ]);
     assert_eq!(check_report(&r, 2), vec!["upstream", "task-local"]);
     assert!(r["floor_latency_ns"].is_null(), "no floor outside ping");
     assert_eq!(r["scenario"]["workload"], "shootdown");
@@ -293,8 +289,7 @@ fn test_ping_run_states_latency_against_the_floor() {
         return;
     }
     let _g = common::heavy();
-    let json = tmp("ping.json");
-    let mut args = vec![
+    let (stdout, r) = quiet_json(&[
         "run",
         "--vcpus",
         "2",
@@ -302,20 +297,13 @@ fn test_ping_run_states_latency_against_the_floor() {
         "ping",
         "--designs",
         "upstream",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    ]);
     assert!(
         stdout.contains("floor (raw x2APIC IPI round trip"),
         "{stdout}"
     );
     assert!(stdout.contains("ping upstream: p50"), "{stdout}");
     assert!(stdout.contains("the floor"), "{stdout}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     check_report(&r, 2);
     assert!(check_latency(&r["floor_latency_ns"], "floor_latency_ns") > 0);
 }
@@ -345,8 +333,7 @@ fn test_sweep_of_two_small_cells() {
         return;
     }
     let _g = common::heavy();
-    let json = tmp("sweep.json");
-    let mut args = vec![
+    let (stdout, r) = quiet_json(&[
         "sweep",
         "--host-cpus",
         "0",
@@ -354,13 +341,7 @@ fn test_sweep_of_two_small_cells() {
         "2,3",
         "--designs",
         "upstream",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    ]);
     assert!(
         stdout.contains("calls/s") && stdout.contains("probe p99"),
         "{stdout}"
@@ -371,7 +352,6 @@ fn test_sweep_of_two_small_cells() {
         rows[0].contains("2:1") && rows[1].contains("3:1"),
         "{stdout}"
     );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     assert!(r["reason"].is_null(), "{r}");
     check_provenance(&r["provenance"]);
@@ -386,9 +366,7 @@ fn test_sweep_of_two_small_cells() {
 
 #[test]
 fn test_sweep_refuses_bad_ratio_with_exit_2() {
-    let out = common::ipivirt(&["sweep", "--ratios", "2"]);
-    assert_eq!(out.status.code(), Some(2));
-    let (_, stderr) = common::text(&out);
+    let (_, stderr) = common::ipivirt_exits(&["sweep", "--ratios", "2"], 2);
     assert!(stderr.contains("not a ratio"), "{stderr}");
 }
 
@@ -406,20 +384,7 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
         return;
     }
     let _g = common::heavy();
-    let json = tmp("unmeasured.json");
-    let mut args = vec![
-        "run",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, r) = quiet_json(&["run", "--vcpus", "2", "--designs", "upstream"]);
     assert_eq!(
         vcpu0_steal_and_gap(&stdout),
         ("-".into(), "-".into()),
@@ -429,7 +394,6 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
         stdout.contains("steal time total - (not registered"),
         "{stdout}"
     );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(r["host"]["steal_ns"].is_null(), "{r}");
     // The host table is in the JSON too, with the same nulls.
     let rows = r["host"]["vcpus"].as_array().expect("host.vcpus");
@@ -442,25 +406,12 @@ fn test_unmeasured_steal_and_gap_are_dashes_in_text_and_null_in_json() {
     }
 
     // spin registers steal time and records the gap: numbers.
-    let mut args = vec![
-        "run",
-        "--vcpus",
-        "2",
-        "--workload",
-        "spin",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, r) = quiet_json(&["run", "--vcpus", "2", "--workload", "spin"]);
     let (steal, gap) = vcpu0_steal_and_gap(&stdout);
     assert!(
         steal.parse::<f64>().is_ok() && gap.parse::<f64>().is_ok(),
         "{stdout}"
     );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(
         r["host"]["steal_ns"].as_array().map(Vec::len),
         Some(2),
@@ -480,21 +431,7 @@ fn test_idle_run_json_has_the_probe_and_counters() {
         return;
     }
     let _g = common::heavy();
-    let json = tmp("idle.json");
-    let mut args = vec![
-        "run",
-        "--vcpus",
-        "2",
-        "--workload",
-        "idle",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend(QUIET);
-    let out = common::ipivirt(&args);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (stdout, r) = quiet_json(&["run", "--vcpus", "2", "--workload", "idle"]);
     let n = uint(&r, "/guest/probe_latency_ns/count");
     assert!(n > 0, "{r}");
     assert!(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ipivirt, kvm_or_skip, text};
+use common::{ipivirt, ipivirt_exits, kvm_or_skip, text};
 use ipivirt::inject::placement;
 use ipivirt::inject::trace::EventKind;
 use ipivirt::{boot, BootReport, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
@@ -188,9 +188,7 @@ fn test_duty_cycle_above_90_percent_is_refused() {
     ] {
         let mut all = vec!["run", "--quiet", "--preempt", "pause", "--timeout", "10"];
         all.extend_from_slice(args);
-        let out = ipivirt(&all);
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        ipivirt_exits(&all, 2);
     }
     let out = ipivirt(&[
         "run",
@@ -207,9 +205,7 @@ fn test_duty_cycle_above_90_percent_is_refused() {
         stderr.contains("refused") && stderr.contains("90%"),
         "{stderr}"
     );
-    let out = ipivirt(&["run", "--quiet", "--host-cpus", "1000"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = ipivirt_exits(&["run", "--quiet", "--host-cpus", "1000"], 2);
     assert!(stderr.contains("affinity mask"), "{stderr}");
 }
 
@@ -317,9 +313,7 @@ fn test_cli_reports_counts_steal_and_writes_valid_trace() {
             &trace_s,
         ];
         all.extend(args.iter().copied());
-        let out = ipivirt(&all);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "{all:?}: {stdout}{stderr}");
+        let (stdout, _) = ipivirt_exits(&all, 0);
         assert!(stdout.contains("preemptions_injected"), "{stdout}");
         assert!(stdout.contains("migrations_injected"), "{stdout}");
         assert!(stdout.contains("steal time total"), "{stdout}");
@@ -353,48 +347,30 @@ fn test_ctrl_c_leaves_nothing_running() {
         return;
     }
     let _serial = common::heavy();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args([
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--preempt",
-            "antagonist",
-            "--migrate-every",
-            "1ms",
-            "--workload",
-            "spin",
-            "--duration",
-            "20s",
-            "--timeout",
-            "60",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ipivirt starts");
+    let child = common::spawn_ipivirt(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--preempt",
+        "antagonist",
+        "--migrate-every",
+        "1ms",
+        "--workload",
+        "spin",
+        "--duration",
+        "20s",
+        "--timeout",
+        "60",
+    ]);
     let pid = child.id();
     // Wait until the injectors run.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let task_names = || common::task_names(pid);
-    while !task_names().iter().any(|n| n == "inj-migrate") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no injector thread started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    common::wait_until("no injector thread started", || {
+        common::task_names(pid).iter().any(|n| n == "inj-migrate")
+    });
+    common::send_signal(pid, "INT");
     let started = std::time::Instant::now();
-    let exit = child.wait().expect("ipivirt exits");
+    let (exit, _, _) = common::finish(child);
     assert!(started.elapsed() < Duration::from_secs(5), "{exit:?}");
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "process {pid} still there"
-    );
+    assert!(common::gone(pid), "process {pid} still there");
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ipivirt, kvm_or_skip, text};
+use common::{ipivirt, ipivirt_exits, kvm_or_skip, text};
 use ipivirt::inject::placement;
 use ipivirt::{boot, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
 
@@ -89,20 +89,21 @@ fn test_garbage_results_name_a_field_exit_3() {
     );
     // Through the CLI: the same message, and the VMM does not panic.
     for seed in ["1", "2", "3"] {
-        let out = ipivirt(&[
-            "boot",
-            "--quiet",
-            "--vcpus",
-            "4",
-            "--seed",
-            seed,
-            "--timeout",
-            "30",
-            "--test-hook",
-            "garbage",
-        ]);
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(3), "seed {seed}: {stderr}");
+        let (_, stderr) = ipivirt_exits(
+            &[
+                "boot",
+                "--quiet",
+                "--vcpus",
+                "4",
+                "--seed",
+                seed,
+                "--timeout",
+                "30",
+                "--test-hook",
+                "garbage",
+            ],
+            3,
+        );
         assert!(stderr.contains("guest wrote invalid results: "), "{stderr}");
         assert!(stderr.contains(", expected "), "{stderr}");
         assert!(!stderr.contains("panicked at"), "{stderr}");
@@ -218,28 +219,29 @@ fn test_triple_fault_on_ap_during_workload_exits_3() {
         "{msg}"
     );
     // The CLI prints the register dump, the faulting vCPU in full.
-    let out = ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "4",
-        "--timeout",
-        "30",
-        "--workload",
-        "idle",
-        "--duration",
-        "2s",
-        "--preempt",
-        "pause",
-        "--migrate-every",
-        "2ms",
-        "--test-hook",
-        "triple-fault-late",
-        "--test-hook-vcpu",
-        "2",
-    ]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = ipivirt_exits(
+        &[
+            "run",
+            "--quiet",
+            "--vcpus",
+            "4",
+            "--timeout",
+            "30",
+            "--workload",
+            "idle",
+            "--duration",
+            "2s",
+            "--preempt",
+            "pause",
+            "--migrate-every",
+            "2ms",
+            "--test-hook",
+            "triple-fault-late",
+            "--test-hook-vcpu",
+            "2",
+        ],
+        3,
+    );
     assert!(stderr.contains("vCPU 2 stopped: triple fault"), "{stderr}");
     assert!(stderr.contains("vCPU registers at stop:"), "{stderr}");
     for vcpu in 0..4 {

@@ -9,27 +9,16 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ipivirt, kvm_or_skip, text};
+use common::{ipivirt_exits, kvm_or_skip, pause_run, read_json, run_args};
 
-/// A short real run: 2 vCPUs, one design, no injection.
-const SHORT: &[&str] = &[
-    "run",
-    "--quiet",
-    "--vcpus",
-    "2",
-    "--designs",
-    "upstream",
-    "--duration",
-    "100ms",
-    "--preempt",
-    "none",
-    "--migrate-every",
-    "0",
-];
-
-fn short(extra: &[&str]) -> std::process::Output {
-    let args: Vec<&str> = SHORT.iter().chain(extra).copied().collect();
-    ipivirt(&args)
+/// The arguments of a short real run (2 vCPUs, one design, no injection)
+/// followed by `extra`.
+fn short<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    run_args(
+        "100ms",
+        "none",
+        &[&["--migrate-every", "0"][..], extra].concat(),
+    )
 }
 
 #[test]
@@ -51,20 +40,21 @@ fn test_bad_output_paths_exit_2_before_booting() {
     ] {
         let started = Instant::now();
         // A 60 s run: booting at all would show in the time taken.
-        let out = ipivirt(&[
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--duration",
-            "60s",
-            "--preempt",
-            "pause",
-            option,
-            path,
-        ]);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{option} {path}: {stderr}");
+        let (stdout, stderr) = ipivirt_exits(
+            &[
+                "run",
+                "--quiet",
+                "--vcpus",
+                "2",
+                "--duration",
+                "60s",
+                "--preempt",
+                "pause",
+                option,
+                path,
+            ],
+            2,
+        );
         assert!(stderr.contains(option) && stderr.contains(says), "{stderr}");
         assert!(stdout.is_empty(), "nothing ran: {stdout}");
         assert!(
@@ -84,16 +74,16 @@ fn test_failed_run_replaces_the_previous_json_and_removes_the_svg() {
     let json = dir.path().join("r.json");
     let svg = dir.path().join("r.svg");
     let (j, s) = (json.to_str().unwrap(), svg.to_str().unwrap());
-    let ok = short(&["--json", j, "--svg", s]);
-    assert_eq!(ok.status.code(), Some(0), "{:?}", text(&ok));
-    let first: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    ipivirt_exits(&short(&["--json", j, "--svg", s]), 0);
+    let first = read_json(&json);
     assert_eq!(first["status"], "ok");
     assert!(svg.exists());
 
-    let failed = short(&["--json", j, "--svg", s, "--test-hook", "panic"]);
-    let (_, stderr) = text(&failed);
-    assert_eq!(failed.status.code(), Some(3), "{stderr}");
-    let second: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, stderr) = ipivirt_exits(
+        &short(&["--json", j, "--svg", s, "--test-hook", "panic"]),
+        3,
+    );
+    let second = read_json(&json);
     assert_eq!(second["status"], "failed", "{second}");
     assert_eq!(second["exit_code"], 3);
     assert!(
@@ -121,22 +111,7 @@ fn test_trace_write_failure_keeps_the_text_report() {
         return;
     }
     // /dev/full opens for writing (the check passes) and fails on write.
-    let out = ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
-        "100ms",
-        "--preempt",
-        "pause",
-        "--trace",
-        "/dev/full",
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let (stdout, stderr) = ipivirt_exits(&pause_run("100ms", &["--trace", "/dev/full"]), 6);
     assert!(
         stderr.contains("cannot write the trace file /dev/full"),
         "{stderr}"
@@ -151,9 +126,7 @@ fn test_json_dash_writes_the_report_to_stdout_and_text_to_stderr() {
     if !kvm_or_skip() {
         return;
     }
-    let out = short(&["--json", "-"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, stderr) = ipivirt_exits(&short(&["--json", "-"]), 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is the JSON");
     assert_eq!(v["status"], "ok");
     assert_eq!(v["designs"][0]["design"], "upstream");
@@ -170,9 +143,8 @@ fn test_report_to_a_full_stdout_is_an_error() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let args: Vec<&str> = SHORT.to_vec();
     let out = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args(&args)
+        .args(short(&[]))
         .stdout(Stdio::from(full))
         .stderr(Stdio::piped())
         .output()

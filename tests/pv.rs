@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ipivirt, kvm_or_skip, text};
+use common::{ipivirt_exits, kvm_or_skip};
 use ipivirt::abi::{self, pv};
 use ipivirt::inject::placement;
 use ipivirt::results::DesignReport;
@@ -60,17 +60,8 @@ fn no_violations(r: &BootReport) {
 
 /// Runs `ipivirt run ARGS --json TMP`; it must exit 0. Returns its stdout
 /// and the JSON report.
-fn run_cli_json(name: &str, args: &[&str]) -> (String, Value) {
-    let json = std::env::temp_dir().join(format!("ipivirt-{name}-{}.json", std::process::id()));
-    let mut all = vec!["run"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--json", json.to_str().unwrap()]);
-    let out = ipivirt(&all);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let r = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
-    (stdout, r)
+fn run_cli_json(args: &[&str]) -> (String, Value) {
+    common::ipivirt_json(&[&["run"][..], args].concat())
 }
 
 fn column<'a>(r: &'a BootReport, label: &str) -> &'a DesignReport {
@@ -100,21 +91,18 @@ fn test_probe_answers_without_hanging() {
     }
     eprintln!("probe: {}", p.summary());
     // The run header and the JSON say the same.
-    let (stdout, r) = run_cli_json(
-        "pv-probe",
-        &[
-            "--vcpus",
-            "2",
-            "--duration",
-            "300ms",
-            "--designs",
-            "task-local",
-            "--pv",
-            "steal-time",
-            "--preempt",
-            "none",
-        ],
-    );
+    let (stdout, r) = run_cli_json(&[
+        "--vcpus",
+        "2",
+        "--duration",
+        "300ms",
+        "--designs",
+        "task-local",
+        "--pv",
+        "steal-time",
+        "--preempt",
+        "none",
+    ]);
     let header = stdout
         .lines()
         .find(|l| l.starts_with("pv: "))
@@ -289,19 +277,16 @@ fn test_no_safe_pv_combination_violates() {
         return;
     }
     let _serial = common::heavy();
-    let (stdout, r) = run_cli_json(
-        "pv-all",
-        &[
-            "--vcpus",
-            "4",
-            "--duration",
-            "700ms",
-            "--workload",
-            "torture",
-            "--pv",
-            "all",
-        ],
-    );
+    let (stdout, r) = run_cli_json(&[
+        "--vcpus",
+        "4",
+        "--duration",
+        "700ms",
+        "--workload",
+        "torture",
+        "--pv",
+        "all",
+    ]);
     let designs = r["designs"].as_array().expect("designs");
     let labels: Vec<&str> = designs
         .iter()
@@ -387,32 +372,29 @@ fn test_bad_hypercall_and_bad_pv_flags_are_clear_errors() {
         return;
     }
     let _serial = common::heavy();
-    let out = ipivirt(&[
-        "run",
-        "--vcpus",
-        "2",
-        "--pv",
-        "preempted",
-        "--test-hook",
-        "bad-hypercall",
-        "--test-hook-vcpu",
-        "1",
-        "--timeout",
-        "30",
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    let (_, stderr) = ipivirt_exits(
+        &[
+            "run",
+            "--vcpus",
+            "2",
+            "--pv",
+            "preempted",
+            "--test-hook",
+            "bad-hypercall",
+            "--test-hook-vcpu",
+            "1",
+            "--timeout",
+            "30",
+        ],
+        3,
+    );
     assert!(
         stderr.contains("bad PV hypercall") && stderr.contains("unknown PV hypercall op"),
         "{stderr}"
     );
-    let out = ipivirt(&["run", "--pv", "warp-drive"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = ipivirt_exits(&["run", "--pv", "warp-drive"], 2);
     assert!(stderr.contains("unknown PV feature"), "{stderr}");
     // `+pv` without --pv duplicates the plain column.
-    let out = ipivirt(&["run", "--designs", "task-local,task-local+pv"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = ipivirt_exits(&["run", "--designs", "task-local,task-local+pv"], 2);
     assert!(stderr.contains("appears twice"), "{stderr}");
 }

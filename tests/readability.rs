@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::{ipivirt, ipivirt_env, kvm_or_skip, text};
+use common::{ipivirt, ipivirt_env, ipivirt_exits, kvm_or_skip, text};
 
 #[test]
 fn test_sweep_labels_ratios_as_given() {
@@ -16,26 +16,27 @@ fn test_sweep_labels_ratios_as_given() {
         return;
     }
     let _g = common::heavy();
-    let out = ipivirt(&[
-        "sweep",
-        "--quiet",
-        "--host-cpus",
-        "0,1",
-        "--ratios",
-        "1:1,2:1",
-        "--designs",
-        "upstream",
-        "--duration",
-        "50ms",
-        "--tasks-per-cpu",
-        "1",
-        "--preempt",
-        "none",
-        "--migrate-every",
-        "0",
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, stderr) = ipivirt_exits(
+        &[
+            "sweep",
+            "--quiet",
+            "--host-cpus",
+            "0,1",
+            "--ratios",
+            "1:1,2:1",
+            "--designs",
+            "upstream",
+            "--duration",
+            "50ms",
+            "--tasks-per-cpu",
+            "1",
+            "--preempt",
+            "none",
+            "--migrate-every",
+            "0",
+        ],
+        0,
+    );
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("upstream")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     let ratio = |row: &str| row.split_whitespace().nth(2).unwrap().to_string();
@@ -62,9 +63,7 @@ fn test_timeout_accepts_units() {
         return;
     }
     for t in ["10s", "10000ms", "10"] {
-        let out = ipivirt(&["boot", "--quiet", "--vcpus", "2", "--timeout", t]);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "--timeout {t}: {stderr}");
+        let (stdout, _) = ipivirt_exits(&["boot", "--quiet", "--vcpus", "2", "--timeout", t], 0);
         assert!(stdout.contains("online 2/2 vCPUs"), "{stdout}");
     }
 }
@@ -150,9 +149,10 @@ fn test_quiet_failure_shows_the_last_guest_console_lines() {
         return;
     }
     // With --quiet the console is captured: a failure shows its tail.
-    let out = ipivirt(&["boot", "--quiet", "--vcpus", "2", "--test-hook", "panic"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = ipivirt_exits(
+        &["boot", "--quiet", "--vcpus", "2", "--test-hook", "panic"],
+        3,
+    );
     let tail = stderr
         .split("last guest console lines:\n")
         .nth(1)

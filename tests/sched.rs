@@ -133,18 +133,19 @@ fn test_exception_in_user_task_is_reported() {
     if !common::kvm_or_skip() {
         return;
     }
-    let out = common::ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--test-hook",
-        "user-fault",
-        "--test-hook-vcpu",
-        "1",
-    ]);
-    let (_, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = common::ipivirt_exits(
+        &[
+            "run",
+            "--quiet",
+            "--vcpus",
+            "2",
+            "--test-hook",
+            "user-fault",
+            "--test-hook-vcpu",
+            "1",
+        ],
+        3,
+    );
     assert!(
         stderr.contains("guest exception #PF (vector 14) on vCPU 1 at rip=0x"),
         "{stderr}"

@@ -8,20 +8,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kvm_or_skip;
+use common::{finish, gone, kvm_or_skip, send_signal, spawn_ipivirt, task_names, wait_until};
 use ipivirt::inject::placement;
 use ipivirt::{boot, Error, InjectConfig, MachineConfig, PreemptMode, Workload};
-
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
 
 #[test]
 fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
@@ -29,51 +20,36 @@ fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
         return;
     }
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
-        let child = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-            .args([
-                "run",
-                "--quiet",
-                "--vcpus",
-                "2",
-                "--preempt",
-                "pause",
-                "--migrate-every",
-                "2ms",
-                "--workload",
-                "spin",
-                "--duration",
-                "60s",
-                "--timeout",
-                "120",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ipivirt starts");
+        let child = spawn_ipivirt(&[
+            "run",
+            "--quiet",
+            "--vcpus",
+            "2",
+            "--preempt",
+            "pause",
+            "--migrate-every",
+            "2ms",
+            "--workload",
+            "spin",
+            "--duration",
+            "60s",
+            "--timeout",
+            "120",
+        ]);
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !common::task_names(pid).iter().any(|n| n == "inj-migrate") {
-            assert!(Instant::now() < deadline, "no injector thread started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until("no injector thread started", || {
+            task_names(pid).iter().any(|n| n == "inj-migrate")
+        });
         std::thread::sleep(Duration::from_millis(500));
-        kill(pid, signal);
+        send_signal(pid, signal);
         let started = Instant::now();
-        let out = child.wait_with_output().expect("ipivirt exits");
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
+        let (status, stdout, stderr) = finish(child);
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "SIG{signal} took {:?}",
             started.elapsed()
         );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "SIG{signal}: {stdout}{stderr}"
-        );
+        assert_eq!(status.code(), Some(code), "SIG{signal}: {stdout}{stderr}");
         assert!(
             stdout.starts_with(&format!(
                 "PARTIAL report: interrupted by SIG{signal} after "
@@ -84,10 +60,7 @@ fn test_sigint_and_sigterm_print_partial_report_and_exit_128_plus_n() {
         assert!(stdout.contains("preemptions_injected "), "{stdout}");
         assert!(stdout.contains("affinities restored: yes"), "{stdout}");
         assert!(stderr.contains("the report is partial"), "{stderr}");
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} still there"
-        );
+        assert!(gone(pid), "process {pid} still there");
     }
 }
 
@@ -109,16 +82,13 @@ fn test_signal_in_process_stops_run_and_leaves_nothing() {
         ..InjectConfig::default()
     };
     let run = std::thread::spawn(move || boot(&c));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::threads_named("inj-")
-        .iter()
-        .any(|n| n == "inj-migrate")
-    {
-        assert!(Instant::now() < deadline, "no injector thread started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("no injector thread started", || {
+        common::threads_named("inj-")
+            .iter()
+            .any(|n| n == "inj-migrate")
+    });
     std::thread::sleep(Duration::from_millis(500));
-    kill(std::process::id(), "TERM");
+    send_signal(std::process::id(), "TERM");
     let started = Instant::now();
     let err = run.join().unwrap().expect_err("the run is interrupted");
     assert!(started.elapsed() < Duration::from_secs(10));

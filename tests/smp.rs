@@ -187,22 +187,23 @@ fn test_cli_designs_table_and_bad_design_name() {
     if !common::kvm_or_skip() {
         return;
     }
-    let out = common::ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--duration",
-        "500ms",
-        "--preempt",
-        "none",
-        "--migrate-every",
-        "0",
-        "--designs",
-        "upstream,task-local",
-    ]);
-    let (stdout, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, _) = common::ipivirt_exits(
+        &[
+            "run",
+            "--quiet",
+            "--vcpus",
+            "2",
+            "--duration",
+            "500ms",
+            "--preempt",
+            "none",
+            "--migrate-every",
+            "0",
+            "--designs",
+            "upstream,task-local",
+        ],
+        0,
+    );
     for needle in [
         "design",
         "upstream",
@@ -219,9 +220,7 @@ fn test_cli_designs_table_and_bad_design_name() {
         "the ratio sentence: {stdout}"
     );
 
-    let out = common::ipivirt(&["run", "--designs", "upstream,fast"]);
-    let (_, stderr) = common::text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = common::ipivirt_exits(&["run", "--designs", "upstream,fast"], 2);
     assert!(stderr.contains("unknown design 'fast': valid designs are upstream, task-local, stack, alloc-in-path, unsafe-percpu"), "{stderr}");
 }
 

@@ -6,18 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kvm_or_skip;
-
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
+use common::{
+    finish, ipivirt_json, kvm_or_skip, pause_run, read_json, send_signal, spawn_ipivirt,
+    wait_for_thread,
+};
 
 #[test]
 fn test_stopped_vmm_is_detected_reported_and_not_replayed() {
@@ -28,46 +22,30 @@ fn test_stopped_vmm_is_detected_reported_and_not_replayed() {
     let json = dir.path().join("r.json");
     // 2 designs x 1 s: a 3 s watchdog that a 2 s stop would trip if the
     // stopped time counted.
-    let child = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args([
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--designs",
-            "upstream,task-local",
-            "--duration",
-            "1s",
-            "--preempt",
-            "pause",
-            "--timeout",
-            "3",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_ipivirt(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--designs",
+        "upstream,task-local",
+        "--duration",
+        "1s",
+        "--preempt",
+        "pause",
+        "--timeout",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::task_names(pid)
-        .iter()
-        .any(|n| n.starts_with("inj-"))
-    {
-        assert!(Instant::now() < deadline, "no injector started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_thread(pid, "inj-");
     std::thread::sleep(Duration::from_millis(500));
-    signal(pid, "STOP");
+    send_signal(pid, "STOP");
     std::thread::sleep(Duration::from_secs(2));
-    signal(pid, "CONT");
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    send_signal(pid, "CONT");
+    let (status, stdout, stderr) = finish(child);
+    assert_eq!(status.code(), Some(6), "{stdout}{stderr}");
     assert!(
         stdout.contains("UNRELIABLE: the VMM itself was stopped"),
         "{stdout}"
@@ -75,7 +53,7 @@ fn test_stopped_vmm_is_detected_reported_and_not_replayed() {
     assert!(!stdout.contains("of upstream"), "no ratios: {stdout}");
     assert!(stderr.contains("the run is unreliable"), "{stderr}");
     assert!(stdout.contains("planned preemptions dropped"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = read_json(&json);
     assert_eq!(r["reliable"], false, "{r}");
     assert!(r["reason"].as_str().unwrap().contains("stopped"), "{r}");
     let stalls = &r["host"]["vmm_stalls"];
@@ -97,24 +75,7 @@ fn test_undisturbed_run_is_reliable() {
     if !kvm_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("r.json");
-    let out = common::ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
-        "200ms",
-        "--preempt",
-        "pause",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", common::text(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, r) = ipivirt_json(&pause_run("200ms", &[]));
     assert_eq!(r["reliable"], true, "{r}");
     assert_eq!(r["host"]["vmm_stalls"]["count"], 0);
     assert_eq!(r["host"]["preemptions_skipped"], 0);
@@ -126,29 +87,23 @@ fn test_watchdog_counts_only_running_time_and_names_the_stall() {
         return;
     }
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args([
-            "boot",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--test-hook",
-            "hang",
-            "--timeout",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_ipivirt(&[
+        "boot",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--test-hook",
+        "hang",
+        "--timeout",
+        "2",
+    ]);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
-    signal(pid, "STOP");
+    send_signal(pid, "STOP");
     std::thread::sleep(Duration::from_millis(1500));
-    signal(pid, "CONT");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    send_signal(pid, "CONT");
+    let (status, _, stderr) = finish(child);
+    assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(
         stderr.contains("the VMM itself was also stopped"),
         "{stderr}"

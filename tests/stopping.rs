@@ -7,39 +7,11 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kvm_or_skip;
-
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ipivirt"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ipivirt starts")
-}
-
-/// Waits until process `pid` has a thread whose name starts with `prefix`.
-fn wait_for_thread(pid: u32, prefix: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::task_names(pid)
-        .iter()
-        .any(|n| n.starts_with(prefix))
-    {
-        assert!(Instant::now() < deadline, "no {prefix} thread started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use common::{
+    finish, kvm_or_skip, pause_run, read_json, send_signal, spawn_ipivirt, wait_for_thread,
+};
 
 #[test]
 fn test_first_signal_stops_the_whole_sweep_and_marks_it_partial() {
@@ -49,7 +21,7 @@ fn test_first_signal_stops_the_whole_sweep_and_marks_it_partial() {
     let _g = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("s.json");
-    let child = spawn(&[
+    let child = spawn_ipivirt(&[
         "sweep",
         "--quiet",
         "--vcpus-list",
@@ -68,14 +40,10 @@ fn test_first_signal_stops_the_whole_sweep_and_marks_it_partial() {
     std::thread::sleep(Duration::from_millis(200));
     wait_for_thread(pid, "inj-");
     std::thread::sleep(Duration::from_millis(1500));
-    kill(pid, "INT");
+    send_signal(pid, "INT");
     let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    let (status, stdout, stderr) = finish(child);
+    assert_eq!(status.code(), Some(130), "{stdout}{stderr}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // One cell was interrupted; none after it booted.
     assert_eq!(stdout.matches("PARTIAL report").count(), 1, "{stdout}");
@@ -84,7 +52,7 @@ fn test_first_signal_stops_the_whole_sweep_and_marks_it_partial() {
         "{stdout}"
     );
     assert!(stdout.contains("not run (interrupted)"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = read_json(&json);
     assert_eq!(r["status"], "partial", "{r}");
     let outcomes: Vec<&str> = r["cells"]
         .as_array()
@@ -131,23 +99,21 @@ fn test_second_signal_kills_at_once_in_run_and_sweep() {
         if cmd == "sweep" {
             args.extend(["--vcpus-list", "64,64,64"]);
         }
-        let child = spawn(&args);
+        let child = spawn_ipivirt(&args);
         let pid = child.id();
         wait_for_thread(pid, "inj-");
         std::thread::sleep(Duration::from_millis(300));
-        kill(pid, first);
-        kill(pid, second);
-        let out = child.wait_with_output().unwrap();
+        send_signal(pid, first);
+        send_signal(pid, second);
+        let (status, _, stderr) = finish(child);
         let killed_by = match second {
             "TERM" => libc_sig::TERM,
             _ => libc_sig::INT,
         };
         assert_eq!(
-            out.status.signal(),
+            status.signal(),
             Some(killed_by),
-            "{cmd} SIG{first} then SIG{second}: {:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            "{cmd} SIG{first} then SIG{second}: {status:?} {stderr}"
         );
     }
 }
@@ -164,7 +130,7 @@ fn test_signal_during_the_pv_probe_gives_the_partial_report() {
         return;
     }
     let _g = common::heavy();
-    let child = spawn(&[
+    let child = spawn_ipivirt(&[
         "run",
         "--quiet",
         "--vcpus",
@@ -182,13 +148,9 @@ fn test_signal_during_the_pv_probe_gives_the_partial_report() {
     ]);
     let pid = child.id();
     wait_for_thread(pid, "pv-probe");
-    kill(pid, "INT");
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(130), "{:?} {stderr}", out.status);
+    send_signal(pid, "INT");
+    let (status, stdout, stderr) = finish(child);
+    assert_eq!(status.code(), Some(130), "{status:?} {stderr}");
     assert!(
         stdout.contains("PARTIAL report: interrupted by SIGINT"),
         "{stdout}"
@@ -204,28 +166,14 @@ fn test_interrupted_run_replaces_the_previous_json_with_a_partial_one() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
     std::fs::write(&json, "{\"status\": \"ok\", \"from\": \"an earlier run\"}").unwrap();
-    let child = spawn(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
-        "60s",
-        "--preempt",
-        "pause",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let child = spawn_ipivirt(&pause_run("60s", &["--json", json.to_str().unwrap()]));
     let pid = child.id();
     wait_for_thread(pid, "inj-");
     std::thread::sleep(Duration::from_millis(300));
-    kill(pid, "TERM");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    send_signal(pid, "TERM");
+    let (status, _, stderr) = finish(child);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let r = read_json(&json);
     assert_eq!(r["status"], "partial", "{r}");
     assert_eq!(r["exit_code"], 143);
     assert!(r["reason"].as_str().unwrap().contains("SIGTERM"), "{r}");

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{ipivirt, kvm_or_skip, text};
+use common::{ipivirt_exits, ipivirt_json, kvm_or_skip, pause_run, read_json};
 use serde_json::Value;
 
 /// A slice: start and length (us), name.
@@ -40,29 +40,19 @@ fn test_trace_has_no_overlapping_slices_on_a_track() {
     }
     let _g = common::heavy();
     let dir = tempfile::tempdir().unwrap();
-    let (trace, json) = (dir.path().join("t.json"), dir.path().join("r.json"));
+    let trace = dir.path().join("t.json");
     // Pauses and a migration storm on the same vCPUs (the review's case).
-    let out = ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--designs",
-        "upstream",
-        "--duration",
+    let args = pause_run(
         "300ms",
-        "--preempt",
-        "pause",
-        "--migrate-every",
-        "100us",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let t: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
-    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        &[
+            "--migrate-every",
+            "100us",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+    );
+    let (_, r) = ipivirt_json(&args);
+    let t = read_json(&trace);
     let mut slices = 0;
     let mut migrations = 0;
     for (track, s) in tracks(&t) {
@@ -93,28 +83,29 @@ fn test_sweep_writes_one_trace_per_cell() {
     let _g = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.json");
-    let out = ipivirt(&[
-        "sweep",
-        "--quiet",
-        "--host-cpus",
-        "0",
-        "--vcpus-list",
-        "2,3",
-        "--designs",
-        "upstream",
-        "--duration",
-        "100ms",
-        "--preempt",
-        "pause",
-        "--trace",
-        trace.to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, _) = ipivirt_exits(
+        &[
+            "sweep",
+            "--quiet",
+            "--host-cpus",
+            "0",
+            "--vcpus-list",
+            "2,3",
+            "--designs",
+            "upstream",
+            "--duration",
+            "100ms",
+            "--preempt",
+            "pause",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        0,
+    );
     assert!(!trace.exists(), "no cell writes the bare name");
     for (k, vcpus) in [(1, 2), (2, 3)] {
         let cell = dir.path().join(format!("t-{k}.json"));
-        let t: Value = serde_json::from_slice(&std::fs::read(&cell).unwrap()).unwrap();
+        let t = read_json(&cell);
         // The cell's own vCPUs are named in its trace.
         let names: Vec<&str> = t["traceEvents"]
             .as_array()

@@ -2,7 +2,9 @@
 //! VM on /dev/kvm; none mocks KVM.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Set to `1` to skip VM-booting tests on a machine without KVM (they
 /// fail otherwise, saying why).
@@ -42,6 +44,108 @@ pub fn ipivirt_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("the ipivirt binary runs")
+}
+
+/// Runs `ipivirt` with `args`, asserts it exits with `code`, and returns
+/// its stdout and stderr.
+pub fn ipivirt_exits(args: &[&str], code: i32) -> (String, String) {
+    let out = ipivirt(args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "ipivirt {args:?}: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// Runs `ipivirt ARGS --json FILE` (FILE in a temporary directory), asserts
+/// it exits 0, and returns its stdout and the JSON report.
+pub fn ipivirt_json(args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let (stdout, _) = ipivirt_exits(&all, 0);
+    (stdout, read_json(&json))
+}
+
+/// The arguments of `run --quiet` on 2 vCPUs, design upstream, with
+/// `preempt` preemption for `duration`, followed by `extra`.
+pub fn run_args<'a>(duration: &'a str, preempt: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--vcpus",
+        "2",
+        "--designs",
+        "upstream",
+        "--duration",
+        duration,
+        "--preempt",
+        preempt,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// [`run_args`] with pause preemption.
+pub fn pause_run<'a>(duration: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    run_args(duration, "pause", extra)
+}
+
+/// Starts `ipivirt` with `args`, its stdout and stderr piped.
+pub fn spawn_ipivirt(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ipivirt"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ipivirt starts")
+}
+
+/// Waits for `child` to exit; returns its status, stdout and stderr.
+pub fn finish(child: Child) -> (ExitStatus, String, String) {
+    let out = child.wait_with_output().expect("ipivirt exits");
+    let (stdout, stderr) = text(&out);
+    (out.status, stdout, stderr)
+}
+
+/// Polls `done` until it holds; panics saying `what` after 20 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until process `pid` has a thread whose name starts with `prefix`.
+pub fn wait_for_thread(pid: u32, prefix: &str) {
+    wait_until(&format!("no {prefix} thread started in {pid}"), || {
+        task_names(pid).iter().any(|n| n.starts_with(prefix))
+    });
+}
+
+/// Sends signal `sig` (a name such as `INT`) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{sig} {pid}: {status}");
+}
+
+/// Whether process `pid` has exited and been reaped.
+pub fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The JSON document in the file at `path`.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// stdout and stderr as text.
