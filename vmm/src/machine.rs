@@ -304,6 +304,24 @@ enum Wait {
     },
 }
 
+/// Runs the calling thread as SCHED_FIFO (priority 1) while it lives,
+/// where permitted; back to normal on drop.
+struct ControllerBoost(bool);
+
+impl ControllerBoost {
+    fn new() -> Self {
+        ControllerBoost(inject::placement::set_fifo(1).is_ok())
+    }
+}
+
+impl Drop for ControllerBoost {
+    fn drop(&mut self) {
+        if self.0 {
+            inject::placement::set_normal();
+        }
+    }
+}
+
 /// Address space the threads of a run need: one per vCPU (its stack, its
 /// signal stack and guard pages) and a handful of others (injectors, the PV
 /// probe, the controller) at Rust's default 2 MiB stacks, plus slack for
@@ -523,6 +541,13 @@ impl Machine {
 
     /// Waits for the guest's verdict until the watchdog deadline.
     fn wait(&mut self, timeout: Duration) -> Wait {
+        // The controller must not be starved by the run's own vCPU threads
+        // (hundreds of them on a few host CPUs at boot), or it would take
+        // its own wake-up delay for a stall of the VMM: it runs as SCHED_FIFO
+        // while it waits, where permitted (it sleeps but for a few
+        // microseconds every poll). A SIGSTOP or a host that does not run it
+        // still shows as a stall.
+        let _boost = ControllerBoost::new();
         let mut deadline = self.created + timeout;
         let mut all_online = None;
         let mut step = (Instant::now(), SIGNAL_POLL);
