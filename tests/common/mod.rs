@@ -183,3 +183,10 @@ pub fn threads_named(prefix: &str) -> Vec<String> {
         .filter(|c| c.starts_with(prefix))
         .collect()
 }
+
+/// Whether this suite's guests run in the PVM host's native mode: the host
+/// offers it and `IPIVIRT_GUEST_MODE` does not force the plain kernel.
+pub fn native_mode() -> bool {
+    let forced_plain = std::env::var("IPIVIRT_GUEST_MODE").is_ok_and(|v| v == "plain");
+    std::path::Path::new("/sys/module/kvm_pvm").is_dir() && !forced_plain
+}

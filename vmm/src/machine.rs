@@ -202,6 +202,9 @@ struct Machine {
     pv: Option<Arc<PvHost>>,
     pv_probe: Option<HostPv>,
     mem: GuestMemoryMmap,
+    /// The guest may run in the PVM host's native mode (its VIF pages are
+    /// then part of every register dump).
+    native_possible: bool,
     _kvm: Kvm,
     vcpus: Vec<VcpuHandle>,
     control: Arc<RunControl>,
@@ -453,6 +456,7 @@ impl Machine {
             let host = PvHost::new(&mem, vm_fd.clone(), config.vcpus).ok_or_else(|| {
                 Error::Scenario("guest RAM does not cover the PV state area".into())
             })?;
+            host.set_native(native_possible);
             Some(Arc::new(host))
         } else {
             None
@@ -491,6 +495,7 @@ impl Machine {
             pv: pv_host.clone(),
             pv_probe,
             mem,
+            native_possible,
             _kvm: kvm,
             vcpus: Vec::with_capacity(fds.len()),
             control: run_control,
@@ -666,7 +671,17 @@ impl Machine {
             }
         }
         self.console.flush();
-        dumps.into_iter().flatten().collect()
+        let mut dumps: Vec<RegisterDump> = dumps.into_iter().flatten().collect();
+        if self.native_possible {
+            for d in &mut dumps {
+                let mut vif = [0u8; 2];
+                let at = vm_memory::GuestAddress(abi::layout::vif_page(d.vcpu));
+                if vm_memory::Bytes::read_slice(&self.mem, &mut vif, at).is_ok() {
+                    d.vif = Some((vif[0], vif[1]));
+                }
+            }
+        }
+        dumps
     }
 
     fn failure(&self, kind: FailureKind, dumps: Vec<RegisterDump>) -> Error {

@@ -375,6 +375,10 @@ pub struct RegisterDump {
     pub sregs: Option<kvm_sregs>,
     /// KVM_MP_STATE_* value.
     pub mp_state: Option<u32>,
+    /// In the PVM host's native mode, the vCPU's virtual interrupt flag and
+    /// its pending bit (VIF page bytes 0 and 1): the interrupt state KVM's
+    /// registers do not show there.
+    pub vif: Option<(u8, u8)>,
 }
 
 impl RegisterDump {
@@ -384,6 +388,7 @@ impl RegisterDump {
             regs: fd.get_regs().ok(),
             sregs: fd.get_sregs().ok(),
             mp_state: fd.get_mp_state().ok().map(|m| m.mp_state),
+            vif: None,
         }
     }
 }
@@ -418,6 +423,9 @@ impl fmt::Display for RegisterDump {
                 " cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
                 s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
             )?;
+        }
+        if let Some((if_, pending)) = self.vif {
+            write!(f, " vif={if_}/{pending}")?;
         }
         if let Some(r) = &self.regs {
             write!(
@@ -608,8 +616,8 @@ pub fn spawn(
 /// resumes: interrupts were enabled, and no event was in the middle of
 /// being injected (KVM would deliver that one first on re-entry, and its
 /// handler would run before FLUSH_DEFER's).
-fn deferrable(fd: &mut VcpuFd) -> bool {
-    if fd.get_kvm_run().if_flag == 0 {
+fn deferrable(fd: &mut VcpuFd, irqs_enabled: Option<bool>) -> bool {
+    if !irqs_enabled.unwrap_or(fd.get_kvm_run().if_flag != 0) {
         return false;
     }
     match fd.get_vcpu_events() {
@@ -667,7 +675,7 @@ fn run_loop(
                 // guest had interrupts on: then the FLUSH_DEFER vector the
                 // resume may bring is the first thing it runs.
                 if let Some(pv) = pv.as_deref().filter(|_| kicker.pause_pending()) {
-                    pv.begin_preemption(index, deferrable(&mut fd));
+                    pv.begin_preemption(index, deferrable(&mut fd, pv.irqs_enabled(index)));
                     kicker.hold(&control.stop);
                     if let Err(e) = pv.end_preemption(index) {
                         let _ = events.send(VcpuEvent::Fault {
@@ -777,6 +785,7 @@ mod tests {
             }),
             sregs: None,
             mp_state: Some(kvm_bindings::KVM_MP_STATE_HALTED),
+            vif: None,
         };
         let dumps: Vec<_> = (0..100).map(halted).collect();
         let mut out = Vec::new();
@@ -797,10 +806,16 @@ mod tests {
             regs: None,
             sregs: None,
             mp_state: Some(kvm_bindings::KVM_MP_STATE_HALTED),
+            vif: None,
         };
         assert_eq!(
             d.to_string(),
             "vcpu 3: mp_state=halted (registers unavailable)"
         );
+        let native = RegisterDump {
+            vif: Some((1, 0)),
+            ..d
+        };
+        assert!(native.to_string().contains(" vif=1/0"), "{native}");
     }
 }

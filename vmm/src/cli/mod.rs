@@ -114,8 +114,8 @@ struct RunArgs {
     #[arg(long, value_name = "MODE")]
     guest_mode: Option<crate::guest_mode::GuestMode>,
     /// Test only: make the guest fail on purpose.
-    #[arg(long, hide = true, value_enum, default_value_t = HookArg::None)]
-    test_hook: HookArg,
+    #[arg(long, hide = true, value_parser = wire_parser::<TestHook>(), default_value = "none")]
+    test_hook: TestHook,
     /// Test only: the vCPU the hook acts on.
     #[arg(long, hide = true, default_value_t = 0)]
     test_hook_vcpu: u32,
@@ -163,9 +163,11 @@ struct ScenarioArgs {
     /// Write the injected events as Chrome trace-event JSON (Perfetto).
     #[arg(long, value_name = "PATH")]
     trace: Option<PathBuf>,
-    /// What the guest runs after boot.
-    #[arg(long, value_enum, default_value_t = WorkloadArg::Shootdown)]
-    workload: WorkloadArg,
+    /// What the guest runs after boot: none (boot only), idle (the
+    /// scheduler and its probe), spin, hogs, churn, ping, shootdown, floor
+    /// (the raw IPI round trip), torture (docs/usage.md has the table).
+    #[arg(long, value_parser = wire_parser::<abi::Workload>(), default_value = "shootdown")]
+    workload: abi::Workload,
     /// Wait-mask designs to compare (ping, shootdown, torture), comma-separated:
     /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
     /// one is wrong on purpose and runs only when named). A design can carry
@@ -393,67 +395,13 @@ enum PreemptArg {
     Antagonist,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum WorkloadArg {
-    /// Boot and report only.
-    None,
-    /// The scheduler and its latency probe.
-    Idle,
-    /// Every vCPU busy-loops, recording its largest TSC gap and steal time.
-    Spin,
-    /// CPU-bound user tasks (--tasks-per-cpu on each vCPU) and the probe.
-    Hogs,
-    /// Kernel tasks created and exiting in a loop, and the probe.
-    Churn,
-    /// One task per vCPU: synchronous single-target calls to the next
-    /// vCPU, once per design.
-    Ping,
-    /// Tasks broadcasting to random vCPU subsets and waiting, once per design.
-    Shootdown,
-    /// The raw x2APIC IPI ping-pong between vCPUs 0 and 1, no cross-call
-    /// layer (ping runs measure it first).
-    Floor,
-    /// scftorture-style weighted mix of primitives, once per design.
-    Torture,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum HookArg {
-    None,
-    Panic,
-    TripleFault,
-    Hang,
-    BadResultsMagic,
-    BadOnlineCount,
-    UserFault,
-    Garbage,
-    ConsoleFlood,
-    HaltEarly,
-    DoneFromAp,
-    TripleFaultLate,
-    BrokenChecker,
-    BadHypercall,
-}
-
-impl From<HookArg> for TestHook {
-    fn from(h: HookArg) -> Self {
-        match h {
-            HookArg::None => TestHook::None,
-            HookArg::Panic => TestHook::Panic,
-            HookArg::TripleFault => TestHook::TripleFault,
-            HookArg::Hang => TestHook::Hang,
-            HookArg::BadResultsMagic => TestHook::BadResultsMagic,
-            HookArg::BadOnlineCount => TestHook::BadOnlineCount,
-            HookArg::UserFault => TestHook::UserFault,
-            HookArg::Garbage => TestHook::Garbage,
-            HookArg::ConsoleFlood => TestHook::ConsoleFlood,
-            HookArg::HaltEarly => TestHook::HaltEarly,
-            HookArg::DoneFromAp => TestHook::DoneFromAp,
-            HookArg::TripleFaultLate => TestHook::TripleFaultLate,
-            HookArg::BrokenChecker => TestHook::BrokenChecker,
-            HookArg::BadHypercall => TestHook::BadHypercall,
-        }
-    }
+/// A clap parser for one of abi's closed sets: the names, their order and
+/// their parsing are abi's (`wire_enum!`), not a second list here.
+fn wire_parser<T: abi::WireEnum + Send + Sync>() -> impl clap::builder::TypedValueParser<Value = T>
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(T::names().iter().copied())
+        .map(|s| s.parse::<T>().expect("a name abi lists parses"))
 }
 
 /// A duration above zero (0 would silently mean the default).
@@ -493,7 +441,7 @@ impl RunArgs {
             } else {
                 ConsoleMode::Stderr
             },
-            test_hook: self.test_hook.into(),
+            test_hook: self.test_hook,
             test_hook_vcpu: self.test_hook_vcpu,
             guest_mode: self.guest_mode,
             ..MachineConfig::new(self.vcpus)
@@ -505,17 +453,7 @@ impl RunCmd {
     fn machine_config(&self) -> MachineConfig {
         let s = &self.scenario;
         let mut config = self.common.machine_config();
-        config.workload = match s.workload {
-            WorkloadArg::None => abi::Workload::None,
-            WorkloadArg::Idle => abi::Workload::Idle,
-            WorkloadArg::Spin => abi::Workload::Spin,
-            WorkloadArg::Hogs => abi::Workload::Hogs,
-            WorkloadArg::Churn => abi::Workload::Churn,
-            WorkloadArg::Ping => abi::Workload::Ping,
-            WorkloadArg::Shootdown => abi::Workload::Shootdown,
-            WorkloadArg::Floor => abi::Workload::Floor,
-            WorkloadArg::Torture => abi::Workload::Torture,
-        };
+        config.workload = s.workload;
         if let Some(Weights(w)) = &s.torture_weights {
             config.torture_weights = *w;
         }

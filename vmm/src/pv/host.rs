@@ -16,7 +16,7 @@ use std::time::Instant;
 use abi::{layout, pv, vector, PvVcpuState, MAX_VCPUS};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::vcpu::Kicker;
 
@@ -81,8 +81,12 @@ struct Counters {
 
 /// The host side of the PV interface of one VM.
 pub struct PvHost {
-    /// Keeps the guest mapping alive as long as any user of `base`.
-    _mem: GuestMemoryMmap,
+    /// Keeps the guest mapping alive as long as any user of `base`; read
+    /// for the guests' virtual IF in native mode.
+    mem: GuestMemoryMmap,
+    /// The guest may run in the PVM host's native mode, where the interrupt
+    /// flag that matters is the virtual one in each vCPU's VIF page.
+    native: std::sync::atomic::AtomicBool,
     /// Host address of the PV state area.
     base: *mut u8,
     nr_vcpus: u32,
@@ -117,7 +121,8 @@ impl PvHost {
             return None;
         }
         Some(PvHost {
-            _mem: mem.clone(),
+            mem: mem.clone(),
+            native: std::sync::atomic::AtomicBool::new(false),
             base,
             nr_vcpus: nr_vcpus.min(MAX_VCPUS as u32),
             t0: Instant::now(),
@@ -126,6 +131,28 @@ impl PvHost {
             holders: (0..nr_vcpus).map(|_| AtomicU32::new(0)).collect(),
             counters: Counters::default(),
         })
+    }
+
+    /// The guest may enter the PVM host's native mode (set before the vCPUs
+    /// run): from then on [`PvHost::irqs_enabled`] reads the VIF pages.
+    pub fn set_native(&self, native: bool) {
+        self.native.store(native, Ordering::Relaxed);
+    }
+
+    /// Whether `vcpu`, stopped in the VMM, had interrupts enabled: natively
+    /// the virtual IF (byte 0 of its VIF page; KVM's `if_flag` is the
+    /// hardware's there), `None` where the plain kernel's RFLAGS.IF
+    /// (`kvm_run.if_flag`) is the answer. A guest that fell back to plain
+    /// leaves its VIF page zero: never deferrable, the safe side.
+    pub fn irqs_enabled(&self, vcpu: u32) -> Option<bool> {
+        if !self.native.load(Ordering::Relaxed) {
+            return None;
+        }
+        let byte: u8 = self
+            .mem
+            .read_obj(GuestAddress(layout::vif_page(vcpu)))
+            .unwrap_or(0);
+        Some(byte != 0)
     }
 
     /// The vCPU threads' kickers (for yield-to), once they exist.

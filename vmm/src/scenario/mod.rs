@@ -475,19 +475,9 @@ fn yes() -> bool {
     true
 }
 
-/// The command-line name of a workload.
+/// The command-line name of a workload (abi's).
 pub fn workload_name(w: Workload) -> &'static str {
-    match w {
-        Workload::None => "none",
-        Workload::Idle => "idle",
-        Workload::Spin => "spin",
-        Workload::Hogs => "hogs",
-        Workload::Churn => "churn",
-        Workload::Ping => "ping",
-        Workload::Shootdown => "shootdown",
-        Workload::Floor => "floor",
-        Workload::Torture => "torture",
-    }
+    w.name()
 }
 
 #[cfg(test)]
