@@ -1,7 +1,10 @@
 //! Per-CPU data, reached through the GS base: each vCPU's GDT, TSS,
 //! interrupt stacks, scheduler state and counters. The GS base always
-//! points at this CPU's [`PerCpu`] (user tasks cannot change it: CR4.FSGSBASE
-//! is off and they never load GS), so no `swapgs` is needed.
+//! points at this CPU's [`PerCpu`], and so does KERNEL_GS_BASE (the PVM
+//! host's native mode swaps the two on user/kernel transitions), so no
+//! `swapgs` is needed. User tasks never load GS or write its base: in plain
+//! mode CR4.FSGSBASE is off; in native mode the hardware CR4 is the host's,
+//! and the rule holds only because every user task is ipivirt's own code.
 
 use core::cell::Cell;
 use core::ptr::addr_of;
