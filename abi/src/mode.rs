@@ -38,6 +38,9 @@ pub mod native_error {
     pub const STILL_CPL0: u32 = 3;
     /// After the switch, the calibration loop was still slow (emulated).
     pub const STILL_EMULATED: u32 = 4;
+    /// A null hypercall did not return -ENOSYS, or changed registers the
+    /// backend relies on (the host module's ABI changed).
+    pub const HYPERCALL_ABI: u32 = 5;
 
     /// What each code means, for reports.
     pub const fn describe(code: u32) -> &'static str {
@@ -47,6 +50,7 @@ pub mod native_error {
             SWITCH_FAULTED => "the switch to native mode (wrmsr 0x4b564d10) raised #GP",
             STILL_CPL0 => "after the switch the kernel still ran at CPL0 (CS RPL 0)",
             STILL_EMULATED => "after the switch kernel code was still emulated (slow loop)",
+            HYPERCALL_ABI => "the host's hypercall ABI is not the one the native backend relies on",
             _ => "unknown",
         }
     }

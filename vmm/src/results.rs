@@ -610,7 +610,7 @@ fn mode_text(r: &abi::Results, statuses: &[VcpuStatus]) -> Result<&'static str, 
 fn native_error_text(code: u32) -> Result<Option<&'static str>, FieldError> {
     match code {
         native_error::NONE => Ok(None),
-        native_error::NOT_DETECTED..=native_error::STILL_EMULATED => {
+        native_error::NOT_DETECTED..=native_error::HYPERCALL_ABI => {
             Ok(Some(native_error::describe(code)))
         }
         other => Err(FieldError {

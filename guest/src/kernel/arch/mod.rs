@@ -266,6 +266,9 @@ pub unsafe fn enter_native(vif: u64, detect: bool, is_bsp: bool) -> Result<(), N
     if kernel_loop_cycles() > EMULATED_THRESHOLD {
         return Err(abi::native_error::STILL_EMULATED);
     }
+    if is_bsp && pvm::hypercall_abi_mismatch() != 0 {
+        return Err(abi::native_error::HYPERCALL_ABI);
+    }
     // SAFETY: this vCPU now runs in native mode, descriptor tables and GS
     // set up (caller).
     unsafe { pvm::enable_syscall() };

@@ -223,7 +223,89 @@ core::arch::global_asm!(
     vector = const SYSCALL_VECTOR,
 );
 
+// The hypercall ABI self-test: a null hypercall with a known value in
+// every general-purpose register the host could touch, their values
+// afterwards stored to the array at rdi (rax, rbx, rcx, rdx, rsi, r8-r15).
+core::arch::global_asm!(
+    ".section .text",
+    ".global pvm_hypercall_probe",
+    "pvm_hypercall_probe:",
+    "push rbx",
+    "push rbp",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "push rdi",
+    "mov rax, {null}",
+    "mov rbx, 0x1111",
+    "mov rcx, 0x2222",
+    "mov rdx, 0x3333",
+    "mov rsi, 0x4444",
+    "mov r8, 0x5555",
+    "mov r9, 0x6666",
+    "mov r10, 0x7777",
+    "mov r11, 0x8888",
+    "mov r12, 0x9999",
+    "mov r13, 0xaaaa",
+    "mov r14, 0xbbbb",
+    "mov r15, 0xcccc",
+    "int 0x1b",
+    "pop rdi",
+    "mov [rdi], rax",
+    "mov [rdi + 8], rbx",
+    "mov [rdi + 16], rcx",
+    "mov [rdi + 24], rdx",
+    "mov [rdi + 32], rsi",
+    "mov [rdi + 40], r8",
+    "mov [rdi + 48], r9",
+    "mov [rdi + 56], r10",
+    "mov [rdi + 64], r11",
+    "mov [rdi + 72], r12",
+    "mov [rdi + 80], r13",
+    "mov [rdi + 88], r14",
+    "mov [rdi + 96], r15",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbp",
+    "pop rbx",
+    "ret",
+    null = const HC_NULL,
+);
+
+/// What the host's unknown-number return value is: -ENOSYS.
+const ENOSYS: u64 = (-38i64) as u64;
+
+/// Checks the hypercall ABI the backend relies on: a null hypercall
+/// returns -ENOSYS and leaves every register but rax, rcx and r11 (which
+/// [`hypercall`] declares clobbered, as `syscall` would) as it was.
+/// Returns the registers that changed, as a bit mask (bit 0: rax not
+/// -ENOSYS; bits 1..: rbx, rcx, rdx, rsi, r8..r15), 0 when all is as
+/// expected.
+pub fn hypercall_abi_mismatch() -> u32 {
+    const SENT: [u64; 13] = [
+        ENOSYS, 0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7777, 0x8888, 0x9999, 0xaaaa,
+        0xbbbb, 0xcccc,
+    ];
+    /// rcx (2) and r11 (8) may change: hypercall() declares them clobbered.
+    const MAY_CHANGE: u32 = 1 << 2 | 1 << 8;
+    let mut out = [0u64; 13];
+    // SAFETY: a null hypercall (returns -ENOSYS); the probe saves and
+    // restores every callee-saved register and writes 13 words to `out`.
+    unsafe { pvm_hypercall_probe(out.as_mut_ptr()) };
+    let mut changed = 0;
+    for (i, (got, want)) in out.iter().zip(SENT).enumerate() {
+        if *got != want {
+            changed |= 1 << i;
+        }
+    }
+    changed & !MAY_CHANGE
+}
+
 extern "C" {
+    fn pvm_hypercall_probe(out: *mut u64);
     fn pvm_syscall_entry();
     fn pvm_safe_halt();
     fn pvm_read_signature() -> u64;
