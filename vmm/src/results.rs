@@ -858,6 +858,30 @@ mod tests {
     }
 
     #[test]
+    fn test_mode_and_native_error_are_validated() {
+        let mut r = good_page(2).results;
+        let mut statuses = good_page(2).vcpus[..2].to_vec();
+        assert_eq!(mode_text(&r, &statuses).unwrap(), "plain");
+        r.mode = abi::guest_mode::PVM_NATIVE;
+        let e = mode_text(&r, &statuses).unwrap_err();
+        assert_eq!(e.field, "vcpu.mode", "one vCPU in another mode: {e}");
+        statuses
+            .iter_mut()
+            .for_each(|s| s.mode = abi::guest_mode::PVM_NATIVE);
+        assert_eq!(mode_text(&r, &statuses).unwrap(), "pvm-native");
+        r.mode = 7;
+        assert_eq!(mode_text(&r, &statuses).unwrap_err().field, "results.mode");
+        assert_eq!(native_error_text(0).unwrap(), None);
+        assert!(native_error_text(abi::native_error::HYPERCALL_ABI)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            native_error_text(99).unwrap_err().field,
+            "results.native_error"
+        );
+    }
+
+    #[test]
     fn test_boot_report_rejects_out_of_range_count() {
         let mut page = good_page(4);
         page.results.nr_online = 1_000_000;
