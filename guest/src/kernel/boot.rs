@@ -165,9 +165,16 @@ fn choose_mode(index: u32, control: &Control) {
         return;
     };
     let before_switch = matches!(e, native_error::NOT_DETECTED | native_error::SWITCH_FAULTED);
-    if control.guest_mode == guest_mode::PVM_NATIVE || !before_switch {
+    if control.guest_mode == guest_mode::PVM_NATIVE {
         panic!(
-            "native mode (guest mode pvm): {}",
+            "native mode (--guest-mode pvm): {}",
+            native_error::describe(e)
+        );
+    }
+    if !before_switch {
+        // The CPU is in neither mode now: no fallback is possible.
+        panic!(
+            "native mode failed after the switch: {} (--guest-mode plain runs the plain kernel)",
             native_error::describe(e)
         );
     }

@@ -13,6 +13,10 @@
 //! - from CPL0, to the interrupted stack *below its red zone*
 //!   (`(rsp - 128) & !15`), so the interrupted code's red zone survives.
 //!
+//! In the PVM host's native mode the same holds: the host honours IST for
+//! every gate (so it never pushes onto an interrupted stack either), and
+//! the software return writes only below the interrupted red zone.
+//!
 //! After the move the IST stack is free again, so a later interrupt (after
 //! a context switch, on another task) can reuse it. Interrupt gates clear
 //! IF, so handlers never nest; exceptions use a second IST stack and #DF /
