@@ -315,8 +315,8 @@ fn panic_details(page: &SharedPage) -> PanicDetails {
     }
 }
 
-/// One vCPU's scheduler counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One vCPU's scheduler counters (also the JSON's `guest.vcpus[]` fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuCounters {
     /// Context switches.
     pub context_switches: u64,

@@ -34,21 +34,12 @@ pub struct GuestInfo {
     pub torture: Vec<TortureCount>,
 }
 
-/// One vCPU's guest counters.
+/// One vCPU's guest counters (the same fields as the text's vCPU table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuestVcpu {
-    /// Context switches.
-    pub context_switches: u64,
-    /// Involuntary preemptions by the guest scheduler.
-    pub preemptions: u64,
-    /// Tasks migrated in.
-    pub migrations_in: u64,
-    /// Scheduler ticks.
-    pub ticks: u64,
-    /// IPIs sent.
-    pub ipis_sent: u64,
-    /// IPIs received.
-    pub ipis_received: u64,
+    /// Context switches, preemptions, migrations in, ticks, IPIs.
+    #[serde(flatten)]
+    pub counters: crate::results::VcpuCounters,
     /// The vCPU's latency probe (null: no samples).
     pub probe_latency_ns: Option<Latency>,
 }
@@ -88,12 +79,7 @@ impl GuestInfo {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| GuestVcpu {
-                    context_switches: c.context_switches,
-                    preemptions: c.preemptions,
-                    migrations_in: c.migrations_in,
-                    ticks: c.ticks,
-                    ipis_sent: c.ipis_sent,
-                    ipis_received: c.ipis_received,
+                    counters: c.clone(),
                     probe_latency_ns: g.probe_per_vcpu.get(i).and_then(|h| latency(h, khz)),
                 })
                 .collect(),
