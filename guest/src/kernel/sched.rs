@@ -146,6 +146,12 @@ pub static CREATED: AtomicU64 = AtomicU64::new(0);
 /// Tasks exited and freed so far.
 pub static FREED: AtomicU64 = AtomicU64::new(0);
 
+/// Tasks alive now (created and not yet freed), boot and idle tasks
+/// included.
+pub fn live_tasks() -> u64 {
+    CREATED.load(Ordering::Relaxed) - FREED.load(Ordering::Relaxed)
+}
+
 /// Scheduler parameters, set by the BSP before StartAps.
 pub struct Params {
     /// TSC cycles per scheduler tick.

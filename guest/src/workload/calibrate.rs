@@ -33,8 +33,7 @@ pub fn sys_calibration(frame: &mut TrapFrame) -> u64 {
 /// Measures CPL0 and CPL3 speed, picks the tick rate, records both.
 pub fn calibrate(control: &Control) -> u32 {
     let cpl0 = arch::kernel_loop_cycles();
-    let live = || sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed);
-    let live_before = live();
+    let live_before = sched::live_tasks();
     if let Err(e) = sched::spawn(
         "calibrate",
         Class::Normal,
@@ -52,7 +51,7 @@ pub fn calibrate(control: &Control) -> u32 {
     // The task reports before it exits: wait until it is gone too, so that
     // the workload's "all my tasks exited" accounting starts from a quiet
     // scheduler (a late free would end a phase's wait one task early).
-    while live() > live_before && arch::rdtsc() < give_up {
+    while sched::live_tasks() > live_before && arch::rdtsc() < give_up {
         sched::sleep_us(1000);
     }
     let cpl3 = CPL3_CYCLES.load(Ordering::Relaxed);

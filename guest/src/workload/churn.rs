@@ -2,8 +2,6 @@
 //! once, in a loop until the end: what task creation and exit cost, and
 //! whether every task's memory (stacks, the IPI wait mask) comes back.
 
-use core::sync::atomic::Ordering;
-
 use crate::kernel::arch;
 use crate::kernel::percpu;
 use crate::kernel::sched::{self, Body, Class};
@@ -15,16 +13,12 @@ fn churn_task(_: usize) {}
 /// small however fast the platform creates tasks.
 const MAX_BACKLOG: u64 = 64;
 
-fn live() -> u64 {
-    sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed)
-}
-
 /// Creates tasks until `end`; returns how many.
 pub fn run(nr_vcpus: u32, end: u64) -> u64 {
     let mut churn = 0u64;
-    let base = live();
+    let base = sched::live_tasks();
     while arch::rdtsc() < end {
-        while live() > base + MAX_BACKLOG && arch::rdtsc() < end {
+        while sched::live_tasks() > base + MAX_BACKLOG && arch::rdtsc() < end {
             sched::yield_now();
         }
         let target = (percpu::random() % u64::from(nr_vcpus)) as u32;

@@ -24,17 +24,12 @@ pub fn end_tsc() -> u64 {
     END_TSC.load(Ordering::Relaxed)
 }
 
-/// Tasks alive now (created and not yet freed).
-fn live_tasks() -> u64 {
-    sched::CREATED.load(Ordering::Relaxed) - sched::FREED.load(Ordering::Relaxed)
-}
-
 /// Sleeps until at most `live` tasks are alive, polling every `poll_us`,
 /// or until the bound.
 fn wait_for_tasks(live: u64, poll_us: u64) {
     let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
     let give_up = arch::rdtsc() + QUIESCE_BOUND_US * cycles_per_us;
-    while live_tasks() > live && arch::rdtsc() < give_up {
+    while sched::live_tasks() > live && arch::rdtsc() < give_up {
         sched::sleep_us(poll_us);
     }
 }
@@ -103,7 +98,7 @@ fn spawn_probes(nr: u32, sp: &mut Spawner) {
 pub fn run_timed(control: &Control, workload: Workload) {
     let nr = control.nr_vcpus;
     let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
-    let live_before = live_tasks();
+    let live_before = sched::live_tasks();
     let baseline = heap::used();
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
@@ -202,7 +197,7 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     xcall::start_phase(design);
     pv::start_phase(features, control.pv_kvm);
     reset_vcpu_histograms(nr);
-    let live_before = live_tasks();
+    let live_before = sched::live_tasks();
     checker::reset(arch::rdtsc());
     // Tasks run until END_TSC, which they learn from each call's return
     // value: the phase's clock starts once they all exist.
