@@ -170,14 +170,12 @@ pub fn fault_address() -> u64 {
     }
 }
 
-/// Whether the context `frame` interrupted had interrupts enabled.
+/// Whether the context `frame` interrupted had interrupts enabled: its
+/// saved RFLAGS.IF in both modes (natively the host sets it from the
+/// virtual IF, and interrupts only arrive with that on).
 #[inline]
 pub fn frame_irqs_enabled(frame: &TrapFrame) -> bool {
-    if native() {
-        pvm::frame_irqs_enabled(frame)
-    } else {
-        plain::frame_irqs_enabled(frame)
-    }
+    plain::frame_irqs_enabled(frame)
 }
 
 /// Writes console bytes (at most [`abi::layout::CONSOLE_BUFFER_SIZE`]) to

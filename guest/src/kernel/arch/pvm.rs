@@ -371,13 +371,6 @@ pub fn fault_address() -> u64 {
     v
 }
 
-/// Whether the context `frame` interrupted had interrupts enabled: the
-/// saved RFLAGS.IF, which the host sets from the virtual IF (interrupts
-/// only arrive with it on).
-pub fn frame_irqs_enabled(frame: &TrapFrame) -> bool {
-    frame.rflags & (1 << 9) != 0
-}
-
 /// Whether this CPU runs in native mode now: its code segment reads RPL 3
 /// (the host runs the kernel at hardware CPL3; KVM still reports CPL0).
 /// Exact per CPU, so usable before the mode is known everywhere.
