@@ -220,6 +220,8 @@ struct Machine {
     stats: Vec<Option<std::fs::File>>,
     /// What the injectors did (filled by `stop`).
     host: HostReport,
+    /// The guest was told to register steal time.
+    steal_time: bool,
 }
 
 /// Boots the guest, waits until it reports done, and returns what it
@@ -232,6 +234,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let page = memory::read_shared(&machine.mem)?;
     let warnings = std::mem::take(&mut machine.warnings);
     machine.host.warnings.extend(warnings);
+    machine.host.steal_time = machine.steal_time;
     for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
@@ -438,11 +441,22 @@ impl Machine {
             control.pv_flags |= pv::STEAL_TIME;
         }
         control.pv_flags |= config.pv & (pv::STEAL_TIME | pv::PREEMPTED);
+        // Steal time in every run with a workload where KVM offers it (one
+        // MSR write per vCPU), so that steal_ms and run_delay_ms compare.
+        let steal_offered = vm::kvm_pv_features(&cpuid) & (1 << vm::KVM_FEATURE_STEAL_TIME) != 0
+            && pv_probe.as_ref().is_none_or(|p| p.steal_time);
+        let steal_time = config.workload != Workload::None && steal_offered;
+        if steal_time {
+            control.pv_flags |= pv::STEAL_TIME;
+        }
         for (i, slot) in control.phase_pv.iter_mut().enumerate() {
             *slot = config.phase_pv(i) & pv::ALL;
         }
+        if steal_time {
+            control.pv_kvm |= pv::STEAL_TIME;
+        }
         if let Some(probe) = &pv_probe {
-            control.pv_kvm = crate::pv::kvm_bits(probe);
+            control.pv_kvm |= crate::pv::kvm_bits(probe);
             control.pv_amd = u32::from(probe.amd);
             if native_possible {
                 // KVM's hypercall instructions are forbidden in native mode
@@ -507,6 +521,7 @@ impl Machine {
             injector: None,
             stats,
             host: HostReport::default(),
+            steal_time,
         };
         for (id, fd) in (0..).zip(fds) {
             match vcpu::spawn(

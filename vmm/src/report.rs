@@ -10,7 +10,8 @@ use crate::machine::{BootReport, MachineConfig};
 /// the text and null in the JSON, never a zero that looks measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Measured {
-    /// The guest registered steal time (`spin`, `--pv steal-time`).
+    /// The guest registered steal time (every workload run where KVM
+    /// offers it).
     pub steal_time: bool,
     /// The guest recorded its largest TSC gap (`spin`).
     pub max_gap: bool,
@@ -23,10 +24,10 @@ impl Measured {
         max_gap: true,
     };
 
-    /// What a run of `config` measures.
-    pub fn of(config: &MachineConfig) -> Self {
+    /// What a run of `config` measured, with its host figures `host`.
+    pub fn of(config: &MachineConfig, host: &crate::inject::HostReport) -> Self {
         Measured {
-            steal_time: config.all_pv() & abi::pv::STEAL_TIME != 0,
+            steal_time: host.steal_time,
             max_gap: config.workload == abi::Workload::Spin,
         }
     }

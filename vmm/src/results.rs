@@ -448,7 +448,10 @@ fn design_report(
             ..field("designs[].design")
         });
     }
-    if d.pv != expected_pv || d.pv_kvm & !d.pv != 0 {
+    // Steal time is run-wide and registered wherever KVM offers it, asked
+    // for or not (the VMM decides from KVM's CPUID).
+    let beyond_steal = |pv: u32| pv & !abi::pv::STEAL_TIME;
+    if beyond_steal(d.pv) != beyond_steal(expected_pv) || d.pv_kvm & !d.pv != 0 {
         return Err(FieldError {
             found: d.pv.into(),
             expected: "the PV features of this slot (pv_kvm a subset)",

@@ -172,7 +172,7 @@ fn run_scenario(
     }
     result.inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, Measured::of(scenario.config())));
+            out.say(&partial_text(p, Measured::of(scenario.config(), &p.host)));
         }
     })
 }
@@ -257,7 +257,12 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if !raw.guest.designs.is_empty() {
         out.say(&crate::report::designs_text(raw));
     }
-    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus, Measured::of(&config));
+    let block = host_block(
+        &raw.host,
+        raw.tsc_khz,
+        config.vcpus,
+        Measured::of(&config, &raw.host),
+    );
     if !block.is_empty() {
         out.say(&block);
     }
@@ -474,7 +479,7 @@ fn boot(args: &RunArgs) -> Result<u8, Error> {
     let config = args.machine_config();
     let report = machine::boot(&config).inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, Measured::of(&config)));
+            out.say(&partial_text(p, Measured::of(&config, &p.host)));
         }
     })?;
     out.say(&online_line(&report));

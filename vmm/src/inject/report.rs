@@ -73,6 +73,9 @@ pub struct HostReport {
     pub timeline: Vec<Event>,
     /// Per-vCPU figures.
     pub vcpus: Vec<VcpuHostFigures>,
+    /// The guest registered KVM's steal-time area (every run with a
+    /// workload where KVM offers it), so `vcpus[].steal_ns` is measured.
+    pub steal_time: bool,
     /// Why the `--trace` file could not be written (None: written, or
     /// none asked for). The run's results stand.
     pub trace_error: Option<String>,

@@ -313,7 +313,7 @@ impl Report {
         let g = &boot.guest;
         let h = &boot.host;
         let probe = boot.pv_probe.as_ref();
-        let steal_time = probe.map_or(config.workload == Workload::Spin, |p| p.steal_time);
+        let steal_time = probe.map_or(h.steal_time, |p| p.steal_time);
         let used_pv = config.all_pv() & abi::pv::ALL;
         let mechanisms = probe
             .map(|p| {
@@ -335,7 +335,7 @@ impl Report {
         } else {
             config.inject.preempt
         };
-        let steal_ns = crate::report::Measured::of(config).steal_time.then(|| {
+        let steal_ns = crate::report::Measured::of(config, h).steal_time.then(|| {
             let mut ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
             ns.resize(config.vcpus as usize, 0);
             ns
@@ -395,7 +395,7 @@ impl Report {
                 affinity_restored: h.active.then_some(h.affinity_restored),
                 fallback: h.fallback.clone(),
                 injector_errors: h.errors.clone(),
-                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config)),
+                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config, h)),
             },
             guest: GuestInfo::new(g, khz),
             designs: g
