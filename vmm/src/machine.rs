@@ -444,7 +444,7 @@ impl Machine {
         // Steal time in every run with a workload where KVM offers it (one
         // MSR write per vCPU), so that steal_ms and run_delay_ms compare.
         let steal_offered = vm::kvm_pv_features(&cpuid) & (1 << vm::KVM_FEATURE_STEAL_TIME) != 0
-            && pv_probe.as_ref().is_none_or(|p| p.steal_time);
+            && pv_probe.as_ref().map_or(true, |p| p.steal_time);
         let steal_time = config.workload != Workload::None && steal_offered;
         if steal_time {
             control.pv_flags |= pv::STEAL_TIME;
