@@ -46,7 +46,7 @@ pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
 pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
-pub use io::{syscall, vector, GuestStatus, Port};
+pub use io::{syscall, vector, GuestStatus, Port, PHASE_END};
 pub use mode::{guest_mode, native_error};
 pub use pv::PvVcpuState;
 pub use results::{

@@ -222,6 +222,8 @@ struct Machine {
     host: HostReport,
     /// The guest was told to register steal time.
     steal_time: bool,
+    /// The guest's design-phase marks (slot, ended, when), bounded.
+    phase_marks: Vec<(u32, bool, Instant)>,
 }
 
 /// Boots the guest, waits until it reports done, and returns what it
@@ -235,6 +237,14 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let warnings = std::mem::take(&mut machine.warnings);
     machine.host.warnings.extend(warnings);
     machine.host.steal_time = machine.steal_time;
+    if let Some(t0) = machine.host.started {
+        machine.host.phases = inject::trace::PhaseSlice::from_marks(
+            &machine.phase_marks,
+            &config.ran_designs(),
+            t0,
+            Instant::now(),
+        );
+    }
     for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
@@ -248,6 +258,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         machine.host.trace_error = inject::trace::write_file(
             path,
             &machine.host.timeline,
+            &machine.host.phases,
             &machine.host.host_cpus,
             config.vcpus,
         )
@@ -522,6 +533,7 @@ impl Machine {
             stats,
             host: HostReport::default(),
             steal_time,
+            phase_marks: Vec::new(),
         };
         for (id, fd) in (0..).zip(fds) {
             match vcpu::spawn(
@@ -615,6 +627,12 @@ impl Machine {
                     vcpu,
                     ..
                 }) => return Wait::Failed(FailureKind::Exception(None, vcpu)),
+                Ok(VcpuEvent::Phase { slot, end, at }) => {
+                    // Two per phase; more is a guest's noise, not kept.
+                    if self.phase_marks.len() < 2 * abi::MAX_DESIGNS {
+                        self.phase_marks.push((slot, end, at));
+                    }
+                }
                 Ok(VcpuEvent::Fault { vcpu, fault }) => {
                     return Wait::Failed(FailureKind::Fault { vcpu, fault })
                 }

@@ -293,6 +293,13 @@ pub enum ExitAction {
     Continue,
     /// Tell the controller, then re-enter.
     Report(GuestStatus),
+    /// A design phase started or ended (a trace marker), then re-enter.
+    Phase {
+        /// The design slot.
+        slot: u32,
+        /// It ended (else started).
+        end: bool,
+    },
     /// Stop this vCPU.
     Fault(VcpuFault),
 }
@@ -345,6 +352,13 @@ fn handle_out(port: u16, data: &[u8], vcpu: u32, console: &Console) -> ExitActio
             Ok(code) => match GuestStatus::try_from(code) {
                 Ok(status) => ExitAction::Report(status),
                 Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
+            },
+            Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
+        },
+        Ok(Port::Phase) => match <[u8; 4]>::try_from(data).map(u32::from_le_bytes) {
+            Ok(code) => ExitAction::Phase {
+                slot: code & !abi::PHASE_END,
+                end: code & abi::PHASE_END != 0,
             },
             Err(_) => ExitAction::Fault(VcpuFault::BadStatus(data.to_vec())),
         },
@@ -504,6 +518,15 @@ pub enum VcpuEvent {
         /// When the exit was handled.
         at: Instant,
     },
+    /// The guest marked a design phase's start or end.
+    Phase {
+        /// The design slot.
+        slot: u32,
+        /// It ended (else started).
+        end: bool,
+        /// When the exit was handled.
+        at: Instant,
+    },
     /// The vCPU stopped on a fault.
     Fault {
         /// Which vCPU.
@@ -655,6 +678,13 @@ fn run_loop(
                     let _ = events.send(VcpuEvent::Status {
                         vcpu: index,
                         status,
+                        at: Instant::now(),
+                    });
+                }
+                ExitAction::Phase { slot, end } => {
+                    let _ = events.send(VcpuEvent::Phase {
+                        slot,
+                        end,
                         at: Instant::now(),
                     });
                 }

@@ -161,7 +161,10 @@ pub fn run_designs(control: &Control, workload: Workload) {
             continue;
         };
         let features = control.pv_flags | control.phase_pv[i];
+        // Markers for the VMM's trace (host time, beside the injections).
+        arch::outl(abi::Port::Phase as u16, i as u32);
         let phase = run_phase(control, workload, design, features);
+        arch::outl(abi::Port::Phase as u16, abi::PHASE_END | i as u32);
         // SAFETY: the BSP writes the design slots; nothing else does.
         let d = unsafe { &mut *shared::design_results(i) };
         write_design_results(d, control, design, features, &phase);

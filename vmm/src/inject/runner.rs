@@ -296,6 +296,7 @@ impl Injector {
             fallback: self.plan.fallback.clone(),
             host_cpus: self.plan.host_cpus.clone(),
             elapsed: self.shared.t0.elapsed(),
+            started: Some(self.shared.t0),
             ..HostReport::default()
         };
         for t in self.threads.drain(..) {
