@@ -628,6 +628,7 @@ impl Machine {
                     ..
                 }) => return Wait::Failed(FailureKind::Exception(None, vcpu)),
                 Ok(VcpuEvent::Phase { slot, end, at }) => {
+                    crate::progress::phase_mark(end, at);
                     // Two per phase; more is a guest's noise, not kept.
                     if self.phase_marks.len() < 2 * abi::MAX_DESIGNS {
                         self.phase_marks.push((slot, end, at));

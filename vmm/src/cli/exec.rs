@@ -165,8 +165,13 @@ fn run_scenario(
         shown = expected.mul_f64(p.slowdown);
     }
     let started = std::time::Instant::now();
-    let result =
-        crate::progress::with_progress(!args.common.quiet, shown, &label, || scenario.run());
+    let phases = match scenario.config().workload {
+        abi::Workload::None => 0,
+        _ => scenario.config().ran_designs().len() as u32,
+    };
+    let result = crate::progress::with_progress(!args.common.quiet, shown, phases, &label, || {
+        scenario.run()
+    });
     if let (Some(p), false) = (pace, expected.is_zero()) {
         p.slowdown = (started.elapsed().as_secs_f64() / expected.as_secs_f64()).clamp(1.0, 1e4);
     }
