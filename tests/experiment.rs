@@ -137,7 +137,8 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
     assert!(s["workload"].is_string());
     number(r, "/scenario/duration_s");
-    uint(r, "/scenario/shape/issuers_per_cpu");
+    let issuers = uint(r, "/scenario/shape/issuers_per_cpu");
+    assert_eq!(uint(r, "/scenario/tasks_per_cpu"), issuers);
     uint(r, "/scenario/shape/hogs_per_cpu");
     uint(r, "/scenario/seed");
     assert!(s["preempt"]["mode"].is_string());

@@ -100,6 +100,9 @@ pub struct ScenarioInfo {
     pub workload: String,
     /// Measured time per design, in seconds.
     pub duration_s: f64,
+    /// IPI-issuing tasks per initiator vCPU: `shape.issuers_per_cpu`
+    /// under its first name (report fields are never renamed).
+    pub tasks_per_cpu: u32,
     /// The named scenario the run was made from (`series`; null: none).
     #[serde(default)]
     pub name: Option<String>,

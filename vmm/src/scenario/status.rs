@@ -53,6 +53,7 @@ impl ScenarioInfo {
             },
             workload: super::workload_name(config.workload).to_string(),
             duration_s: config.duration.as_secs_f64(),
+            tasks_per_cpu: config.issuers_per_cpu,
             name: config.scenario_name.clone(),
             shape: super::ShapeInfo {
                 issuers_per_cpu: config.issuers_per_cpu,
