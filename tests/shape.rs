@@ -316,6 +316,8 @@ fn test_series_scenario_runs_and_its_report_names_it() {
         return;
     }
     let _serial = common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("series-trace.json");
     let (stdout, r) = ipivirt_json(&[
         "run",
         "--scenario",
@@ -325,6 +327,8 @@ fn test_series_scenario_runs_and_its_report_names_it() {
         "200ms",
         "--designs",
         "upstream,task-local",
+        "--trace",
+        trace.to_str().unwrap(),
     ]);
     let first = stdout.lines().next().unwrap_or("");
     assert!(first.starts_with("scenario series: 4 vCPUs"), "{stdout}");
@@ -355,4 +359,17 @@ fn test_series_scenario_runs_and_its_report_names_it() {
     assert_eq!(placed, [c0, c1, c1, c1]);
     assert!(r["host"]["preemptions_injected"].as_u64().unwrap() > 0);
     assert_eq!(r["host"]["migrations_injected"], 0);
+    // Every burst (antagonist, or pause without SCHED_FIFO) hit the
+    // targets' host CPU, never the initiator's.
+    let t = common::read_json(&trace);
+    let bursts: Vec<_> = t["traceEvents"]
+        .as_array()
+        .expect("trace events")
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    assert!(!bursts.is_empty(), "{t}");
+    for e in bursts {
+        assert_eq!(e["args"]["host_cpu"], c1, "{e}");
+    }
 }
