@@ -137,7 +137,9 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(s["host_cpus"].as_array().is_some_and(|a| !a.is_empty()));
     assert!(s["workload"].is_string());
     number(r, "/scenario/duration_s");
-    uint(r, "/scenario/tasks_per_cpu");
+    let issuers = uint(r, "/scenario/shape/issuers_per_cpu");
+    assert_eq!(uint(r, "/scenario/tasks_per_cpu"), issuers);
+    uint(r, "/scenario/shape/hogs_per_cpu");
     uint(r, "/scenario/seed");
     assert!(s["preempt"]["mode"].is_string());
     uint(r, "/scenario/preempt/len_us");
@@ -186,6 +188,8 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
         // Task creation: timed when tasks were created, null otherwise.
         let created = d["tasks_created"].as_u64().unwrap();
         assert_eq!(d["task_create_mean_ns"].is_u64(), created > 0, "{d}");
+        let spawned = uint(d, "/shape/issuers") + uint(d, "/shape/hogs");
+        assert!(spawned > 0 && spawned <= created, "{d}");
         assert!(d["first_violation_ms"].is_null(), "{name}");
         let sync_calls = check_latency(&d["call_latency_ns"], "call_latency_ns");
         // Synchronous calls are timed; asynchronous ones only counted.

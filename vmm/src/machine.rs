@@ -52,8 +52,17 @@ pub struct MachineConfig {
     pub workload: Workload,
     /// How long the workload runs.
     pub duration: Duration,
-    /// Workload tasks per vCPU.
-    pub tasks_per_cpu: u32,
+    /// IPI-issuing tasks on each initiator vCPU (`shootdown`, `torture`).
+    pub issuers_per_cpu: u32,
+    /// CPU-bound tasks that send no IPI on every vCPU (`shootdown`,
+    /// `torture` phases; the `hogs` workload's tasks).
+    pub hogs_per_cpu: u32,
+    /// The vCPUs that run the issuers (None: every vCPU, and the issuers
+    /// may migrate; a set pins them to their vCPU).
+    pub initiators: Option<Vec<u32>>,
+    /// The named scenario this config was made from (`series`), if any:
+    /// the report names it.
+    pub scenario_name: Option<String>,
     /// Forced migration: chance per scheduler tick that the running task
     /// is moved to another vCPU (0..=1).
     pub forced_migration: f64,
@@ -137,7 +146,10 @@ impl MachineConfig {
             test_hook_vcpu: 0,
             workload: Workload::None,
             duration: Duration::from_secs(2),
-            tasks_per_cpu: 2,
+            issuers_per_cpu: 1,
+            hogs_per_cpu: 1,
+            initiators: None,
+            scenario_name: None,
             forced_migration: 0.0,
             tick_hz: None,
             probe_period: None,
@@ -431,7 +443,11 @@ impl Machine {
         control.host_pvm = u32::from(host_pvm);
         control.workload = config.workload as u32;
         control.duration_us = config.duration.as_micros().min(u128::from(u64::MAX)) as u64;
-        control.tasks_per_cpu = config.tasks_per_cpu;
+        control.issuers_per_cpu = config.issuers_per_cpu;
+        control.shape.hogs_per_cpu = config.hogs_per_cpu;
+        for &v in config.initiators.iter().flatten() {
+            control.shape.set_initiator(v);
+        }
         control.forced_migration =
             (config.forced_migration.clamp(0.0, 1.0) * 65536.0).min(65535.0) as u32;
         control.tick_hz = config.tick_hz.unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use abi::Histogram;
+use abi::{Histogram, Workload};
 
 use crate::machine::{BootReport, MachineConfig};
 
@@ -80,12 +80,12 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     }
     let _ = writeln!(
         out,
-        "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {} task(s) per vCPU, forced migration {}",
+        "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {}, forced migration {}",
         config.workload,
         config.duration.as_secs_f64(),
         if per_design { " per design" } else { "" },
         cycles_to_us(g.workload_cycles, r.tsc_khz) / 1e6,
-        config.tasks_per_cpu,
+        shape_text(config, r),
         config.forced_migration
     );
     // With one phase per design, the probe is reported per design (below);
@@ -484,6 +484,27 @@ fn pv_lines(out: &mut String, r: &BootReport) {
             h.deferrable,
             h.flushes_signalled
         );
+    }
+}
+
+/// The workload's tasks in words: per vCPU as asked, and how many the
+/// guest really spawned (the first phase's counts) where it counts them.
+fn shape_text(config: &MachineConfig, r: &BootReport) -> String {
+    let on = match &config.initiators {
+        Some(v) => format!("on vCPU(s) {}", crate::inject::placement::list_text(v)),
+        None => "on every vCPU".to_string(),
+    };
+    match (config.workload, r.guest.designs.first()) {
+        (Workload::Hogs, _) => format!("{} hog(s) per vCPU", config.hogs_per_cpu),
+        (Workload::Ping, _) => "1 pinger per vCPU".to_string(),
+        (Workload::Shootdown | Workload::Torture, Some(d)) => format!(
+            "{} issuer(s) per vCPU {on}, {} hog(s) per vCPU (spawned per design: {} issuers, {} hogs)",
+            config.issuers_per_cpu, config.hogs_per_cpu, d.shape.issuers, d.shape.hogs
+        ),
+        _ => format!(
+            "{} issuer(s) per vCPU {on}, {} hog(s) per vCPU",
+            config.issuers_per_cpu, config.hogs_per_cpu
+        ),
     }
 }
 

@@ -407,6 +407,8 @@ pub struct DesignReport {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: Vec<ViolationRecord>,
+    /// The issuers and hogs the phase spawned.
+    pub shape: abi::ShapeCounts,
 }
 
 impl DesignReport {
@@ -469,6 +471,13 @@ fn design_report(
             ..field("designs[].pv_yields_effective")
         });
     }
+    if u64::from(d.shape.issuers) + u64::from(d.shape.hogs) > d.tasks_created {
+        return Err(FieldError {
+            found: u64::from(d.shape.issuers) + u64::from(d.shape.hogs),
+            expected: "issuers + hogs <= the tasks the phase created",
+            ..field("designs[].shape")
+        });
+    }
     d.call_latency.validate("designs[].call_latency")?;
     d.sched_latency.validate("designs[].sched_latency")?;
     let logged = d.violations.min(8) as usize;
@@ -519,6 +528,7 @@ fn design_report(
             .checked_div(d.tasks_created)
             .unwrap_or(0),
         phase_cycles: d.phase_cycles,
+        shape: d.shape,
         call_latency: d.call_latency,
         sched_latency: d.sched_latency,
         violation_log: log,

@@ -221,7 +221,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     crate::signals::install()?;
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
-    let config = args.machine_config();
+    let config = args.machine_config()?;
     let scenario = Scenario::from_config(config.clone());
     let mut out = Printer::new(outputs.stdout_taken());
     let checked = scenario
@@ -244,6 +244,9 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     let Some(raw) = report.raw.as_deref() else {
         unreachable!("a fresh report carries the guest's")
     };
+    if let Some(header) = crate::scenario::scenario_header(&config) {
+        out.say(&header);
+    }
     out.say(&online_line(raw));
     if raw.tsc_khz > 0 {
         out.say(&format!(
@@ -328,7 +331,14 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
     check_explicit_antagonist(&args.run)?;
-    let base = args.run.machine_config();
+    if args.run.scenario.shape.scenario.is_some() || args.run.scenario.shape.placement.is_some() {
+        return Err(Error::Scenario(
+            "--scenario and --placement lay out one run's vCPUs: use them with `ipivirt run` \
+             (a sweep changes the vCPU and host CPU counts per cell)"
+                .into(),
+        ));
+    }
+    let base = args.run.machine_config()?;
     let available = base.inject.host_cpus.clone().unwrap_or_default();
     let mut cells = crate::sweep::plan(
         &available,

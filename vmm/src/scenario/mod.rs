@@ -39,14 +39,16 @@ use crate::{ConsoleMode, Error};
 mod guest;
 mod host;
 mod json;
+mod preset;
 mod status;
 mod validate;
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
     cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo, PvInfo,
-    ScenarioInfo, Violation,
+    ScenarioInfo, ShapeCounts, ShapeInfo, Violation,
 };
+pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
 pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
 
@@ -144,9 +146,44 @@ impl Scenario {
         self
     }
 
-    /// Workload tasks per vCPU.
-    pub fn tasks_per_cpu(mut self, n: u32) -> Self {
-        self.config.tasks_per_cpu = n;
+    /// IPI-issuing tasks on each initiator vCPU (`shootdown`, `torture`;
+    /// default 1).
+    pub fn issuers_per_cpu(mut self, n: u32) -> Self {
+        self.config.issuers_per_cpu = n;
+        self
+    }
+
+    /// CPU-bound tasks that send no IPI on every vCPU (`shootdown`,
+    /// `torture`, and the `hogs` workload's tasks; default 1): what a
+    /// preemptible wait lets run and a pinned one holds off.
+    pub fn hogs_per_cpu(mut self, n: u32) -> Self {
+        self.config.hogs_per_cpu = n;
+        self
+    }
+
+    /// The vCPUs that run the issuers (default: every vCPU). A set pins
+    /// each issuer to its vCPU, so the other vCPUs are only targets.
+    pub fn initiators(mut self, vcpus: &[u32]) -> Self {
+        self.config.initiators = Some(vcpus.to_vec());
+        self
+    }
+
+    /// The host CPU of each vCPU, vCPU 0 first (default: spread round robin
+    /// over the host CPUs).
+    pub fn placement(mut self, host_cpus: &[usize]) -> Self {
+        self.config.inject.placement = Some(host_cpus.to_vec());
+        self
+    }
+
+    /// The host CPUs preemption is injected on (default: all of the run's).
+    pub fn preempt_host_cpus(mut self, host_cpus: &[usize]) -> Self {
+        self.config.inject.preempt_host_cpus = Some(host_cpus.to_vec());
+        self
+    }
+
+    /// The vCPUs `pause` holds (default: every vCPU; `pause` only).
+    pub fn preempt_vcpus(mut self, vcpus: &[u32]) -> Self {
+        self.config.inject.preempt_vcpus = Some(vcpus.to_vec());
         self
     }
 
