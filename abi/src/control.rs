@@ -71,8 +71,13 @@ pub struct Control {
     /// Non-zero: the VMM saw the host offer the PVM native mode (its
     /// `/dev/kvm` comes from the `kvm_pvm` module).
     pub host_pvm: u32,
+    /// How long a design's phase may take past its end to quiesce (every
+    /// task it started finished, every call queue drained), in
+    /// microseconds (0: [`DEFAULT_QUIESCE_BOUND_US`]); past it the phase is
+    /// reported as stalled.
+    pub quiesce_bound_us: u64,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 41],
+    pub reserved: [u64; 40],
 }
 
 // SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out
@@ -84,7 +89,19 @@ const _: () = assert!(size_of::<Control>() == 512);
 /// 100 ms, far above any healthy wait and well below the VMM's watchdog.
 pub const DEFAULT_CSD_WATCHDOG_US: u32 = 100_000;
 
+/// The quiescence bound when the control block leaves it 0: 60 s, above
+/// the slowest phase end seen (128 vCPUs on 2 host CPUs, emulated kernel).
+pub const DEFAULT_QUIESCE_BOUND_US: u64 = 60_000_000;
+
 impl Control {
+    /// The quiescence bound of a phase in microseconds.
+    pub fn quiesce_bound_us(&self) -> u64 {
+        match self.quiesce_bound_us {
+            0 => DEFAULT_QUIESCE_BOUND_US,
+            us => us,
+        }
+    }
+
     /// The csd-lock-wait watchdog threshold in microseconds.
     pub fn csd_watchdog_us(&self) -> u32 {
         match self.csd_watchdog_us {

@@ -42,8 +42,11 @@ pub mod results;
 pub mod wire;
 pub mod workload;
 
-pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
-pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
+pub use control::{Control, DEFAULT_CSD_WATCHDOG_US, DEFAULT_QUIESCE_BOUND_US};
+pub use design::{
+    phase_status, task_state, violation, Design, DesignResults, MemoryResults, PhaseEnd,
+    StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
+};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port};
@@ -59,7 +62,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
