@@ -171,8 +171,19 @@ pub fn designs_text(r: &BootReport) -> String {
         "design",
         designs.iter().map(|d| d.label()).collect(),
     );
+    // A design that did not run (an earlier phase stalled) measured
+    // nothing: its cells are `-`, never a zero that looks measured.
     let per = |f: &dyn Fn(&crate::results::DesignReport) -> String| {
-        designs.iter().map(f).collect::<Vec<_>>()
+        designs
+            .iter()
+            .map(|d| {
+                if d.phase_end.status == abi::phase_status::NOT_RUN {
+                    "-".to_string()
+                } else {
+                    f(d)
+                }
+            })
+            .collect::<Vec<_>>()
     };
     row(&mut rows, "calls", per(&|d| d.calls.to_string()));
     row(
@@ -242,10 +253,13 @@ pub fn designs_text(r: &BootReport) -> String {
     row(
         &mut rows,
         "phase end",
-        per(&|d| match d.phase_end.status_name() {
-            "stalled" => "STALLED".to_string(),
-            s => s.to_string(),
-        }),
+        designs
+            .iter()
+            .map(|d| match d.phase_end.status_name() {
+                "stalled" => "STALLED".to_string(),
+                s => s.to_string(),
+            })
+            .collect(),
     );
     row(
         &mut rows,
@@ -305,10 +319,11 @@ pub fn designs_text(r: &BootReport) -> String {
     stall_lines(&mut out, designs, khz);
     if r.vmm_stalls.stalled() {
         let _ = writeln!(out, "UNRELIABLE: {}", r.vmm_stalls.describe());
-    } else if let Some(base) = designs
-        .iter()
-        .find(|d| d.design == abi::Design::Upstream && d.label() == "upstream")
-    {
+    } else if let Some(base) = designs.iter().find(|d| {
+        d.design == abi::Design::Upstream
+            && d.label() == "upstream"
+            && d.phase_end.status != abi::phase_status::NOT_RUN
+    }) {
         let ratio = |a: u64, b: u64| {
             if b == 0 {
                 "n/a".to_string()
@@ -316,7 +331,10 @@ pub fn designs_text(r: &BootReport) -> String {
                 format!("{:.2}x", a as f64 / b as f64)
             }
         };
-        for d in designs.iter().filter(|d| d.label() != "upstream") {
+        for d in designs
+            .iter()
+            .filter(|d| d.label() != "upstream" && d.phase_end.status != abi::phase_status::NOT_RUN)
+        {
             let _ = writeln!(
                 out,
                 "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task (measured)",
