@@ -68,6 +68,10 @@ fn test_unmeasurable_scenarios_exit_2_before_booting() {
             "--alloc-fail-prob applies",
         ),
         (
+            vec!["--quiesce-timeout", "0"],
+            "--quiesce-timeout must be above 0",
+        ),
+        (
             vec!["--torture-weights", "single=1,single=2"],
             "weighted twice",
         ),

@@ -162,6 +162,111 @@ pub struct DesignResults {
     pub violation_log: [ViolationRecord; 8],
     /// The tasks the phase's workload spawned, by kind.
     pub shape: ShapeCounts,
+    /// How the phase ended: quiesced, or stalled (and with what).
+    pub phase_end: PhaseEnd,
+    /// Memory measured from the guest allocator during the phase.
+    pub memory: MemoryResults,
+}
+
+/// [`PhaseEnd::status`] values.
+pub mod phase_status {
+    /// Every task the phase started finished and every vCPU drained its
+    /// call queue: the end-of-phase checks ran.
+    pub const QUIESCED: u32 = 1;
+    /// The phase could not quiesce within its bound: its figures stand, the
+    /// end-of-phase checks did not run, and no later phase ran.
+    pub const STALLED: u32 = 2;
+    /// Not run: an earlier phase stalled (the slot holds nothing else).
+    pub const NOT_RUN: u32 = 3;
+}
+
+/// Stalled tasks recorded per phase ([`PhaseEnd::stalled`]).
+pub const STALL_RECORDS: usize = 8;
+
+/// [`StalledTask::waits_on`] when the task is not in a csd wait.
+pub const NO_WAIT: u32 = u32::MAX;
+
+/// [`StalledTask::state`] values.
+pub mod task_state {
+    /// Queued, waiting for its CPU.
+    pub const RUNNABLE: u32 = 0;
+    /// On its CPU.
+    pub const RUNNING: u32 = 1;
+    /// Asleep until a deadline.
+    pub const SLEEPING: u32 = 2;
+    /// Exited, not yet freed.
+    pub const DEAD: u32 = 3;
+}
+
+/// A task of a phase still alive when its quiescence bound ran out.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct StalledTask {
+    /// Task id.
+    pub id: u64,
+    /// Task name (UTF-8, NUL-padded).
+    pub name: [u8; 16],
+    /// The vCPU it runs or is queued on.
+    pub cpu: u32,
+    /// A [`task_state`] value.
+    pub state: u32,
+    /// The vCPU whose csd it is waiting for ([`NO_WAIT`]: none).
+    pub waits_on: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// The end of one design's phase (its isolation from the next one): the
+/// next phase starts only once every task of this one finished, so a
+/// phase that cannot quiesce is reported here instead of as violations.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseEnd {
+    /// A [`phase_status`] value.
+    pub status: u32,
+    /// Tasks of the phase still alive at the bound; the first
+    /// [`STALL_RECORDS`] are in `stalled`.
+    pub stalled_tasks: u32,
+    /// vCPUs whose call queue the drain barrier found not drained at the
+    /// bound.
+    pub undrained_vcpus: u32,
+    /// The first of them (u32::MAX: none).
+    pub first_undrained: u32,
+    /// Cycles from the phase's end to quiescence (or to the give-up).
+    pub quiesce_cycles: u64,
+    /// The bound in cycles.
+    pub bound_cycles: u64,
+    /// The stalled tasks recorded.
+    pub stalled: [StalledTask; STALL_RECORDS],
+}
+
+/// Memory one design's phase used, measured from the guest allocator's own
+/// counter (the bytes it reserves, size-class rounding included), not
+/// computed from the mask size.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryResults {
+    /// Bytes the allocator reserved for the per-task allocations the
+    /// design's task-creation hook made in the phase.
+    pub hook_bytes: u64,
+    /// Bytes the allocator got back from the design's task-exit hook.
+    pub hook_freed_bytes: u64,
+    /// Task creations that ran the hook in the phase.
+    pub hook_tasks: u64,
+    /// Of those, creations the hook refused (its allocation failed,
+    /// injected or real): the task was not created.
+    pub hook_failures: u64,
+    /// Size of the pointer-sized field every task carries in every design
+    /// (`Task::hook_slot`, the series' addition to `task_struct`).
+    pub task_field_bytes: u64,
+    /// Deepest stack the wait used below the design dispatch, in bytes
+    /// (measured from addresses of locals; 0: no waiting call).
+    pub wait_stack_bytes: u64,
+    /// The allocator's bytes in use when the phase started.
+    pub heap_before: u64,
+    /// The same after the phase quiesced (equal to `heap_before` unless
+    /// something leaked or a cfd was allocated on a first call).
+    pub heap_after: u64,
 }
 
 /// The tasks one phase spawned, by kind: what the guest really started
@@ -183,6 +288,12 @@ unsafe impl Pod for ShapeCounts {}
 unsafe impl Pod for DesignResults {}
 // SAFETY: two u32 then two u64: no padding.
 unsafe impl Pod for ViolationRecord {}
+// SAFETY: u64, u8 array and u32s, sizes asserted below: no padding.
+unsafe impl Pod for StalledTask {}
+// SAFETY: u32s, u64s and Pod records, size asserted below: no padding.
+unsafe impl Pod for PhaseEnd {}
+// SAFETY: u64s only.
+unsafe impl Pod for MemoryResults {}
 const _: () = assert!(
     size_of::<DesignResults>()
         == 8 + 16 * 8
@@ -191,7 +302,12 @@ const _: () = assert!(
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
             + size_of::<ShapeCounts>()
+            + size_of::<PhaseEnd>()
+            + size_of::<MemoryResults>()
 );
+const _: () = assert!(size_of::<StalledTask>() == 40);
+const _: () = assert!(size_of::<PhaseEnd>() == 32 + STALL_RECORDS * 40);
+const _: () = assert!(size_of::<MemoryResults>() == 64);
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,10 @@ crate::wire_enum! {
         /// The hooked vCPU makes an ipivirt PV hypercall with an unknown
         /// operation: the VMM must stop the run with a clear error.
         BadHypercall = 13 => "bad-hypercall",
+        /// Each design phase gets one more task, on the hooked vCPU, that
+        /// waits for a csd nobody will ever unlock (a callback that never
+        /// runs): the phase cannot quiesce and must be reported as stalled.
+        StuckTask = 14 => "stuck-task",
     }
 }
 
@@ -57,7 +61,7 @@ mod tests {
 
     #[test]
     fn test_hook_roundtrip() {
-        check_set::<TestHook>(14, "user_fault");
+        check_set::<TestHook>(15, "user_fault");
         for (code, h) in TestHook::ALL.into_iter().enumerate() {
             assert_eq!(h as usize, code);
         }

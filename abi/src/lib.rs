@@ -42,8 +42,11 @@ pub mod results;
 pub mod wire;
 pub mod workload;
 
-pub use control::{Control, Shape, DEFAULT_CSD_WATCHDOG_US};
-pub use design::{violation, Design, DesignResults, ShapeCounts, ViolationKind, ViolationRecord};
+pub use control::{Control, Shape, DEFAULT_CSD_WATCHDOG_US, DEFAULT_QUIESCE_BOUND_US};
+pub use design::{
+    phase_status, task_state, violation, Design, DesignResults, MemoryResults, PhaseEnd,
+    ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
+};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port, PHASE_END};

@@ -76,8 +76,11 @@ pub struct MachineConfig {
     pub designs: Vec<Design>,
     /// Guest-side forced preemption at each spin of a preemptible wait (0..=1).
     pub guest_preempt_prob: f64,
-    /// Injected allocation failures of the alloc-in-path design (0..=1).
+    /// Injected allocation failures (0..=1): alloc-in-path's per-call mask
+    /// and task-local's per-task mask at a design phase's task creations.
     pub alloc_fail_prob: f64,
+    /// How long a design phase may take past its end to quiesce.
+    pub quiesce_bound: Duration,
     /// csd-lock-wait watchdog threshold.
     pub csd_watchdog: Duration,
     /// Relative weights of the torture primitives (index: [`abi::torture`];
@@ -161,6 +164,7 @@ impl MachineConfig {
             ],
             guest_preempt_prob: 0.0,
             alloc_fail_prob: 0.0,
+            quiesce_bound: Duration::from_micros(abi::DEFAULT_QUIESCE_BOUND_US),
             csd_watchdog: Duration::from_micros(u64::from(abi::DEFAULT_CSD_WATCHDOG_US)),
             torture_weights: [0; abi::torture::COUNT],
             inject: InjectConfig::default(),
@@ -460,6 +464,9 @@ impl Machine {
         }
         control.guest_preempt_prob = per_65536(config.guest_preempt_prob);
         control.alloc_fail_prob = per_65536(config.alloc_fail_prob);
+        control.quiesce_bound_us = u64::try_from(config.quiesce_bound.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         control.csd_watchdog_us = u32::try_from(config.csd_watchdog.as_micros())
             .unwrap_or(u32::MAX)
             .max(1);

@@ -172,8 +172,19 @@ pub fn designs_text(r: &BootReport) -> String {
         "design",
         designs.iter().map(|d| d.label()).collect(),
     );
+    // A design that did not run (an earlier phase stalled) measured
+    // nothing: its cells are `-`, never a zero that looks measured.
     let per = |f: &dyn Fn(&crate::results::DesignReport) -> String| {
-        designs.iter().map(f).collect::<Vec<_>>()
+        designs
+            .iter()
+            .map(|d| {
+                if d.phase_end.status == abi::phase_status::NOT_RUN {
+                    "-".to_string()
+                } else {
+                    f(d)
+                }
+            })
+            .collect::<Vec<_>>()
     };
     row(&mut rows, "calls", per(&|d| d.calls.to_string()));
     row(
@@ -242,8 +253,24 @@ pub fn designs_text(r: &BootReport) -> String {
     );
     row(
         &mut rows,
+        "phase end",
+        designs
+            .iter()
+            .map(|d| match d.phase_end.status_name() {
+                "stalled" => "STALLED".to_string(),
+                s => s.to_string(),
+            })
+            .collect(),
+    );
+    row(
+        &mut rows,
         "extra B/task",
         per(&|d| d.mask_bytes_per_task.to_string()),
+    );
+    row(
+        &mut rows,
+        "task field B",
+        per(&|d| d.memory.task_field_bytes.to_string()),
     );
     row(
         &mut rows,
@@ -289,20 +316,15 @@ pub fn designs_text(r: &BootReport) -> String {
             let _ = writeln!(out, "  {name:<12} {inv:>10} / {err}");
         }
     }
-    if let Some(stack) = designs.iter().find(|d| d.design == abi::Design::Stack) {
-        let _ = writeln!(
-            out,
-            "stack: the on-stack mask is {} B per call at this vCPU count, {} B at Linux's NR_CPUS=8192",
-            stack.stack_bytes_per_call,
-            8192 / 8
-        );
-    }
+    memory_lines(&mut out, designs);
+    stall_lines(&mut out, designs, khz);
     if r.vmm_stalls.stalled() {
         let _ = writeln!(out, "UNRELIABLE: {}", r.vmm_stalls.describe());
-    } else if let Some(base) = designs
-        .iter()
-        .find(|d| d.design == abi::Design::Upstream && d.label() == "upstream")
-    {
+    } else if let Some(base) = designs.iter().find(|d| {
+        d.design == abi::Design::Upstream
+            && d.label() == "upstream"
+            && d.phase_end.status != abi::phase_status::NOT_RUN
+    }) {
         let ratio = |a: u64, b: u64| {
             if b == 0 {
                 "n/a".to_string()
@@ -310,10 +332,13 @@ pub fn designs_text(r: &BootReport) -> String {
                 format!("{:.2}x", a as f64 / b as f64)
             }
         };
-        for d in designs.iter().filter(|d| d.label() != "upstream") {
+        for d in designs
+            .iter()
+            .filter(|d| d.label() != "upstream" && d.phase_end.status != abi::phase_status::NOT_RUN)
+        {
             let _ = writeln!(
                 out,
-                "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task",
+                "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task (measured)",
                 d.label(),
                 ratio(
                     d.sched_latency.quantile_ppm(990_000),
@@ -388,6 +413,86 @@ pub fn designs_text(r: &BootReport) -> String {
 }
 
 /// The PV rows of the design table ("-" where the phase lacks the feature).
+/// The measured memory of the designs (from the guest allocator's own
+/// counter), and what Linux's NR_CPUS=8192 would make of it (computed).
+fn memory_lines(out: &mut String, designs: &[crate::results::DesignReport]) {
+    let field = designs.iter().map(|d| d.memory.task_field_bytes).max();
+    if let Some(t) = designs.iter().find(|d| d.design == abi::Design::TaskLocal) {
+        let m = &t.memory;
+        let _ = writeln!(
+            out,
+            "task-local memory (measured, guest allocator): +{} B/task on the heap ({} B reserved for {} mask(s), {} B given back; {} creation(s) refused), +{} B task field in every design",
+            t.mask_bytes_per_task,
+            m.hook_bytes,
+            m.hook_tasks - m.hook_failures,
+            m.hook_freed_bytes,
+            m.hook_failures,
+            m.task_field_bytes
+        );
+    } else if let Some(f) = field {
+        let _ = writeln!(
+            out,
+            "task field: +{f} B per task in every design (measured)"
+        );
+    }
+    if let Some(stack) = designs.iter().find(|d| d.design == abi::Design::Stack) {
+        let mut line = format!(
+            "stack: the on-stack mask is {} B per call (the local's size; measured wait stack {} B below the dispatch",
+            stack.stack_bytes_per_call, stack.memory.wait_stack_bytes
+        );
+        if let Some(t) = designs.iter().find(|d| d.design == abi::Design::TaskLocal) {
+            let _ = write!(line, ", task-local's {} B", t.memory.wait_stack_bytes);
+        }
+        let _ = writeln!(out, "{line})");
+    }
+    if designs
+        .iter()
+        .any(|d| matches!(d.design, abi::Design::TaskLocal | abi::Design::Stack))
+    {
+        let c = crate::results::NR_CPUS_8192_MASK_BYTES;
+        let _ = writeln!(
+            out,
+            "computed, not measured, at Linux's NR_CPUS=8192: task-local +{c} B per task (+8 B field), stack {c} B per call"
+        );
+    }
+}
+
+/// The phases that could not quiesce, with the tasks they left.
+fn stall_lines(out: &mut String, designs: &[crate::results::DesignReport], khz: u64) {
+    for d in designs.iter().filter(|d| d.phase_end.stalled()) {
+        let e = &d.phase_end;
+        let _ = writeln!(
+            out,
+            "STALLED: {}'s phase did not quiesce within {:.0} ms: {} task(s) still alive, {} vCPU(s) with an undrained call queue{}; its end-of-phase checks did not run and later designs did not run",
+            d.label(),
+            cycles_to_us(e.bound_cycles, khz) / 1e3,
+            e.stalled_tasks,
+            e.undrained_vcpus,
+            e.first_undrained
+                .map_or(String::new(), |c| format!(" (first: vCPU {c})"))
+        );
+        for t in &e.stalled {
+            let name = crate::results::task_name(&t.name);
+            let what = if t.waits_on == abi::NO_WAIT {
+                "not in a csd wait".to_string()
+            } else {
+                format!("waits for the csd of vCPU {}", t.waits_on)
+            };
+            let state = match t.state {
+                abi::task_state::RUNNING => "running",
+                abi::task_state::SLEEPING => "sleeping",
+                abi::task_state::DEAD => "dead",
+                _ => "runnable",
+            };
+            let _ = writeln!(
+                out,
+                "  task {} {name} on vCPU {} ({state}): {what}",
+                t.id, t.cpu
+            );
+        }
+    }
+}
+
 fn pv_rows(designs: &[crate::results::DesignReport], khz: u64) -> Vec<(String, Vec<String>)> {
     let cell = |d: &crate::results::DesignReport, f: u32, v: String| {
         if d.pv & f != 0 {

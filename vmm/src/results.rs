@@ -409,6 +409,55 @@ pub struct DesignReport {
     pub violation_log: Vec<ViolationRecord>,
     /// The issuers and hogs the phase spawned.
     pub shape: abi::ShapeCounts,
+    /// How the phase ended.
+    pub phase_end: PhaseEndReport,
+    /// Memory measured from the guest allocator.
+    pub memory: abi::MemoryResults,
+}
+
+/// The mask bytes of Linux's NR_CPUS=8192 (for the computed figures).
+pub const NR_CPUS_8192_MASK_BYTES: u64 = 8192 / 8;
+
+/// A task's name from its NUL-padded bytes.
+pub fn task_name(name: &[u8; 16]) -> String {
+    String::from_utf8_lossy(name)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// How a design's phase ended ([`abi::PhaseEnd`], validated).
+#[derive(Debug, Clone)]
+pub struct PhaseEndReport {
+    /// An [`abi::phase_status`] value.
+    pub status: u32,
+    /// Tasks still alive at the bound (stall).
+    pub stalled_tasks: u32,
+    /// vCPUs whose call queue did not drain within the bound.
+    pub undrained_vcpus: u32,
+    /// The first of them.
+    pub first_undrained: Option<u32>,
+    /// Cycles from the phase's end to quiescence or the give-up.
+    pub quiesce_cycles: u64,
+    /// The bound in cycles.
+    pub bound_cycles: u64,
+    /// The stalled tasks recorded (at most [`abi::STALL_RECORDS`]).
+    pub stalled: Vec<abi::StalledTask>,
+}
+
+impl PhaseEndReport {
+    /// `quiesced`, `stalled` or `not-run`.
+    pub fn status_name(&self) -> &'static str {
+        match self.status {
+            abi::phase_status::QUIESCED => "quiesced",
+            abi::phase_status::STALLED => "stalled",
+            _ => "not-run",
+        }
+    }
+
+    /// Whether the phase stalled.
+    pub fn stalled(&self) -> bool {
+        self.status == abi::phase_status::STALLED
+    }
 }
 
 impl DesignReport {
@@ -480,6 +529,36 @@ fn design_report(
     }
     d.call_latency.validate("designs[].call_latency")?;
     d.sched_latency.validate("designs[].sched_latency")?;
+    let e = &d.phase_end;
+    if !(abi::phase_status::QUIESCED..=abi::phase_status::NOT_RUN).contains(&e.status) {
+        return Err(FieldError {
+            found: e.status.into(),
+            expected: "a phase status (1 quiesced, 2 stalled, 3 not run)",
+            ..field("designs[].phase_end.status")
+        });
+    }
+    let m = &d.memory;
+    if m.hook_failures > m.hook_tasks {
+        return Err(FieldError {
+            found: m.hook_failures,
+            expected: "hook failures <= hook tasks",
+            ..field("designs[].memory.hook_failures")
+        });
+    }
+    let recorded = (e.stalled_tasks as usize).min(abi::STALL_RECORDS);
+    let phase_end = PhaseEndReport {
+        status: e.status,
+        stalled_tasks: e.stalled_tasks,
+        undrained_vcpus: e.undrained_vcpus,
+        first_undrained: (e.first_undrained != u32::MAX).then_some(e.first_undrained),
+        quiesce_cycles: e.quiesce_cycles,
+        bound_cycles: e.bound_cycles,
+        stalled: e.stalled[..recorded]
+            .iter()
+            .filter(|t| t.id != 0)
+            .copied()
+            .collect(),
+    };
     let logged = d.violations.min(8) as usize;
     let log = d.violation_log[..logged].to_vec();
     if log
@@ -532,6 +611,8 @@ fn design_report(
         call_latency: d.call_latency,
         sched_latency: d.sched_latency,
         violation_log: log,
+        phase_end,
+        memory: d.memory,
     })
 }
 

@@ -63,3 +63,38 @@ pub fn init(start: u64, end: u64) {
 pub fn used() -> u64 {
     HEAP.used.load(Ordering::Relaxed)
 }
+
+/// The allocator's own count of bytes in use: what it really reserved,
+/// its size-class rounding (16-byte minimum, 8-byte steps) included,
+/// unlike [`used`] which sums the sizes asked for.
+pub fn reserved() -> u64 {
+    HEAP.heap.lock().used() as u64
+}
+
+/// Allocates like the global allocator and also returns the bytes the
+/// allocator reserved for it (its own counter read before and after,
+/// under its lock), so that a caller can attribute real memory to itself.
+pub fn alloc_measured(layout: Layout) -> Option<(NonNull<u8>, u64)> {
+    let (p, bytes) = {
+        let mut heap = HEAP.heap.lock();
+        let before = heap.used();
+        let p = heap.allocate_first_fit(layout).ok()?;
+        (p, (heap.used() - before) as u64)
+    };
+    HEAP.used.fetch_add(layout.size() as u64, Ordering::Relaxed);
+    Some((p, bytes))
+}
+
+/// Frees what [`alloc_measured`] (or the global allocator) returned and
+/// says how many bytes the allocator got back.
+///
+/// # Safety
+/// `p` came from this heap with this `layout` and is not used afterwards.
+pub unsafe fn dealloc_measured(p: NonNull<u8>, layout: Layout) -> u64 {
+    HEAP.used.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+    let mut heap = HEAP.heap.lock();
+    let before = heap.used();
+    // SAFETY: delegated to the caller (allocated here with this layout).
+    unsafe { heap.deallocate(p, layout) };
+    (before - heap.used()) as u64
+}

@@ -90,6 +90,19 @@ pub struct Task {
     pub migrations: AtomicU64,
 }
 
+impl Task {
+    /// Its state as [`abi::task_state`] reports it (for the stall report:
+    /// a snapshot, it may change right after).
+    pub fn state_code(&self) -> u32 {
+        match self.state.load(Ordering::Relaxed) {
+            RUNNING => abi::task_state::RUNNING,
+            SLEEPING => abi::task_state::SLEEPING,
+            DEAD => abi::task_state::DEAD,
+            _ => abi::task_state::RUNNABLE,
+        }
+    }
+}
+
 /// A task pointer that may cross CPUs (see the ownership rules above).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TaskRef(NonNull<Task>);

@@ -5,18 +5,22 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::{layout, Control, Design, DesignResults, VcpuResults, Workload, MAX_DESIGNS};
+use abi::{
+    layout, phase_status, Control, Design, DesignResults, MemoryResults, PhaseEnd, StalledTask,
+    TestHook, VcpuResults, Workload, MAX_DESIGNS, NO_WAIT, STALL_RECORDS,
+};
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
 use crate::kernel::{arch, heap, shared};
-use crate::xcall::{self, checker, designs, pv};
+use crate::xcall::{self, checker, designs, pv, tasks};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
 
-/// How long the guest waits for a phase's tasks to exit before it goes on
-/// (the VMM's watchdog bounds the run as a whole).
+/// How long a timed workload waits for its tasks to exit before it goes
+/// on (the VMM's watchdog bounds the run as a whole; a design phase has
+/// its own bound, `Control::quiesce_bound_us`).
 const QUIESCE_BOUND_US: u64 = 60_000_000;
 
 /// The end of the running phase (what the workloads' system calls return).
@@ -25,13 +29,12 @@ pub fn end_tsc() -> u64 {
 }
 
 /// Sleeps until at most `live` tasks are alive, polling every `poll_us`,
-/// or until the bound.
-fn wait_for_tasks(live: u64, poll_us: u64) {
-    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
-    let give_up = arch::rdtsc() + QUIESCE_BOUND_US * cycles_per_us;
+/// or until `give_up` (TSC); whether they got there.
+fn wait_for_tasks(live: u64, poll_us: u64, give_up: u64) -> bool {
     while sched::live_tasks() > live && arch::rdtsc() < give_up {
         sched::sleep_us(poll_us);
     }
+    sched::live_tasks() <= live
 }
 
 /// Creates a phase's tasks and counts what that took and what failed.
@@ -94,7 +97,13 @@ pub fn spawn_user_tasks(
 pub fn spawn_hogs(control: &Control, sp: &mut Spawner) {
     for _ in 0..control.shape.hogs_per_cpu {
         for c in 0..control.nr_vcpus {
-            if sp.spawn("hog", Class::Normal, Body::User(hogs::phase_hog, 0), c, true) {
+            if sp.spawn(
+                "hog",
+                Class::Normal,
+                Body::User(hogs::phase_hog, 0),
+                c,
+                true,
+            ) {
                 sp.shape.hogs += 1;
             }
         }
@@ -105,15 +114,24 @@ fn vcpu_results(cpu: u32) -> *mut VcpuResults {
     layout::vcpu_results_addr(cpu) as *mut VcpuResults
 }
 
+/// Spawns the latency probe on every vCPU. An injected creation failure
+/// (`--alloc-fail-prob` above 64 vCPUs) is counted and the probe created
+/// again: the measurement needs one on every vCPU.
 fn spawn_probes(nr: u32, sp: &mut Spawner) {
     for c in 0..nr {
-        sp.spawn(
-            "probe",
-            Class::High,
-            Body::Kernel(probe::task, c as usize),
-            c,
-            true,
-        );
+        for _ in 0..64 {
+            let failed = sp.failed;
+            sp.spawn(
+                "probe",
+                Class::High,
+                Body::Kernel(probe::task, c as usize),
+                c,
+                true,
+            );
+            if sp.failed == failed {
+                break;
+            }
+        }
     }
 }
 
@@ -133,14 +151,19 @@ pub fn run_timed(control: &Control, workload: Workload) {
     }
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
-    assert!(sp.failed == 0, "cannot create the probe tasks");
+    assert!(sp.created == u64::from(nr), "cannot create the probe tasks");
     let mut churned = 0;
     match workload {
         Workload::Hogs => hogs::run(control, end),
         Workload::Churn => churned = churn::run(nr, end),
         _ => sched::sleep_until(end),
     }
-    wait_for_tasks(live_before, 1000);
+    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    wait_for_tasks(
+        live_before,
+        1000,
+        arch::rdtsc() + QUIESCE_BOUND_US * cycles_per_us,
+    );
     // SAFETY: BSP-only fields of the shared page.
     let r = unsafe { &mut *shared::results() };
     r.workload_start_tsc = start;
@@ -183,18 +206,25 @@ pub fn run_designs(control: &Control, workload: Workload) {
         .iter()
         .enumerate()
         .take((control.nr_designs as usize).min(MAX_DESIGNS));
+    let mut stalled = false;
     for (i, &code) in designs {
         let Ok(design) = Design::try_from(code) else {
             continue;
         };
         let features = control.pv_flags | control.phase_pv[i];
+        // SAFETY: the BSP writes the design slots; nothing else does.
+        let d = unsafe { &mut *shared::design_results(i) };
+        if stalled {
+            // Never start a design under live tasks of the previous one.
+            write_not_run(d, design, features);
+            continue;
+        }
         // Markers for the VMM's trace (host time, beside the injections).
         arch::outl(abi::Port::Phase as u16, i as u32);
         let phase = run_phase(control, workload, design, features);
         arch::outl(abi::Port::Phase as u16, abi::PHASE_END | i as u32);
-        // SAFETY: the BSP writes the design slots; nothing else does.
-        let d = unsafe { &mut *shared::design_results(i) };
         write_design_results(d, control, design, features, &phase);
+        stalled = phase.end.status != phase_status::QUIESCED;
         // SAFETY: BSP-only fields of the shared page.
         let r = unsafe { &mut *shared::results() };
         torture::write_results(r);
@@ -209,6 +239,43 @@ pub fn run_designs(control: &Control, workload: Workload) {
             Dec(xcall::STATS.calls.load(Ordering::Relaxed)),
             Dec(checker::STATS.violations.load(Ordering::Relaxed))
         );
+        if stalled {
+            print_stall(design, &phase.end);
+        }
+    }
+}
+
+/// Prints a stalled phase's report on the console (the VMM prints it from
+/// the results too).
+fn print_stall(design: Design, e: &PhaseEnd) {
+    println!(
+        "design {}: phase STALLED: {} task(s) still alive and {} vCPU(s) with undrained call queues after the quiescence bound; later designs not run",
+        design.name(),
+        Dec(e.stalled_tasks),
+        Dec(e.undrained_vcpus)
+    );
+    for t in e.stalled.iter().take(e.stalled_tasks as usize) {
+        let name = core::str::from_utf8(&t.name)
+            .unwrap_or("?")
+            .trim_end_matches('\0');
+        if t.waits_on == NO_WAIT {
+            println!(
+                "  task {} {} on vCPU {} (state {}): not in a csd wait",
+                Dec(t.id),
+                name,
+                Dec(t.cpu),
+                Dec(t.state)
+            );
+        } else {
+            println!(
+                "  task {} {} on vCPU {} (state {}): waits for the csd of vCPU {}",
+                Dec(t.id),
+                name,
+                Dec(t.cpu),
+                Dec(t.state),
+                Dec(t.waits_on)
+            );
+        }
     }
 }
 
@@ -216,11 +283,24 @@ pub fn run_designs(control: &Control, workload: Workload) {
 struct Phase {
     spawner: Spawner,
     cycles: u64,
+    end: PhaseEnd,
+    heap_before: u64,
+    heap_after: u64,
 }
 
-/// One design's phase: switch the design and its PV features (no call is in
-/// flight between phases), reset the counters, run the tasks until the
-/// phase's end, wait for them to exit, then check for lost calls.
+/// [`TestHook::StuckTask`]'s task: waits for a csd of the next vCPU that
+/// nobody will ever unlock.
+fn stuck_task(target: usize) {
+    xcall::stuck_wait(target as u32)
+}
+
+/// One design's phase: switch the design and its PV features (no call is
+/// in flight between phases: the previous phase quiesced), reset the
+/// counters, run the tasks until the phase's end, then quiesce: wait for
+/// every task the phase started to exit and for every vCPU to drain its
+/// call queue (the drain barrier), within the bound. Only then look for
+/// lost calls; a phase that cannot quiesce is a stall, reported with its
+/// live tasks, and its checker table is left alone.
 fn run_phase(control: &Control, workload: Workload, design: Design, features: u32) -> Phase {
     let nr = control.nr_vcpus;
     let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
@@ -228,25 +308,86 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     pv::start_phase(features, control.pv_kvm);
     reset_vcpu_histograms(nr);
     let live_before = sched::live_tasks();
+    let first_id = tasks::next_id();
+    let heap_before = heap::reserved();
     checker::reset(arch::rdtsc());
     // Tasks run until END_TSC, which they learn from each call's return
     // value: the phase's clock starts once they all exist.
     END_TSC.store(u64::MAX, Ordering::Relaxed);
     let mut sp = Spawner::default();
+    designs::CREATE_FAILURES_ARMED.store(true, Ordering::Relaxed);
     spawn_probes(nr, &mut sp);
     spawn_phase_tasks(workload, control, &mut sp);
+    designs::CREATE_FAILURES_ARMED.store(false, Ordering::Relaxed);
+    if control.test_hook == TestHook::StuckTask as u32 {
+        sp.spawn(
+            "stuck",
+            Class::Normal,
+            Body::Kernel(stuck_task, ((control.test_hook_vcpu + 1) % nr) as usize),
+            control.test_hook_vcpu % nr,
+            true,
+        );
+    }
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
     END_TSC.store(end, Ordering::Relaxed);
     sched::sleep_until(end);
-    wait_for_tasks(live_before, 2000);
-    // Let asynchronous calls still in flight land, then look for lost ones.
-    sched::sleep_us(20_000);
-    checker::check_lost();
+    let cycles = arch::rdtsc() - start;
+    let bound = control.quiesce_bound_us() * cycles_per_us;
+    let t0 = arch::rdtsc();
+    let give_up = t0 + bound;
+    let mut e = PhaseEnd {
+        status: phase_status::QUIESCED,
+        stalled_tasks: 0,
+        undrained_vcpus: 0,
+        first_undrained: u32::MAX,
+        quiesce_cycles: 0,
+        bound_cycles: bound,
+        stalled: [StalledTask {
+            id: 0,
+            name: [0; 16],
+            cpu: 0,
+            state: 0,
+            waits_on: NO_WAIT,
+            reserved: 0,
+        }; STALL_RECORDS],
+    };
+    if wait_for_tasks(live_before, 2000, give_up) {
+        // No caller is left: make every vCPU run what is queued to it.
+        (e.undrained_vcpus, e.first_undrained) = xcall::drain_barrier(give_up);
+    } else {
+        let (_, stalled) = tasks::report(first_id);
+        e.stalled = stalled;
+        // The exact count (the report's table may miss a task).
+        e.stalled_tasks = (sched::live_tasks() - live_before.min(sched::live_tasks())) as u32;
+    }
+    e.quiesce_cycles = arch::rdtsc() - t0;
+    if e.stalled_tasks == 0 && e.undrained_vcpus == 0 {
+        checker::check_lost();
+    } else {
+        e.status = phase_status::STALLED;
+    }
     Phase {
         spawner: sp,
-        cycles: arch::rdtsc() - start,
+        cycles,
+        end: e,
+        heap_before,
+        heap_after: heap::reserved(),
     }
+}
+
+/// A design slot whose phase did not run (an earlier one stalled).
+fn write_not_run(d: &mut DesignResults, design: Design, features: u32) {
+    // SAFETY: DesignResults is Pod: all zeros is a valid value.
+    *d = unsafe { core::mem::zeroed() };
+    d.design = design as u32;
+    d.pv = features;
+    d.first_violation_cycles = u64::MAX;
+    d.call_latency = abi::Histogram::new();
+    d.sched_latency = abi::Histogram::new();
+    d.phase_end.status = phase_status::NOT_RUN;
+    d.phase_end.first_undrained = u32::MAX;
+    d.valid = 1;
 }
 
 fn write_design_results(
@@ -270,6 +411,17 @@ fn write_design_results(
     d.waits_migrated = l(&x.waits_migrated);
     d.mask_bytes_per_task = designs::bytes_per_task(design);
     d.stack_bytes_per_call = designs::stack_bytes_per_call(design);
+    d.phase_end = phase.end;
+    d.memory = MemoryResults {
+        hook_bytes: l(&m.hook_bytes),
+        hook_freed_bytes: l(&m.hook_freed_bytes),
+        hook_tasks: l(&m.hook_tasks),
+        hook_failures: l(&m.hook_failures),
+        task_field_bytes: designs::task_field_bytes(),
+        wait_stack_bytes: l(&m.wait_stack_bytes),
+        heap_before: phase.heap_before,
+        heap_after: phase.heap_after,
+    };
     d.mask_allocs = l(&m.allocs);
     d.mask_frees = l(&m.frees);
     d.fallbacks = l(&m.fallbacks);

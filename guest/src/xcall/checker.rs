@@ -301,10 +301,15 @@ pub fn end(token: usize) {
     release(r);
 }
 
-/// End of a phase: requests still pending lost a callback.
+/// End of a phase, once it quiesced (every caller returned, and the drain
+/// barrier saw every CPU run everything queued before it): a request still
+/// pending lost a callback. Only requests whose caller returned are looked
+/// at and freed; a slot a caller still holds is left as it is (there is
+/// none after quiescence; a stalled phase does not call this at all), so
+/// its later `end()` and callbacks cannot underflow it.
 pub fn check_lost() {
     for r in TABLE.iter() {
-        if r.remaining.load(Ordering::Acquire) == 0 {
+        if r.remaining.load(Ordering::Acquire) == 0 || !r.returned.load(Ordering::Acquire) {
             continue;
         }
         let id = r.id.load(Ordering::Relaxed);

@@ -23,6 +23,7 @@
 pub mod checker;
 pub mod designs;
 pub mod pv;
+pub mod tasks;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -342,6 +343,8 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
     if !csd.locked() {
         return;
     }
+    // For the stall report: what this task waits on.
+    let note = tasks::waiting(target);
     let start = arch::rdtsc();
     let limit = PARAMS.watchdog_cycles.load(Ordering::Relaxed);
     let chance = Prob16(PARAMS.guest_preempt_prob.load(Ordering::Relaxed));
@@ -384,6 +387,7 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
     if watch_pv {
         watch.finish();
     }
+    tasks::wait_done(note);
 }
 
 /// Where a design's wait reads its mask from.
@@ -412,6 +416,15 @@ impl WaitSet<'_> {
 
 /// Waits for every csd of `set` in `cfd` (the cfd of the CPU that queued).
 pub fn wait_all(set: &WaitSet<'_>, cfd: &Cfd, preemptible: bool) {
+    // The stack this wait uses below the design dispatch (see call_many):
+    // a local's address here against one in the dispatching frame.
+    let mark = 0u8;
+    let sp = core::hint::black_box(&mark) as *const u8 as u64;
+    if let Some(depth) = tasks::take_wait_base().map(|b| b.wrapping_sub(sp)) {
+        if depth < sched::KSTACK_SIZE as u64 {
+            designs::record_wait_stack(depth);
+        }
+    }
     let task = sched::current();
     let (switches, cpu0) = (task.switches.load(Ordering::Relaxed), percpu::cpu_id());
     let mut from = 0;
@@ -525,7 +538,11 @@ fn call_many(
     } else if wait {
         // The design decides where the wait set lives and whether the wait
         // is preemptible; it re-enables preemption (invariant 9: after
-        // that, the current CPU may differ from `this`).
+        // that, the current CPU may differ from `this`). The wait's stack
+        // depth is measured from this frame (designs::wait is never
+        // inlined, so all of the design's locals lie below it).
+        let base = 0u8;
+        tasks::set_wait_base(core::hint::black_box(&base) as *const u8 as u64);
         designs::wait(cfd);
     } else {
         sched::preempt_enable();
@@ -607,4 +624,60 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
         sched::preempt_enable();
     }
     STATS.calls.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One csd per CPU for [`drain_barrier`] (the BSP's only).
+static BARRIER_CSD: [Csd; MAX_VCPUS] = [const { Csd::new() }; MAX_VCPUS];
+
+/// The end-of-phase drain barrier, run by one task once no caller is left:
+/// two rounds of a synchronous no-op call to every other CPU (and this
+/// CPU's own queue drained in place). Synchronous entries run before the
+/// asynchronous ones drained with them, so only the second round proves
+/// that every CPU has run every callback queued before the barrier. The
+/// IPI goes out, as any call's, only when a queue goes from empty to
+/// non-empty: a queue whose IPI was lost stays undrained and shows here.
+/// Waits at most until `give_up` (TSC), sleeping between polls; returns
+/// how many CPUs did not drain and the first of them (u32::MAX: none).
+pub fn drain_barrier(give_up: u64) -> (u32, u32) {
+    let nr = nr_cpu_ids();
+    let mut stuck = CpuMask::new();
+    for _round in 0..2 {
+        sched::preempt_disable();
+        let this = percpu::cpu_id();
+        for c in 0..nr {
+            let csd = &BARRIER_CSD[c as usize];
+            if c == this || stuck.test(c) || csd.locked() {
+                continue;
+            }
+            csd_lock(csd);
+            if queue(c, csd, nop, 0, true) {
+                send_call_ipi(c);
+            }
+        }
+        let irq = arch::irq_save();
+        handle_ipi();
+        arch::irq_restore(irq);
+        sched::preempt_enable();
+        for c in 0..nr {
+            while BARRIER_CSD[c as usize].locked() && arch::rdtsc() < give_up {
+                sched::sleep_us(200);
+            }
+            if BARRIER_CSD[c as usize].locked() {
+                stuck.set(c);
+            }
+        }
+    }
+    let first = next_cpu(|i| stuck.words[i], 0).unwrap_or(u32::MAX);
+    (stuck.weight(), first)
+}
+
+/// [`abi::TestHook::StuckTask`]: waits, preemptibly, for a csd of `target`
+/// that was locked and never queued, so it never ends: the task keeps its
+/// phase from quiescing (the stall report must name it and `target`).
+pub fn stuck_wait(target: u32) -> ! {
+    let csd = Csd::new();
+    csd_lock(&csd);
+    loop {
+        csd_lock_wait(&csd, target, true);
+    }
 }

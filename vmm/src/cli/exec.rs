@@ -300,6 +300,13 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if raw.vmm_stalls.stalled() {
         note(&format!("error: {}", raw.vmm_stalls.describe()));
     }
+    for d in raw.guest.designs.iter().filter(|d| d.phase_end.stalled()) {
+        note(&format!(
+            "warning: {}'s phase did not quiesce ({} task(s) left; see the STALLED line): the designs after it did not run",
+            d.label(),
+            d.phase_end.stalled_tasks
+        ));
+    }
     for w in &raw.host.warnings {
         note(&format!("warning: {w}"));
     }

@@ -197,9 +197,16 @@ struct ScenarioArgs {
     /// default: all equal).
     #[arg(long, value_name = "LIST", value_parser = parse_weights)]
     torture_weights: Option<Weights>,
-    /// Injected allocation failures of the alloc-in-path design (0..1).
+    /// Injected allocation failures (0..1): alloc-in-path's per-call mask,
+    /// and above 64 vCPUs task-local's per-task mask at the creation of each
+    /// design phase's tasks (a refused creation is counted; nothing leaks).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     alloc_fail_prob: f64,
+    /// How long a design's phase may take past its end to quiesce (every
+    /// task it started finished, every vCPU's call queue drained); past it
+    /// the phase is reported as stalled and later designs do not run.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    quiesce_timeout: Duration,
     /// How long the workload runs (us, ms, s).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     duration: Duration,
@@ -525,6 +532,7 @@ impl RunCmd {
         config.pv = pv & (abi::pv::STEAL_TIME | abi::pv::PREEMPTED);
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
+        config.quiesce_bound = s.quiesce_timeout;
         config.duration = s.duration;
         config.forced_migration = s.forced_migration;
         config.tick_hz = s.tick_hz;

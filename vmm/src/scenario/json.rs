@@ -296,6 +296,135 @@ pub struct DesignSummary {
     /// The workload tasks the phase really spawned, by kind.
     #[serde(default)]
     pub shape: ShapeCounts,
+    /// Bytes of the pointer-sized field every task carries in every design
+    /// (the series' addition to the task, measured as the field's size).
+    #[serde(default)]
+    pub task_field_bytes: u64,
+    /// How the phase ended: quiesced, or stalled and with what.
+    #[serde(default)]
+    pub phase_end: Option<PhaseEndJson>,
+    /// Memory measured from the guest allocator during the phase.
+    #[serde(default)]
+    pub memory: Option<MemoryJson>,
+}
+
+/// How a design's phase ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseEndJson {
+    /// `quiesced` (every task finished and every call queue drained: the
+    /// end-of-phase checks ran), `stalled` (not within the bound: those
+    /// checks did not run, later designs did not run) or `not-run` (an
+    /// earlier phase stalled).
+    pub status: String,
+    /// Time from the phase's end to quiescence (or the give-up), in ms.
+    pub quiesce_ms: f64,
+    /// The bound, in ms.
+    pub bound_ms: f64,
+    /// Tasks of the phase still alive at the bound.
+    pub stalled_tasks: u32,
+    /// vCPUs whose call queue did not drain within the bound.
+    pub undrained_vcpus: u32,
+    /// The first of them (null: none).
+    pub first_undrained: Option<u32>,
+    /// The stalled tasks recorded (at most 8).
+    pub tasks: Vec<StalledTaskJson>,
+}
+
+/// A task still alive when its phase's quiescence bound ran out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StalledTaskJson {
+    /// Task id.
+    pub id: u64,
+    /// Task name.
+    pub name: String,
+    /// The vCPU it runs or is queued on.
+    pub cpu: u32,
+    /// `runnable`, `running`, `sleeping` or `dead`.
+    pub state: String,
+    /// The vCPU whose csd it waits for (null: not in a csd wait).
+    pub waits_on: Option<u32>,
+}
+
+/// Memory of one design, measured from the guest allocator's own counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryJson {
+    /// Bytes the allocator reserved for the design's per-task allocations
+    /// (task-local's mask, made at every task creation) in the phase.
+    pub hook_bytes: u64,
+    /// Bytes it got back when those tasks exited.
+    pub hook_freed_bytes: u64,
+    /// Task creations that ran the creation hook.
+    pub hook_tasks: u64,
+    /// Of those, refused because the mask could not be allocated (injected
+    /// with --alloc-fail-prob, or real).
+    pub hook_failures: u64,
+    /// Deepest stack a wait used below the design dispatch, in bytes.
+    pub wait_stack_bytes: u64,
+    /// The allocator's bytes in use at the phase's start.
+    pub heap_before: u64,
+    /// The same once the phase quiesced.
+    pub heap_after: u64,
+    /// What the design's mask would cost in a Linux with NR_CPUS=8192 and
+    /// 8192 possible CPUs: computed, not measured.
+    pub computed_nr_cpus_8192: Computed8192,
+}
+
+/// Computed mask costs at NR_CPUS=8192 (1024-byte masks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Computed8192 {
+    /// Heap bytes per task (task-local).
+    pub mask_bytes_per_task: u64,
+    /// Stack bytes per call (stack).
+    pub stack_bytes_per_call: u64,
+}
+
+use crate::results::{task_name, NR_CPUS_8192_MASK_BYTES};
+
+/// A design's mask cost at NR_CPUS=8192 (computed): heap bytes per task and
+/// stack bytes per call.
+pub fn computed_at_8192(design: abi::Design) -> Computed8192 {
+    let (task, call) = match design {
+        abi::Design::TaskLocal => (NR_CPUS_8192_MASK_BYTES, 0),
+        abi::Design::Stack => (0, NR_CPUS_8192_MASK_BYTES),
+        _ => (0, 0),
+    };
+    Computed8192 {
+        mask_bytes_per_task: task,
+        stack_bytes_per_call: call,
+    }
+}
+
+fn state_name(state: u32) -> &'static str {
+    match state {
+        abi::task_state::RUNNING => "running",
+        abi::task_state::SLEEPING => "sleeping",
+        abi::task_state::DEAD => "dead",
+        _ => "runnable",
+    }
+}
+
+impl PhaseEndJson {
+    fn new(e: &crate::results::PhaseEndReport, khz: u64) -> Self {
+        PhaseEndJson {
+            status: e.status_name().to_string(),
+            quiesce_ms: cycles_to_ns(e.quiesce_cycles, khz) as f64 / 1e6,
+            bound_ms: cycles_to_ns(e.bound_cycles, khz) as f64 / 1e6,
+            stalled_tasks: e.stalled_tasks,
+            undrained_vcpus: e.undrained_vcpus,
+            first_undrained: e.first_undrained,
+            tasks: e
+                .stalled
+                .iter()
+                .map(|t| StalledTaskJson {
+                    id: t.id,
+                    name: task_name(&t.name),
+                    cpu: t.cpu,
+                    state: state_name(t.state).to_string(),
+                    waits_on: (t.waits_on != abi::NO_WAIT).then_some(t.waits_on),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The workload tasks one phase spawned (`designs[].shape`), as the guest
@@ -401,6 +530,18 @@ impl DesignSummary {
                 issuers: d.shape.issuers,
                 hogs: d.shape.hogs,
             },
+            task_field_bytes: d.memory.task_field_bytes,
+            phase_end: Some(PhaseEndJson::new(&d.phase_end, khz)),
+            memory: Some(MemoryJson {
+                hook_bytes: d.memory.hook_bytes,
+                hook_freed_bytes: d.memory.hook_freed_bytes,
+                hook_tasks: d.memory.hook_tasks,
+                hook_failures: d.memory.hook_failures,
+                wait_stack_bytes: d.memory.wait_stack_bytes,
+                heap_before: d.memory.heap_before,
+                heap_after: d.memory.heap_after,
+                computed_nr_cpus_8192: computed_at_8192(d.design),
+            }),
             violation_log: d
                 .violation_log
                 .iter()

@@ -161,6 +161,12 @@ impl Scenario {
         probability("alloc-fail-prob", c.alloc_fail_prob)?;
         probability("forced-migration", c.forced_migration)?;
         self.validate_shape()?;
+        if c.quiesce_bound.is_zero() {
+            return Err(ScenarioError::Unused(
+                "--quiesce-timeout must be above 0 (a phase needs time to let its tasks finish)",
+            )
+            .into());
+        }
         let per_design = matches!(
             c.workload,
             Workload::Ping | Workload::Shootdown | Workload::Torture
@@ -187,12 +193,14 @@ impl Scenario {
             )
             .into());
         }
+        // Task-local's mask is allocated at every task creation above 64
+        // vCPUs (whatever design runs); below, only alloc-in-path allocates.
         if c.alloc_fail_prob > 0.0
-            && (!per_design || !c.designs.contains(&abi::Design::AllocInPath))
+            && (!per_design || !(c.designs.contains(&abi::Design::AllocInPath) || c.vcpus > 64))
         {
             return Err(ScenarioError::Unused(
-                "--alloc-fail-prob applies to the alloc-in-path design only, which this run does not \
-                 measure: this run would ignore it",
+                "--alloc-fail-prob applies to the alloc-in-path design, and above 64 vCPUs to the \
+                 task-local mask allocated at task creation; this run has neither: it would ignore it",
             )
             .into());
         }

@@ -15,6 +15,7 @@ use guest_lib::rng::Prob16;
 use super::{ALLOC_FAIL_PROB, STATS};
 
 /// Allocate (pinned), copy, unpin, wait; or stay pinned if allocation fails.
+#[inline(never)] // its own frame: the measured wait stack is the design's
 pub fn wait(cfd: &'static Cfd) {
     let layout = Layout::from_size_align(cpumask_size(), 8).expect("valid layout");
     let fail = Prob16(ALLOC_FAIL_PROB.load(Ordering::Relaxed)).hits(percpu::random());

@@ -7,7 +7,12 @@ use crate::kernel::sched;
 use crate::xcall::{self, Cfd, WaitSet};
 use guest_lib::cpumask::{nr_words, CpuMask};
 
+/// Bytes of the on-stack local: the whole [`CpuMask`], whatever the CPU
+/// count (what the report's "mask B/call on stack" shows).
+pub const MASK_BYTES: usize = core::mem::size_of::<CpuMask>();
+
 /// Copy the set to the stack (pinned), unpin, wait on the copy.
+#[inline(never)] // its own frame: the measured wait stack is the design's
 pub fn wait(cfd: &'static Cfd) {
     let mut mask = CpuMask::new();
     for (i, w) in mask.words[..nr_words()].iter_mut().enumerate() {

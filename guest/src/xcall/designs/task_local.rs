@@ -1,21 +1,25 @@
 //! `task-local`, the series: each task owns its wait mask. When the mask
 //! fits a word (`cpumask_size() <= size_of::<usize>()`, i.e. at most 64
 //! CPUs) the bits live in the task's pointer-sized field itself; otherwise
-//! a mask of `cpumask_size()` bytes is allocated when the task is created
-//! (creation fails if that fails) and freed when it exits. The wait copies
+//! a mask of `cpumask_size()` bytes is allocated when any task is created,
+//! whatever design runs (as Linux does at every fork; creation fails if
+//! that fails, and `--alloc-fail-prob` injects such failures during design
+//! phases), and freed when it exits. What the allocator really reserved
+//! for it is counted, so the per-task figure is measured. The wait copies
 //! `cfd->cpumask` into it while still pinned, re-enables preemption and
 //! waits on the copy: a preempted or migrated waiter keeps its own set.
 
-use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::alloc::Layout;
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
-use abi::Design;
-
 use crate::kernel::sched::{self, Task};
+use crate::kernel::{heap, percpu};
 use crate::xcall::{self, Cfd, WaitSet};
 use guest_lib::cpumask::{cpumask_size, nr_words};
+use guest_lib::rng::Prob16;
 
-use super::STATS;
+use super::{ALLOC_FAIL_PROB, CREATE_FAILURES_ARMED, STATS};
 
 fn layout() -> Layout {
     Layout::from_size_align(cpumask_size(), 8).expect("valid layout")
@@ -30,25 +34,36 @@ pub fn heap_bytes() -> usize {
     }
 }
 
-/// Task creation hook: allocates the mask when it does not fit the field
-/// (task-local design only). An error means the task must not be created.
+/// Task creation hook: allocates the mask when it does not fit the field,
+/// whatever design runs. An error means the task must not be created (an
+/// injected or real allocation failure; counted).
 pub fn task_created(t: &Task) -> Result<(), ()> {
-    if xcall::design() != Design::TaskLocal || heap_bytes() == 0 {
+    if heap_bytes() == 0 {
         return Ok(());
     }
-    // SAFETY: non-zero-sized layout.
-    let p = unsafe { alloc_zeroed(layout()) };
-    if p.is_null() {
+    STATS.hook_tasks.fetch_add(1, Ordering::Relaxed);
+    let injected = CREATE_FAILURES_ARMED.load(Ordering::Relaxed)
+        && Prob16(ALLOC_FAIL_PROB.load(Ordering::Relaxed)).hits(percpu::random());
+    let got = if injected {
+        None
+    } else {
+        heap::alloc_measured(layout())
+    };
+    let Some((p, bytes)) = got else {
+        STATS.hook_failures.fetch_add(1, Ordering::Relaxed);
         return Err(());
-    }
-    t.hook_slot.set(p as usize);
+    };
+    // SAFETY: a fresh allocation of cpumask_size() bytes, ours.
+    unsafe { core::ptr::write_bytes(p.as_ptr(), 0, cpumask_size()) };
+    t.hook_slot.set(p.as_ptr() as usize);
     STATS.allocs.fetch_add(1, Ordering::Relaxed);
+    STATS.hook_bytes.fetch_add(bytes, Ordering::Relaxed);
     Ok(())
 }
 
 /// Whether `t`'s slot holds a pointer to a mask allocated with the task
-/// (rather than the mask bits, or nothing: tasks created in another
-/// design's phase have an empty slot).
+/// (rather than the mask bits; empty: a task built without the hook, a
+/// boot or idle task, which never calls).
 fn allocated(t: &Task) -> bool {
     heap_bytes() != 0 && t.hook_slot.get() != 0
 }
@@ -58,9 +73,12 @@ pub fn task_freed(t: &Task) {
     if allocated(t) {
         let p = t.hook_slot.replace(0);
         // SAFETY: allocated in task_created with the same layout (the CPU
-        // count does not change during a run); the slot is now empty.
-        unsafe { dealloc(p as *mut u8, layout()) };
+        // count does not change during a run); the slot is now empty, so
+        // nothing uses it afterwards.
+        let bytes =
+            unsafe { heap::dealloc_measured(NonNull::new_unchecked(p as *mut u8), layout()) };
         STATS.frees.fetch_add(1, Ordering::Relaxed);
+        STATS.hook_freed_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -74,7 +92,9 @@ fn words(t: &Task) -> &mut [u64] {
         // touched only by the task itself.
         unsafe { core::slice::from_raw_parts_mut(t.hook_slot.get() as *mut u64, n) }
     } else {
-        debug_assert!(n == 1, "a multi-word mask without an allocation");
+        // A real check (release builds too): a task without its allocation
+        // above 64 CPUs would otherwise wait on word 0 only, an under-wait.
+        assert!(n == 1, "a multi-word mask without an allocation");
         // SAFETY: the pointer-sized field itself (usize == u64 here), owned
         // by the task and touched only by it.
         unsafe { core::slice::from_raw_parts_mut(t.hook_slot.as_ptr() as *mut u64, 1) }
@@ -82,6 +102,7 @@ fn words(t: &Task) -> &mut [u64] {
 }
 
 /// Copy the set (pinned), unpin, wait on the task's own copy.
+#[inline(never)] // its own frame: the measured wait stack is the design's
 pub fn wait(cfd: &'static Cfd) {
     let t = sched::current();
     let mask = words(t);

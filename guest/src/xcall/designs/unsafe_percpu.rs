@@ -10,6 +10,7 @@ use crate::kernel::sched;
 use crate::xcall::{self, Cfd, WaitSet};
 
 /// Unpin, then wait on the live per-CPU mask.
+#[inline(never)] // its own frame: the measured wait stack is the design's
 pub fn wait(cfd: &'static Cfd) {
     sched::preempt_enable();
     xcall::wait_all(&WaitSet::Live(&cfd.cpumask), cfd, true);
