@@ -10,7 +10,7 @@ use crate::results::DesignReport;
 
 /// Latency percentiles in nanoseconds (converted from TSC cycles with the
 /// guest's `tsc_khz`). Percentiles are the upper ends of histogram buckets
-/// (at most 6.25% wide), clamped to the exact maximum; all 0 when empty.
+/// (at most 0.78% wide), clamped to the exact maximum; all 0 when empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Values recorded.
