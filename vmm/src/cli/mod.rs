@@ -130,6 +130,18 @@ struct RunCmd {
     scenario: ScenarioArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    stats: StatsArgs,
+}
+
+/// Statistics: repeats of the whole comparison.
+#[derive(Debug, Clone, Args)]
+struct StatsArgs {
+    /// Run the whole comparison N times, each with the designs in an order
+    /// shuffled from --seed and the seed --seed + repeat - 1; every ratio
+    /// against upstream is then reported as median (min-max) over the N.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
 }
 
 /// The scenario of `run`: workload and host-side injection.

@@ -301,6 +301,18 @@ pub struct Report {
     pub guest: GuestInfo,
     /// One entry per design, in run order.
     pub designs: Vec<DesignSummary>,
+    /// The answer block: one entry per design against upstream, each ratio
+    /// with its spread over the repeats ([`crate::stats`]).
+    #[serde(default)]
+    pub summary: Vec<crate::stats::SummaryEntry>,
+    /// Figures of the summary or the tables to read with care (percentiles
+    /// on fewer than 100 samples, repeats left out).
+    #[serde(default)]
+    pub stats_warnings: Vec<String>,
+    /// Every repeat (`--repeat N`; one for a single run): its seed, design
+    /// order and designs. The other fields are the first repeat's.
+    #[serde(default)]
+    pub repeats: Vec<crate::stats::RepeatInfo>,
     /// The guest's report with its histograms (not serialised).
     #[serde(skip)]
     pub raw: Option<Box<BootReport>>,
@@ -340,7 +352,7 @@ impl Report {
             ns.resize(config.vcpus as usize, 0);
             ns
         });
-        Report {
+        let report = Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status: Status::Ok,
             reason: boot
@@ -403,8 +415,14 @@ impl Report {
                 .iter()
                 .map(|d| DesignSummary::new(d, khz))
                 .collect(),
+            summary: Vec::new(),
+            stats_warnings: Vec::new(),
+            repeats: Vec::new(),
             raw: Some(Box::new(boot)),
-        }
+        };
+        // A single run is one repeat in its given order.
+        let given: Vec<usize> = (0..report.designs.len()).collect();
+        crate::stats::combine(vec![report], &[given])
     }
 
     /// The CLI's exit code for this report: [`crate::exit_code::VIOLATION`]
