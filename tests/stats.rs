@@ -86,8 +86,15 @@ fn test_repeat_shuffles_the_design_order_seeded_and_summarises_over_n() {
 
     // The answer block: one entry per design against upstream, n = 3.
     let summary = r["summary"].as_array().expect("summary[]");
-    let designs: Vec<&str> = summary.iter().map(|e| e["design"].as_str().unwrap()).collect();
-    assert_eq!(designs, &DESIGNS[1..], "in the given order, upstream left out");
+    let designs: Vec<&str> = summary
+        .iter()
+        .map(|e| e["design"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        designs,
+        &DESIGNS[1..],
+        "in the given order, upstream left out"
+    );
     for e in summary {
         assert!(e["mask_bytes_per_task"].is_u64(), "{e}");
         assert!(e.get("task_field_bytes").is_some(), "{e}");
@@ -112,9 +119,16 @@ fn test_repeat_shuffles_the_design_order_seeded_and_summarises_over_n() {
             .find(|l| l.starts_with(&format!("{d}: ")))
             .unwrap_or_else(|| panic!("no sentence for {d}: {stdout}"));
         assert!(line.contains("over 3 repeats"), "{line}");
-        assert!(line.contains("preempt-off P99 -"), "{line}");
+        assert!(line.contains("; preempt-off P99 -;"), "{line}");
+        assert!(
+            line.contains("; probe P99 ") && line.contains("x upstream ("),
+            "{line}"
+        );
     }
-    assert!(stdout.contains("repeat 3/3: seed 7, designs in the order "), "{stdout}");
+    assert!(
+        stdout.contains("repeat 3/3: seed 7, designs in the order "),
+        "{stdout}"
+    );
     // The report reads back into the library's type.
     let back: ipivirt::Report = serde_json::from_value(r).unwrap();
     assert_eq!(back.repeats.len(), 3);
@@ -146,15 +160,24 @@ fn test_tiny_run_warns_of_few_samples_and_a_missing_ratio_is_null_and_a_dash() {
             "{d}: probe percentiles rest on fewer than 100 samples"
         ))
     };
-    assert!(warned(&stdout, "upstream") && warned(&stdout, "task-local"), "{stdout}");
+    assert!(
+        warned(&stdout, "upstream") && warned(&stdout, "task-local"),
+        "{stdout}"
+    );
     let table = stdout
         .lines()
         .find(|l| l.starts_with("probe p99 (us)"))
         .expect("probe p99 row");
     assert!(table.trim_end().ends_with('*'), "marked: {table}");
-    assert!(stdout.contains("* rests on fewer than 100 samples"), "{stdout}");
+    assert!(
+        stdout.contains("* rests on fewer than 100 samples"),
+        "{stdout}"
+    );
     let w = r["stats_warnings"].as_array().unwrap();
-    assert!(w.iter().any(|w| warned(w.as_str().unwrap(), "upstream")), "{r}");
+    assert!(
+        w.iter().any(|w| warned(w.as_str().unwrap(), "upstream")),
+        "{r}"
+    );
     assert_eq!(r["summary"][0]["probe_p99"]["n"], 1, "{r}");
 
     // The same run with upstream's probe unmeasured: that ratio is null in
@@ -186,6 +209,6 @@ fn test_tiny_run_warns_of_few_samples_and_a_missing_ratio_is_null_and_a_dash() {
         .lines()
         .find(|l| l.starts_with("task-local: "))
         .unwrap();
-    assert!(line.contains("probe P99 -,"), "{line}");
+    assert!(line.contains("; probe P99 -;"), "{line}");
     assert!(line.contains("call P99 "), "{line}");
 }

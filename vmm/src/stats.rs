@@ -99,9 +99,10 @@ impl Spread {
         })
     }
 
-    /// `0.663x (0.600-0.700x over 3 repeats)` or, for one run,
-    /// `0.663x (1 run; 95% bootstrap 0.610-0.720x)`.
-    pub fn sentence(&self) -> String {
+    /// `0.663x upstream (0.600-0.700x over 3 repeats)` or, for one run,
+    /// `0.663x upstream (1 run; 95% bootstrap 0.610-0.720x)` (`versus`:
+    /// what the ratio is against).
+    pub fn sentence(&self, versus: &str) -> String {
         let range = if self.n > 1 {
             format!(
                 "{}-{}x over {} repeats",
@@ -114,7 +115,7 @@ impl Spread {
         } else {
             "1 run".to_string()
         };
-        format!("{}x ({range})", sig3(self.median))
+        format!("{}x {versus} ({range})", sig3(self.median))
     }
 
     /// The table cell: `0.663 (0.600-0.700)`.
@@ -145,8 +146,11 @@ pub struct Metric {
     pub value: fn(&DesignSummary) -> Option<f64>,
     /// The histogram and quantile (ppm) the figure is read from, for the
     /// bootstrap interval of a single run.
-    pub samples: Option<(fn(&DesignReport) -> &Histogram, u32)>,
+    pub samples: Option<(HistOf, u32)>,
 }
+
+/// Which of a design's histograms a [`Metric`] reads.
+pub type HistOf = fn(&DesignReport) -> &Histogram;
 
 fn p99(l: &Latency) -> Option<f64> {
     (l.count > 0).then_some(l.p99 as f64)
@@ -284,13 +288,20 @@ fn uniform(rng: &mut Rng) -> f64 {
 fn resampled(h: &Histogram, q: f64, rng: &mut Rng) -> f64 {
     let n = h.count as f64;
     let z = (-2.0 * uniform(rng).ln()).sqrt() * (std::f64::consts::TAU * uniform(rng)).cos();
-    let rank = (n * q + z * (n * q * (1.0 - q)).sqrt()).ceil().clamp(1.0, n);
+    let rank = (n * q + z * (n * q * (1.0 - q)).sqrt())
+        .ceil()
+        .clamp(1.0, n);
     value_at_rank(h, rank as u64) as f64
 }
 
 /// The 95% bootstrap interval of the ratio of `design`'s to `base`'s
 /// percentile `ppm`, or None with too few samples beyond it.
-pub fn bootstrap_ratio(design: &Histogram, base: &Histogram, ppm: u32, seed: u64) -> Option<[f64; 2]> {
+pub fn bootstrap_ratio(
+    design: &Histogram,
+    base: &Histogram,
+    ppm: u32,
+    seed: u64,
+) -> Option<[f64; 2]> {
     let q = f64::from(ppm) / 1e6;
     let tail = |h: &Histogram| h.count as f64 * (1.0 - q);
     if tail(design) < BOOTSTRAP_MIN_TAIL || tail(base) < BOOTSTRAP_MIN_TAIL {
@@ -377,7 +388,8 @@ pub fn summarise(runs: &[&Report], designs: &[String]) -> Summary {
                 })
                 .collect();
             let mut spread = Spread::of(&per_run);
-            if let (Some(sp), [r], Some((hist, ppm))) = (&mut spread, reliable.as_slice(), m.samples)
+            if let (Some(sp), [r], Some((hist, ppm))) =
+                (&mut spread, reliable.as_slice(), m.samples)
             {
                 let raw = r.raw.as_deref().map(|b| &b.guest.designs);
                 let pick = |n: &str| raw.and_then(|ds| ds.iter().find(|d| d.label() == n));
@@ -448,7 +460,10 @@ pub fn summary_text(report: &Report) -> String {
     let how = if n > 1 {
         format!(
             "median (min-max) over {n} repeats, design order shuffled per repeat (seed {})",
-            report.repeats.first().map_or(report.scenario.seed, |r| r.seed)
+            report
+                .repeats
+                .first()
+                .map_or(report.scenario.seed, |r| r.seed)
         )
     } else {
         "1 run, [95% bootstrap interval] where the samples allow; --repeat N gives the spread"
@@ -456,7 +471,11 @@ pub fn summary_text(report: &Report) -> String {
     };
     let _ = writeln!(out, "answer: each design against upstream ({how})");
     let mut rows = vec![{
-        let mut h = vec!["design".to_string(), "mask B/task".into(), "task field B".into()];
+        let mut h = vec![
+            "design".to_string(),
+            "mask B/task".into(),
+            "task field B".into(),
+        ];
         h.extend(METRICS.iter().map(|m| m.label.to_string()));
         h
     }];
@@ -497,23 +516,27 @@ pub fn summary_text(report: &Report) -> String {
 }
 
 /// `task-local: +0 B per task for the mask (the series' task field -);
-/// against upstream: probe P99 0.663x (0.600-0.700x over 3 repeats), ...`
+/// preempt-off P99 -; probe P99 0.663x upstream (0.600-0.700x over 3
+/// repeats); ...`: one sentence per design, `-` for what was not measured.
 pub fn sentence(e: &SummaryEntry) -> String {
-    let bytes = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("+{b} B"));
-    let ratios: Vec<String> = METRICS
-        .iter()
-        .map(|m| {
-            let v = e.ratios.get(m.name).and_then(Option::as_ref);
-            format!("{} {}", m.label, v.map_or("-".to_string(), Spread::sentence))
-        })
-        .collect();
-    format!(
-        "{}: {} per task for the mask (the series' task field {}); against upstream: {}",
-        e.design,
-        bytes(e.mask_bytes_per_task),
-        bytes(e.task_field_bytes),
-        ratios.join(", ")
-    )
+    let bytes = match (e.mask_bytes_per_task, e.task_field_bytes) {
+        (Some(m), Some(t)) => format!(
+            "+{} B per task ({m} B mask, {t} B the series' task field)",
+            m + t
+        ),
+        (Some(m), None) => format!("+{m} B per task for the mask (the series' task field -)"),
+        (None, Some(t)) => format!("mask - B per task, the series' task field +{t} B"),
+        (None, None) => "- B per task".to_string(),
+    };
+    let mut out = format!("{}: {bytes}", e.design);
+    for m in METRICS {
+        let v = e.ratios.get(m.name).and_then(Option::as_ref);
+        let _ = match v {
+            Some(v) => write!(out, "; {} {}", m.label, v.sentence(BASELINE)),
+            None => write!(out, "; {} -", m.label),
+        };
+    }
+    out
 }
 
 /// The sweep's ratio cell of `design` in `report`: its probe and call P99
@@ -553,7 +576,10 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
         assert_eq!(Spread::of(&[1.0, 2.0]).unwrap().median, 1.5);
         assert!(Spread::of(&[]).is_none());
-        assert_eq!(s.sentence(), "2.00x (1.00-3.00x over 3 repeats)");
+        assert_eq!(
+            s.sentence("upstream"),
+            "2.00x upstream (1.00-3.00x over 3 repeats)"
+        );
     }
 
     #[test]
@@ -576,14 +602,22 @@ mod tests {
     #[test]
     fn test_repeat_config_permutes_designs_and_pv_together() {
         let mut base = MachineConfig::new(2);
-        base.designs = vec![abi::Design::Upstream, abi::Design::TaskLocal, abi::Design::Stack];
+        base.designs = vec![
+            abi::Design::Upstream,
+            abi::Design::TaskLocal,
+            abi::Design::Stack,
+        ];
         base.design_pv = vec![0, abi::pv::SCHED_YIELD, 0];
         base.seed = 7;
         let c = repeat_config(&base, 2, &[2, 0, 1]);
         assert_eq!(c.seed, 9);
         assert_eq!(
             c.designs,
-            vec![abi::Design::Stack, abi::Design::Upstream, abi::Design::TaskLocal]
+            vec![
+                abi::Design::Stack,
+                abi::Design::Upstream,
+                abi::Design::TaskLocal
+            ]
         );
         assert_eq!(c.design_pv, vec![0, 0, abi::pv::SCHED_YIELD]);
     }
