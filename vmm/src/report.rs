@@ -47,12 +47,18 @@ pub fn latency_summary(h: &Histogram, tsc_khz: u64) -> String {
         // Not a latency of zero: nothing was measured.
         return "n=0, p50 -, p99 -, max - (no samples)".into();
     }
+    let s = |c| crate::stats::sig3(us(c));
     format!(
-        "n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        "n={}, p50 {} us, p99 {} us, max {} us{}",
         h.count,
-        us(h.quantile_ppm(500_000)),
-        us(h.quantile_ppm(990_000)),
-        us(h.max)
+        s(h.quantile_ppm(500_000)),
+        s(h.quantile_ppm(990_000)),
+        s(h.max),
+        if h.count < crate::stats::MIN_SAMPLES {
+            " (fewer than 100 samples: a rough figure)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -112,9 +118,9 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
             String::new()
         } else {
             format!(
-                " {:>8.1}us {:>8.1}us",
-                cycles_to_us(h.quantile_ppm(990_000), r.tsc_khz),
-                cycles_to_us(h.max, r.tsc_khz)
+                " {:>8}us {:>8}us",
+                pct(&h, 990_000, r.tsc_khz),
+                pct(&h, 1_000_000, r.tsc_khz)
             )
         };
         let _ = writeln!(

@@ -460,9 +460,9 @@ impl Report {
         let Some(f) = &self.floor_latency_ns else {
             return String::new();
         };
-        let us = |ns: u64| ns as f64 / 1e3;
+        let us = |ns: u64| crate::stats::sig3(ns as f64 / 1e3);
         let mut out = format!(
-            "floor (raw x2APIC IPI round trip vCPU 0 -> 1 -> 0, no cross-call layer): n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us\n",
+            "floor (raw x2APIC IPI round trip vCPU 0 -> 1 -> 0, no cross-call layer): n={}, p50 {} us, p99 {} us, max {} us\n",
             f.count,
             us(f.p50),
             us(f.p99),
@@ -472,12 +472,12 @@ impl Report {
             if b == 0 {
                 "n/a".to_string()
             } else {
-                format!("{:.1}x", a as f64 / b as f64)
+                format!("{}x", crate::stats::sig3(a as f64 / b as f64))
             }
         };
         for d in &self.designs {
             out += &format!(
-                "ping {}: p50 {:.1} us = {} the floor, p99 {:.1} us = {} the floor's p99\n",
+                "ping {}: p50 {} us = {} the floor, p99 {} us = {} the floor's p99\n",
                 d.design,
                 us(d.call_latency_ns.p50),
                 ratio(d.call_latency_ns.p50, f.p50),
