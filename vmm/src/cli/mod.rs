@@ -550,6 +550,26 @@ mod tests {
     }
 
     #[test]
+    fn test_cli_repeat() {
+        let c = Cli::try_parse_from(["ipivirt", "run", "--repeat", "3"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Run(RunCmd { ref stats, .. })) if stats.repeat == 3)
+        );
+        assert_eq!(
+            Cli::try_parse_from(["ipivirt"]).unwrap().run.stats.repeat,
+            1
+        );
+        let c = Cli::try_parse_from(["ipivirt", "sweep", "--repeat", "2"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Sweep(SweepCmd { ref run, .. })) if run.stats.repeat == 2)
+        );
+        for bad in ["0", "101", "two"] {
+            let err = Cli::try_parse_from(["ipivirt", "run", "--repeat", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
     fn test_cli_run_scenario_options() {
         let c = Cli::try_parse_from([
             "ipivirt",
