@@ -339,7 +339,7 @@ fn test_cli_designs_table_and_bad_design_name() {
         assert!(stdout.contains(needle), "missing {needle:?}:\n{stdout}");
     }
     assert!(
-        stdout.contains("task-local: probe p99 "),
+        stdout.contains("task-local: +") && stdout.contains("; probe P99 "),
         "the ratio sentence: {stdout}"
     );
 

@@ -1,13 +1,16 @@
 //! A log-linear latency histogram the guest fills (one per vCPU and
 //! measure) and the VMM merges. Values are TSC cycles. Below 16 each value
-//! has its own bucket; above, every power of two is split into 16 buckets,
-//! so a bucket's width is at most 1/16 (6.25%) of its values. Integer-only:
-//! the guest is built without SSE, so no floating point here.
+//! has its own bucket; above, every power of two is split into 128 buckets,
+//! so a bucket's width is at most 1/128 (0.78%) of its values: a percentile
+//! read from the buckets is within 1% of the true one, which is what a
+//! quoted figure of 3 significant figures needs. (At 16 sub-buckets, a
+//! 6.25% bucket moved a p99 by more than the effects being measured.)
+//! Integer-only: the guest is built without SSE, so no floating point here.
 
 use crate::FieldError;
 
 /// Linear sub-buckets per power of two (as bits).
-pub const SUB_BITS: u32 = 4;
+pub const SUB_BITS: u32 = 7;
 const SUB: u64 = 1 << SUB_BITS;
 /// Largest power of two tracked: values of 2^MAX_BITS cycles and more
 /// (minutes) land in the last bucket.
@@ -80,6 +83,36 @@ impl Histogram {
         }
     }
 
+    /// Empties the histogram in place. Prefer it to `*h = Histogram::new()`
+    /// in the guest: the histogram is 17 KiB, and the assignment may build
+    /// the temporary on a 16 KiB kernel stack.
+    pub fn clear(&mut self) {
+        let used = self.used();
+        for b in &mut self.buckets[used] {
+            *b = 0;
+        }
+        self.count = 0;
+        self.sum = 0;
+        self.min = u64::MAX;
+        self.max = 0;
+    }
+
+    /// The buckets that can be non-zero: those from `min`'s to `max`'s
+    /// when the histogram is consistent (as [`Histogram::record`] keeps
+    /// it), else all. With 4352 buckets, merging or clearing only these is
+    /// what keeps a guest whose kernel code is emulated (thousands of
+    /// cycles per loop iteration) from spending seconds per phase there.
+    fn used(&self) -> core::ops::Range<usize> {
+        if self.count == 0 && self.min == u64::MAX && self.max == 0 {
+            // Empty as new() or clear() leave it: no bucket is set.
+            0..0
+        } else if self.count > 0 && self.min <= self.max {
+            bucket_of(self.min)..bucket_of(self.max) + 1
+        } else {
+            0..BUCKETS
+        }
+    }
+
     /// Records one value.
     pub fn record(&mut self, value: u64) {
         let b = &mut self.buckets[bucket_of(value)];
@@ -99,7 +132,11 @@ impl Histogram {
         if other.count == 0 {
             return;
         }
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+        let used = other.used();
+        for (a, b) in self.buckets[used.clone()]
+            .iter_mut()
+            .zip(other.buckets[used].iter())
+        {
             *a = a.saturating_add(*b);
         }
         self.count += other.count;
@@ -153,6 +190,14 @@ impl Histogram {
                     expected: "max inside a non-empty bucket",
                 });
             }
+            let (lo, hi) = (bucket_of(self.min), bucket_of(self.max));
+            if let Some(i) = (0..BUCKETS).find(|&i| (i < lo || i > hi) && self.buckets[i] != 0) {
+                return Err(FieldError {
+                    field,
+                    found: i as u64,
+                    expected: "no value outside the buckets of min..=max",
+                });
+            }
         }
         Ok(())
     }
@@ -174,13 +219,58 @@ mod tests {
             assert_eq!(bucket_of(bucket_low(i)), i, "low of {i}");
             assert_eq!(bucket_of(bucket_high(i)), i, "high of {i}");
             let (lo, hi) = (bucket_low(i), bucket_high(i));
+            // Every value v of the bucket is within 1% of the bucket's
+            // upper end (what a percentile reports): (hi - v) / v <= 1%.
             assert!(
-                (hi - lo) * 16 <= lo.max(16),
-                "bucket {i} [{lo}, {hi}] too wide"
+                i < SUB as usize || (hi - lo + 1) * 100 <= lo,
+                "bucket {i} [{lo}, {hi}] wider than 1%"
             );
+            assert!((hi - lo) * 100 <= lo.max(100), "bucket {i} [{lo}, {hi}]");
         }
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
         assert_eq!(bucket_of(1 << MAX_BITS), BUCKETS - 1);
+    }
+
+    #[test]
+    fn test_hist_percentile_within_one_percent() {
+        // Whatever the values, the reported percentile is at most 1% above
+        // the true one (the rank's own value) and never below it.
+        let mut h = Histogram::new();
+        let mut values: Vec<u64> = (0..10_000u64)
+            .map(|i| 100 + i.wrapping_mul(2_654_435_761) % 50_000_000)
+            .collect();
+        for &v in &values {
+            h.record(v);
+        }
+        values.sort_unstable();
+        for ppm in [500_000u32, 900_000, 990_000, 999_000] {
+            let rank = (values.len() as u64 * u64::from(ppm)).div_ceil(1_000_000) as usize;
+            let truth = values[rank - 1];
+            let got = h.quantile_ppm(ppm);
+            assert!(got >= truth, "{ppm}: {got} < {truth}");
+            assert!((got - truth) * 100 <= truth, "{ppm}: {got} vs {truth}");
+        }
+        let mut c = h;
+        c.clear();
+        assert_eq!((c.count, c.sum, c.max), (0, 0, 0));
+        assert!(c.buckets.iter().all(|&b| b == 0) && c.min == u64::MAX);
+        // Merging copies every count (only the used buckets are visited).
+        let mut m = Histogram::new();
+        m.merge(&h);
+        m.merge(&h);
+        assert_eq!(m.count, 2 * h.count);
+        assert!(m.validate("m").is_ok());
+        assert!(m
+            .buckets
+            .iter()
+            .zip(h.buckets.iter())
+            .all(|(a, b)| *a == 2 * *b));
+        // A zeroed (never initialised) histogram clears whole.
+        let mut z = Histogram::new();
+        z.min = 0;
+        z.buckets[7] = 3;
+        z.clear();
+        assert!(z.buckets.iter().all(|&b| b == 0));
     }
 
     #[test]
@@ -191,11 +281,11 @@ mod tests {
         }
         assert_eq!(h.count, 1000);
         let p50 = h.quantile_ppm(500_000);
-        assert!((500_000..=532_000).contains(&p50), "{p50}");
+        assert!((500_000..=505_000).contains(&p50), "{p50}");
         let p99 = h.quantile_ppm(990_000);
         assert!((990_000..=1_000_000).contains(&p99), "{p99}");
         assert_eq!(h.quantile_ppm(1_000_000), 1_000_000);
-        assert!((1000..=1063).contains(&h.quantile_ppm(0)));
+        assert!((1000..=1008).contains(&h.quantile_ppm(0)));
         assert!(h.validate("h").is_ok());
     }
 
@@ -222,5 +312,14 @@ mod tests {
         h.record(100);
         h.max = 1 << 30;
         assert!(h.validate("probe").is_err());
+        let mut h = Histogram::new();
+        h.record(100);
+        h.record(200);
+        h.buckets[bucket_of(5000)] += 1;
+        h.count += 1;
+        assert_eq!(
+            h.validate("probe").unwrap_err().found,
+            bucket_of(5000) as u64
+        );
     }
 }

@@ -29,6 +29,7 @@ pub mod results;
 pub mod scenario;
 pub mod signals;
 pub mod stall;
+pub mod stats;
 pub mod svg;
 pub mod sweep;
 pub mod vcpu;

@@ -48,12 +48,18 @@ pub fn latency_summary(h: &Histogram, tsc_khz: u64) -> String {
         // Not a latency of zero: nothing was measured.
         return "n=0, p50 -, p99 -, max - (no samples)".into();
     }
+    let s = |c| crate::stats::sig3(us(c));
     format!(
-        "n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        "n={}, p50 {} us, p99 {} us, max {} us{}",
         h.count,
-        us(h.quantile_ppm(500_000)),
-        us(h.quantile_ppm(990_000)),
-        us(h.max)
+        s(h.quantile_ppm(500_000)),
+        s(h.quantile_ppm(990_000)),
+        s(h.max),
+        if h.count < crate::stats::MIN_SAMPLES {
+            " (fewer than 100 samples: a rough figure)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -113,9 +119,9 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
             String::new()
         } else {
             format!(
-                " {:>8.1}us {:>8.1}us",
-                cycles_to_us(h.quantile_ppm(990_000), r.tsc_khz),
-                cycles_to_us(h.max, r.tsc_khz)
+                " {:>8}us {:>8}us",
+                pct(&h, 990_000, r.tsc_khz),
+                pct(&h, 1_000_000, r.tsc_khz)
             )
         };
         let _ = writeln!(
@@ -150,6 +156,26 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
         );
     }
     out
+}
+
+/// A percentile (`ppm`; 1_000_000 is the maximum) of `h` in us with 3
+/// significant figures: `-` when nothing was measured, a `*` when it rests
+/// on fewer than [`crate::stats::MIN_SAMPLES`] samples.
+fn pct(h: &Histogram, ppm: u32, tsc_khz: u64) -> String {
+    if h.count == 0 || tsc_khz == 0 {
+        return "-".into();
+    }
+    let v = if ppm >= 1_000_000 {
+        h.max
+    } else {
+        h.quantile_ppm(ppm)
+    };
+    let mark = if h.count < crate::stats::MIN_SAMPLES {
+        "*"
+    } else {
+        ""
+    };
+    format!("{}{mark}", crate::stats::sig3(cycles_to_us(v, tsc_khz)))
 }
 
 fn us(cycles: u64, tsc_khz: u64) -> String {
@@ -191,6 +217,9 @@ pub fn designs_text(r: &BootReport) -> String {
         &mut rows,
         "calls/s",
         per(&|d| {
+            if d.phase_cycles == 0 || khz == 0 {
+                return "-".into();
+            }
             format!(
                 "{:.0}",
                 d.calls as f64 / (cycles_to_us(d.phase_cycles, khz) / 1e6).max(1e-9)
@@ -200,37 +229,37 @@ pub fn designs_text(r: &BootReport) -> String {
     row(
         &mut rows,
         "call p50 (us)",
-        per(&|d| us(d.call_latency.quantile_ppm(500_000), khz)),
+        per(&|d| pct(&d.call_latency, 500_000, khz)),
     );
     row(
         &mut rows,
         "call p99 (us)",
-        per(&|d| us(d.call_latency.quantile_ppm(990_000), khz)),
+        per(&|d| pct(&d.call_latency, 990_000, khz)),
     );
     row(
         &mut rows,
         "call p99.9 (us)",
-        per(&|d| us(d.call_latency.quantile_ppm(999_000), khz)),
+        per(&|d| pct(&d.call_latency, 999_000, khz)),
     );
     row(
         &mut rows,
         "call max (us)",
-        per(&|d| us(d.call_latency.max, khz)),
+        per(&|d| pct(&d.call_latency, 1_000_000, khz)),
     );
     row(
         &mut rows,
         "probe p50 (us)",
-        per(&|d| us(d.sched_latency.quantile_ppm(500_000), khz)),
+        per(&|d| pct(&d.sched_latency, 500_000, khz)),
     );
     row(
         &mut rows,
         "probe p99 (us)",
-        per(&|d| us(d.sched_latency.quantile_ppm(990_000), khz)),
+        per(&|d| pct(&d.sched_latency, 990_000, khz)),
     );
     row(
         &mut rows,
         "probe max (us)",
-        per(&|d| us(d.sched_latency.max, khz)),
+        per(&|d| pct(&d.sched_latency, 1_000_000, khz)),
     );
     row(
         &mut rows,
@@ -291,7 +320,13 @@ pub fn designs_text(r: &BootReport) -> String {
     row(
         &mut rows,
         "task create (us)",
-        per(&|d| us(d.task_create_mean_cycles, khz)),
+        per(&|d| {
+            if d.tasks_created == 0 {
+                "-".into()
+            } else {
+                crate::stats::sig3(cycles_to_us(d.task_create_mean_cycles, khz))
+            }
+        }),
     );
     if designs.iter().any(|d| d.pv != 0) {
         rows.extend(pv_rows(designs, khz));
@@ -306,6 +341,13 @@ pub fn designs_text(r: &BootReport) -> String {
         }
         let _ = writeln!(out);
     }
+    if rows.iter().any(|r| r.1.iter().any(|c| c.ends_with('*'))) {
+        let _ = writeln!(
+            out,
+            "* rests on fewer than {} samples: a rough figure",
+            crate::stats::MIN_SAMPLES
+        );
+    }
     pv_lines(&mut out, r);
     if !r.guest.torture.is_empty() {
         let _ = writeln!(
@@ -318,40 +360,10 @@ pub fn designs_text(r: &BootReport) -> String {
     }
     memory_lines(&mut out, designs);
     stall_lines(&mut out, designs, khz);
+    // The ratios against upstream are the answer block's
+    // (crate::stats::summary_text), printed first.
     if r.vmm_stalls.stalled() {
         let _ = writeln!(out, "UNRELIABLE: {}", r.vmm_stalls.describe());
-    } else if let Some(base) = designs.iter().find(|d| {
-        d.design == abi::Design::Upstream
-            && d.label() == "upstream"
-            && d.phase_end.status != abi::phase_status::NOT_RUN
-    }) {
-        let ratio = |a: u64, b: u64| {
-            if b == 0 {
-                "n/a".to_string()
-            } else {
-                format!("{:.2}x", a as f64 / b as f64)
-            }
-        };
-        for d in designs
-            .iter()
-            .filter(|d| d.label() != "upstream" && d.phase_end.status != abi::phase_status::NOT_RUN)
-        {
-            let _ = writeln!(
-                out,
-                "{}: probe p99 {} of upstream, call p99 {}, calls {}, +{} B/task (measured)",
-                d.label(),
-                ratio(
-                    d.sched_latency.quantile_ppm(990_000),
-                    base.sched_latency.quantile_ppm(990_000)
-                ),
-                ratio(
-                    d.call_latency.quantile_ppm(990_000),
-                    base.call_latency.quantile_ppm(990_000)
-                ),
-                ratio(d.calls, base.calls),
-                d.mask_bytes_per_task
-            );
-        }
     }
     // Each PV column against its plain design, measured in the same run.
     let compared = if r.vmm_stalls.stalled() {

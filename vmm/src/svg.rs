@@ -4,7 +4,7 @@
 //! percentile up a tail axis (`-log10(1 - p)`: 50, 90, 99, 99.9, 99.99 are
 //! evenly spaced), so the tail the designs differ in gets the room, not the
 //! median. Hand-written SVG from the histogram buckets: each curve goes
-//! through the upper end of every non-empty bucket (at most 6.25% wide) at
+//! through the upper end of every non-empty bucket (at most 0.78% wide) at
 //! its cumulative fraction; the legend gives each curve's sample count.
 
 use std::fmt::Write;

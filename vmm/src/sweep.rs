@@ -150,7 +150,7 @@ pub fn plan(
 /// The header of the sweep table.
 pub fn table_header() -> String {
     format!(
-        "{:>6} {:>5} {:>8} {:<14} {:>9} {:>14} {:>15} {:>10} {:>7}",
+        "{:>6} {:>5} {:>8} {:<14} {:>9} {:>14} {:>15} {:>10} {:>7} {:>15}",
         "vcpus",
         "host",
         "ratio",
@@ -159,7 +159,8 @@ pub fn table_header() -> String {
         "call p99 (us)",
         "probe p99 (us)",
         "violations",
-        "B/task"
+        "B/task",
+        "x up probe/call"
     )
 }
 
@@ -191,18 +192,28 @@ pub fn table_rows(cell: &Cell, outcome: Result<&Report, &str>) -> String {
             for d in &r.designs {
                 let _ = writeln!(
                     out,
-                    "{head} {:<14} {:>9.0} {:>14.1} {:>15.1} {:>10} {:>7}",
+                    "{head} {:<14} {:>9.0} {:>14} {:>15} {:>10} {:>7} {:>15}",
                     d.design,
                     d.calls_per_s,
-                    d.call_latency_ns.p99 as f64 / 1e3,
-                    d.sched_latency_ns.p99 as f64 / 1e3,
+                    p99_us(&d.call_latency_ns),
+                    p99_us(&d.sched_latency_ns),
                     d.violations,
-                    d.mask_bytes_per_task
+                    d.mask_bytes_per_task,
+                    crate::stats::sweep_cell(r, &d.design)
                 );
             }
         }
     }
     out
+}
+
+/// A p99 in us with 3 significant figures (`-`: nothing measured).
+fn p99_us(l: &crate::scenario::Latency) -> String {
+    if l.count == 0 {
+        "-".into()
+    } else {
+        crate::stats::sig3(l.p99 as f64 / 1e3)
+    }
 }
 
 /// The `sweep --json` report: the sweep's status and every cell's outcome.

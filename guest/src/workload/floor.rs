@@ -73,7 +73,7 @@ pub fn run(control: &Control) {
     // SAFETY: vCPU 0's results slot; only this code (on vCPU 0) writes it
     // now, and the VMM reads it after Done.
     let hist = unsafe { &mut (*slot).calls };
-    *hist = abi::Histogram::new();
+    hist.clear();
     SPIN.store(true, Ordering::Release);
     let spinner = sched::spawn("floor", Class::High, Body::Kernel(busy, 0), 1, true).is_ok();
     while spinner && !SPINNING.load(Ordering::Acquire) {
@@ -97,7 +97,7 @@ pub fn run(control: &Control) {
         sched::sleep_us(1000);
     }
     let summary = FloorResults::from_histogram(hist);
-    *hist = abi::Histogram::new();
+    hist.clear();
     // SAFETY: BSP-only field of the shared page.
     unsafe { (*shared::results()).floor = summary };
     println!(

@@ -147,7 +147,7 @@ pub fn run_timed(control: &Control, workload: Workload) {
     END_TSC.store(end, Ordering::Relaxed);
     for c in 0..nr {
         // SAFETY: this vCPU's results slot; nobody else writes it yet.
-        unsafe { (*vcpu_results(c)).probe = abi::Histogram::new() };
+        unsafe { (*vcpu_results(c)).probe.clear() };
     }
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
@@ -178,8 +178,8 @@ fn reset_vcpu_histograms(nr: u32) {
     for c in 0..nr {
         // SAFETY: between phases no task records into these slots.
         unsafe {
-            (*vcpu_results(c)).probe = abi::Histogram::new();
-            (*vcpu_results(c)).calls = abi::Histogram::new();
+            (*vcpu_results(c)).probe.clear();
+            (*vcpu_results(c)).calls.clear();
         }
     }
 }
@@ -430,8 +430,8 @@ fn write_design_results(
     d.tasks_created = phase.spawner.created;
     d.task_create_cycles = phase.spawner.create_cycles;
     d.phase_cycles = phase.cycles;
-    d.call_latency = abi::Histogram::new();
-    d.sched_latency = abi::Histogram::new();
+    d.call_latency.clear();
+    d.sched_latency.clear();
     for cpu in 0..control.nr_vcpus {
         // SAFETY: the phase is over: no task records into these slots.
         let v = unsafe { &*vcpu_results(cpu) };

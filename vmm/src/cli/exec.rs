@@ -139,6 +139,7 @@ fn write_output(target: &Target, text: &str) -> Result<(), Error> {
 /// their workload's length the earlier cells ran (boot, calibration and
 /// emulation included), so that the bar's estimate is in this host's time.
 struct Pace {
+    what: &'static str,
     cell: usize,
     cells: usize,
     slowdown: f64,
@@ -161,7 +162,7 @@ fn run_scenario(
     let expected = scenario.expected_duration();
     let mut shown = expected;
     if let Some(p) = &pace {
-        label = format!("cell {}/{}: {label}", p.cell, p.cells);
+        label = format!("{} {}/{}: {label}", p.what, p.cell, p.cells);
         shown = expected.mul_f64(p.slowdown);
     }
     let started = std::time::Instant::now();
@@ -207,14 +208,122 @@ fn late_signal() {
     }
 }
 
-/// The PV probe (when PV features are asked for) and the run.
-fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<Report, Error> {
+/// The PV probe (when PV features are asked for) and the run(s).
+fn measure(args: &RunCmd, config: &MachineConfig, out: &mut Printer) -> Result<Repeated, Error> {
     if config.requested_pv() != 0 {
         // The host capability probe (cached: the run reuses it).
         let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
         out.say(&format!("pv: {}", probe.summary()));
     }
-    run_scenario(args, config.clone(), out, None)
+    run_repeats(args, config, out, None)
+}
+
+/// The `--repeat N` runs of one scenario, combined: the report (the first
+/// repeat's, with the summary over all), each repeat's text, and the
+/// worst exit code among them.
+struct Repeated {
+    report: Report,
+    texts: Vec<String>,
+    code: u8,
+}
+
+/// Runs the comparison `--repeat` times, each repeat with its own design
+/// order and seed ([`crate::stats::repeat_config`]) and, with more than one,
+/// a `--trace` file of its own.
+fn run_repeats(
+    args: &RunCmd,
+    config: &MachineConfig,
+    out: &mut Printer,
+    mut pace: Option<&mut Pace>,
+) -> Result<Repeated, Error> {
+    let n = args.stats.repeat.max(1) as usize;
+    let orders = crate::stats::repeat_orders(config.seed, config.designs.len(), n);
+    let mut runs = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
+    let mut code = crate::exit_code::OK;
+    let mut own = Pace {
+        what: "repeat",
+        cell: 0,
+        cells: n,
+        slowdown: 1.0,
+    };
+    for (k, order) in orders.iter().enumerate() {
+        let mut c = crate::stats::repeat_config(config, k, order);
+        if n > 1 {
+            c.inject.trace = c
+                .inject
+                .trace
+                .as_deref()
+                .map(|t| crate::sweep::cell_trace(t, k));
+        }
+        let report = match pace.as_deref_mut() {
+            Some(p) => run_scenario(args, c.clone(), out, Some(p))?,
+            None if n > 1 => {
+                own.cell = k + 1;
+                run_scenario(args, c.clone(), out, Some(&mut own))?
+            }
+            None => run_scenario(args, c.clone(), out, None)?,
+        };
+        code = code.max(report.exit_code());
+        let mut text = String::new();
+        if n > 1 {
+            text += &format!(
+                "repeat {}/{n}: seed {}, designs in the order {}\n",
+                k + 1,
+                c.seed,
+                report
+                    .designs
+                    .iter()
+                    .map(|d| d.design.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        text += &run_text(&report, &c);
+        texts.push(text);
+        runs.push(report);
+    }
+    Ok(Repeated {
+        report: crate::stats::combine(runs, &orders),
+        texts,
+        code,
+    })
+}
+
+/// The text report of one run (after the answer block): boot, scheduler,
+/// floor, the design table, the host block.
+fn run_text(report: &Report, config: &MachineConfig) -> String {
+    let Some(raw) = report.raw.as_deref() else {
+        unreachable!("a fresh report carries the guest's")
+    };
+    let mut lines = vec![online_line(raw)];
+    if raw.tsc_khz > 0 {
+        lines.push(format!(
+            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
+            raw.tsc_khz,
+            raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
+        ));
+    }
+    if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
+        lines.push(crate::report::scheduler_text(config, raw));
+    }
+    let floor = report.floor_text();
+    if !floor.is_empty() {
+        lines.push(floor);
+    }
+    if !raw.guest.designs.is_empty() {
+        lines.push(crate::report::designs_text(raw));
+    }
+    let block = host_block(
+        &raw.host,
+        raw.tsc_khz,
+        config.vcpus,
+        Measured::of(config, &raw.host),
+    );
+    if !block.is_empty() {
+        lines.push(block);
+    }
+    lines.join("\n")
 }
 
 fn run(args: &RunCmd) -> Result<u8, Error> {
@@ -231,7 +340,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
             None => Ok(()),
         })
         .and_then(|()| check_explicit_antagonist(args));
-    let report = match checked.and_then(|()| measure(args, &config, &mut out)) {
+    let repeated = match checked.and_then(|()| measure(args, &config, &mut out)) {
         Ok(r) => r,
         Err(e) => {
             outputs.record_failure(&config, &e, &provenance);
@@ -241,40 +350,22 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
             return Err(e);
         }
     };
+    let report = repeated.report;
     let Some(raw) = report.raw.as_deref() else {
         unreachable!("a fresh report carries the guest's")
     };
     if let Some(header) = crate::scenario::scenario_header(&config) {
         out.say(&header);
     }
-    out.say(&online_line(raw));
-    if raw.tsc_khz > 0 {
-        out.say(&format!(
-            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
-            raw.tsc_khz,
-            raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
-        ));
+    // The answer block first, then each repeat's report.
+    let answer = crate::stats::summary_text(&report);
+    if !answer.is_empty() {
+        out.say(answer.trim_end());
     }
-    if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
-        out.say(&crate::report::scheduler_text(&config, raw));
+    for text in &repeated.texts {
+        out.say(text.trim_end());
     }
-    let floor = report.floor_text();
-    if !floor.is_empty() {
-        out.say(&floor);
-    }
-    if !raw.guest.designs.is_empty() {
-        out.say(&crate::report::designs_text(raw));
-    }
-    let block = host_block(
-        &raw.host,
-        raw.tsc_khz,
-        config.vcpus,
-        Measured::of(&config, &raw.host),
-    );
-    if !block.is_empty() {
-        out.say(&block);
-    }
-    let mut code = report.exit_code();
+    let mut code = repeated.code;
     // Every output is attempted; the first failure is the error.
     let mut failure = None;
     if let Some(t) = &outputs.json {
@@ -378,6 +469,7 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let mut stopped = None;
     let mut done = 0;
     let mut pace = Pace {
+        what: "cell",
         cell: 0,
         cells: cells.len(),
         slowdown: 1.0,
@@ -422,11 +514,11 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
             Err(String::new())
         } else {
             entry.trace = config.inject.trace.clone();
-            match run_scenario(&args.run, config, &mut out, Some(&mut pace)) {
+            match run_repeats(&args.run, &config, &mut out, Some(&mut pace)) {
                 Ok(r) => {
-                    code = code.max(r.exit_code());
+                    code = code.max(r.code);
                     done += 1;
-                    Ok(r)
+                    Ok(r.report)
                 }
                 Err(Error::Interrupted(p)) => {
                     stopped = Some(p.signal);

@@ -131,6 +131,18 @@ struct RunCmd {
     scenario: ScenarioArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    stats: StatsArgs,
+}
+
+/// Statistics: repeats of the whole comparison.
+#[derive(Debug, Clone, Args)]
+struct StatsArgs {
+    /// Run the whole comparison N times, each with the designs in an order
+    /// shuffled from --seed and the seed --seed + repeat - 1; every ratio
+    /// against upstream is then reported as median (min-max) over the N.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
 }
 
 /// The scenario of `run`: workload and host-side injection.
@@ -650,6 +662,26 @@ mod tests {
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn test_cli_repeat() {
+        let c = Cli::try_parse_from(["ipivirt", "run", "--repeat", "3"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Run(RunCmd { ref stats, .. })) if stats.repeat == 3)
+        );
+        assert_eq!(
+            Cli::try_parse_from(["ipivirt"]).unwrap().run.stats.repeat,
+            1
+        );
+        let c = Cli::try_parse_from(["ipivirt", "sweep", "--repeat", "2"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Sweep(SweepCmd { ref run, .. })) if run.stats.repeat == 2)
+        );
+        for bad in ["0", "101", "two"] {
+            let err = Cli::try_parse_from(["ipivirt", "run", "--repeat", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
         }
     }
 

@@ -10,8 +10,12 @@ use crate::results::DesignReport;
 
 /// Latency percentiles in nanoseconds (converted from TSC cycles with the
 /// guest's `tsc_khz`). Percentiles are the upper ends of histogram buckets
-/// (at most 6.25% wide), clamped to the exact maximum; all 0 when empty.
+/// (at most 0.78% wide), clamped to the exact maximum; all 0 when empty,
+/// which the JSON writes as null (an unmeasured latency is not 0 ns), with
+/// `few_samples` true when the percentiles rest on fewer than
+/// [`crate::stats::MIN_SAMPLES`] values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "LatencyJson", from = "LatencyJson")]
 pub struct Latency {
     /// Values recorded.
     pub count: u64,
@@ -27,6 +31,51 @@ pub struct Latency {
     pub max: u64,
     /// Mean (exact, from the sum of the values).
     pub mean: f64,
+}
+
+/// The JSON of a [`Latency`]: null figures when nothing was measured.
+#[derive(Serialize, Deserialize)]
+struct LatencyJson {
+    count: u64,
+    p50: Option<u64>,
+    p90: Option<u64>,
+    p99: Option<u64>,
+    p999: Option<u64>,
+    max: Option<u64>,
+    mean: Option<f64>,
+    /// The percentiles rest on fewer than 100 values: read them as rough.
+    #[serde(default)]
+    few_samples: bool,
+}
+
+impl From<Latency> for LatencyJson {
+    fn from(l: Latency) -> Self {
+        let m = |v: u64| (l.count > 0).then_some(v);
+        LatencyJson {
+            count: l.count,
+            p50: m(l.p50),
+            p90: m(l.p90),
+            p99: m(l.p99),
+            p999: m(l.p999),
+            max: m(l.max),
+            mean: (l.count > 0).then_some(l.mean),
+            few_samples: l.count > 0 && l.count < crate::stats::MIN_SAMPLES,
+        }
+    }
+}
+
+impl From<LatencyJson> for Latency {
+    fn from(j: LatencyJson) -> Self {
+        Latency {
+            count: j.count,
+            p50: j.p50.unwrap_or(0),
+            p90: j.p90.unwrap_or(0),
+            p99: j.p99.unwrap_or(0),
+            p999: j.p999.unwrap_or(0),
+            max: j.max.unwrap_or(0),
+            mean: j.mean.unwrap_or(0.0),
+        }
+    }
 }
 
 /// TSC cycles to nanoseconds (0 when the TSC frequency is unknown).

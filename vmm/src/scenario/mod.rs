@@ -338,6 +338,18 @@ pub struct Report {
     pub guest: GuestInfo,
     /// One entry per design, in run order.
     pub designs: Vec<DesignSummary>,
+    /// The answer block: one entry per design against upstream, each ratio
+    /// with its spread over the repeats ([`crate::stats`]).
+    #[serde(default)]
+    pub summary: Vec<crate::stats::SummaryEntry>,
+    /// Figures of the summary or the tables to read with care (percentiles
+    /// on fewer than 100 samples, repeats left out).
+    #[serde(default)]
+    pub stats_warnings: Vec<String>,
+    /// Every repeat (`--repeat N`; one for a single run): its seed, design
+    /// order and designs. The other fields are the first repeat's.
+    #[serde(default)]
+    pub repeats: Vec<crate::stats::RepeatInfo>,
     /// The guest's report with its histograms (not serialised).
     #[serde(skip)]
     pub raw: Option<Box<BootReport>>,
@@ -377,7 +389,7 @@ impl Report {
             ns.resize(config.vcpus as usize, 0);
             ns
         });
-        Report {
+        let report = Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status: Status::Ok,
             reason: boot
@@ -440,8 +452,14 @@ impl Report {
                 .iter()
                 .map(|d| DesignSummary::new(d, khz))
                 .collect(),
+            summary: Vec::new(),
+            stats_warnings: Vec::new(),
+            repeats: Vec::new(),
             raw: Some(Box::new(boot)),
-        }
+        };
+        // A single run is one repeat in its given order.
+        let given: Vec<usize> = (0..report.designs.len()).collect();
+        crate::stats::combine(vec![report], &[given])
     }
 
     /// The CLI's exit code for this report: [`crate::exit_code::VIOLATION`]
@@ -479,9 +497,9 @@ impl Report {
         let Some(f) = &self.floor_latency_ns else {
             return String::new();
         };
-        let us = |ns: u64| ns as f64 / 1e3;
+        let us = |ns: u64| crate::stats::sig3(ns as f64 / 1e3);
         let mut out = format!(
-            "floor (raw x2APIC IPI round trip vCPU 0 -> 1 -> 0, no cross-call layer): n={}, p50 {:.1} us, p99 {:.1} us, max {:.1} us\n",
+            "floor (raw x2APIC IPI round trip vCPU 0 -> 1 -> 0, no cross-call layer): n={}, p50 {} us, p99 {} us, max {} us\n",
             f.count,
             us(f.p50),
             us(f.p99),
@@ -491,12 +509,12 @@ impl Report {
             if b == 0 {
                 "n/a".to_string()
             } else {
-                format!("{:.1}x", a as f64 / b as f64)
+                format!("{}x", crate::stats::sig3(a as f64 / b as f64))
             }
         };
         for d in &self.designs {
             out += &format!(
-                "ping {}: p50 {:.1} us = {} the floor, p99 {:.1} us = {} the floor's p99\n",
+                "ping {}: p50 {} us = {} the floor, p99 {} us = {} the floor's p99\n",
                 d.design,
                 us(d.call_latency_ns.p50),
                 ratio(d.call_latency_ns.p50, f.p50),

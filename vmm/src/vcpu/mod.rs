@@ -5,9 +5,9 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the thread: spawn, the run loop, the events it sends |
-//! | [`kick`] | kicking a thread out of `KVM_RUN`, and host-side pauses |
-//! | [`exit`] | what one exit means (ports, faults) |
-//! | [`dump`] | register dumps for failure reports |
+//! | `kick.rs` | kicking a thread out of `KVM_RUN`, and host-side pauses |
+//! | `exit.rs` | what one exit means (ports, faults) |
+//! | `dump.rs` | register dumps for failure reports |
 
 mod dump;
 mod exit;
