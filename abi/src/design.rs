@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 #[cfg(doc)]
 use crate::{pv, Control};
-use crate::{Histogram, Pod};
+use crate::{Histogram, Pod, PreemptOffResults, ProbeSplit};
 
 crate::wire_enum! {
     /// The IPI wait-mask designs ([`Control::designs`]).
@@ -160,6 +160,10 @@ pub struct DesignResults {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: [ViolationRecord; 8],
+    /// The preempt-off tracer's figures of the phase.
+    pub preempt_off: PreemptOffResults,
+    /// The probe's lateness split into arrival and dispatch.
+    pub probe_split: ProbeSplit,
 }
 
 // SAFETY: repr(C) of u32 pairs, u64s, Pod histograms and Pod records; the
@@ -169,7 +173,13 @@ unsafe impl Pod for DesignResults {}
 unsafe impl Pod for ViolationRecord {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8 + 8 + 10 * 8 + 2 * size_of::<Histogram>() + 8 * size_of::<ViolationRecord>()
+        == 8 + 16 * 8
+            + 8
+            + 10 * 8
+            + 2 * size_of::<Histogram>()
+            + 8 * size_of::<ViolationRecord>()
+            + size_of::<PreemptOffResults>()
+            + size_of::<ProbeSplit>()
 );
 
 #[cfg(test)]

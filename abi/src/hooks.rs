@@ -44,6 +44,10 @@ crate::wire_enum! {
         /// The hooked vCPU makes an ipivirt PV hypercall with an unknown
         /// operation: the VMM must stop the run with a clear error.
         BadHypercall = 13 => "bad-hypercall",
+        /// The hooked vCPU's probe task disables preemption once, during the
+        /// first design phase, for [`Control::test_hook_arg`] microseconds:
+        /// a section of known length the preempt-off tracer must see.
+        PinPreempt = 14 => "pin-preempt",
     }
 }
 
@@ -57,7 +61,7 @@ mod tests {
 
     #[test]
     fn test_hook_roundtrip() {
-        check_set::<TestHook>(14, "user_fault");
+        check_set::<TestHook>(15, "user_fault");
         for (code, h) in TestHook::ALL.into_iter().enumerate() {
             assert_eq!(h as usize, code);
         }

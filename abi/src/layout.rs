@@ -31,7 +31,7 @@ pub const BOOT_STACK_SIZE: u64 = 0x4000;
 /// `VCPU_RESULTS_ADDR + i * size_of::<VcpuResults>()`.
 pub const VCPU_RESULTS_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
 /// Room reserved for the per-vCPU results.
-pub const VCPU_RESULTS_SIZE: u64 = 8 << 20;
+pub const VCPU_RESULTS_SIZE: u64 = 16 << 20;
 /// The user window: 2 MiB pages the VMM maps user-accessible (with the
 /// guest image, whose code user tasks run), for user-mode task stacks.
 pub const USER_WINDOW_ADDR: u64 = VCPU_RESULTS_ADDR + VCPU_RESULTS_SIZE;

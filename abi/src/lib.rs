@@ -24,6 +24,7 @@
 //! | [`workload`] | [`Workload`] and the [`torture`] primitives |
 //! | [`pv`] | PV feature bits, [`PvVcpuState`] and the hypercall operations |
 //! | [`hooks`] | [`TestHook`] |
+//! | [`preempt_off`] | [`PreemptOffResults`] (the preempt-off tracer), [`ProbeSplit`] |
 //! | [`hist`] | [`Histogram`] |
 //! | [`wire`] | [`wire_enum!`]: each closed set defined once |
 #![cfg_attr(not(test), no_std)]
@@ -37,17 +38,21 @@ pub mod hooks;
 pub mod io;
 pub mod layout;
 pub mod mode;
+pub mod preempt_off;
 pub mod pv;
 pub mod results;
 pub mod wire;
 pub mod workload;
 
-pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
+pub use control::{
+    Control, DEFAULT_CSD_WATCHDOG_US, DEFAULT_PIN_PREEMPT_US, DEFAULT_PREEMPT_WINDOW_US,
+};
 pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port};
 pub use mode::{guest_mode, native_error};
+pub use preempt_off::{PreemptOffCause, PreemptOffCpu, PreemptOffResults, ProbeSplit};
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
@@ -59,7 +64,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

@@ -280,9 +280,12 @@ pub struct VcpuResults {
     /// Cross-call latency recorded on this vCPU during the current design
     /// phase (scratch: merged into [`DesignResults::call_latency`]).
     pub calls: Histogram,
+    /// The probe's lateness split during the current phase (scratch:
+    /// merged into [`DesignResults::probe_split`]).
+    pub probe_split: crate::ProbeSplit,
 }
 
-// SAFETY: two Pod members of equal alignment, no padding.
+// SAFETY: Pod members of equal alignment, no padding.
 unsafe impl Pod for VcpuResults {}
 
 /// The shared area at [`layout::SHARED_ADDR`].

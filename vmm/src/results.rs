@@ -407,6 +407,101 @@ pub struct DesignReport {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: Vec<ViolationRecord>,
+    /// The preempt-off tracer's figures of the phase.
+    pub preempt_off: PreemptOffReport,
+    /// Probe lateness, due time to the timer interrupt that woke it (cycles).
+    pub probe_arrival: Histogram,
+    /// Probe lateness, that interrupt to the probe running (cycles).
+    pub probe_dispatch: Histogram,
+}
+
+/// The preempt-off tracer's figures of one phase, validated (TSC cycles):
+/// per vCPU the longest non-preemptible section of each window, and their
+/// P50/P99/max.
+#[derive(Debug, Clone, Default)]
+pub struct PreemptOffReport {
+    /// Whether the tracer ran (it is off only with the hidden
+    /// `--no-preempt-trace`).
+    pub enabled: bool,
+    /// The window (cycles).
+    pub window_cycles: u64,
+    /// Sections that ended in the phase, all vCPUs.
+    pub sections: u64,
+    /// Sections the tracer found open where none could be (0 in a correct
+    /// kernel; dropped, not measured).
+    pub unmatched: u64,
+    /// Every vCPU's window maxima.
+    pub window_max: Histogram,
+    /// Per cause ([`abi::preempt_off::cause`]): windows whose longest
+    /// section it was, and the longest of those.
+    pub causes: [abi::PreemptOffCause; abi::preempt_off::cause::COUNT],
+    /// Per vCPU, in vCPU order.
+    pub per_cpu: Vec<abi::PreemptOffCpu>,
+}
+
+impl PreemptOffReport {
+    /// The P99 over all vCPUs' window maxima in ns (None: no window was
+    /// measured). The figure the series reports, per design.
+    pub fn p99_ns(&self, tsc_khz: u64) -> Option<u64> {
+        (self.enabled && self.window_max.count > 0).then(|| {
+            crate::scenario::cycles_to_ns(self.window_max.quantile_ppm(990_000), tsc_khz)
+        })
+    }
+}
+
+fn preempt_off_report(
+    p: &abi::PreemptOffResults,
+    vcpus: u32,
+) -> Result<PreemptOffReport, FieldError> {
+    let bad = |field, found: u64, expected| FieldError {
+        field,
+        found,
+        expected,
+    };
+    if p.enabled > 1 {
+        return Err(bad("designs[].preempt_off.enabled", p.enabled.into(), "0 or 1"));
+    }
+    p.window_max
+        .validate("designs[].preempt_off.window_max")?;
+    let n = (vcpus as usize).min(abi::MAX_VCPUS);
+    let per_cpu = p.per_cpu[..n].to_vec();
+    if let Some(i) = per_cpu.iter().position(|c| !c.is_consistent()) {
+        return Err(bad(
+            "designs[].preempt_off.per_cpu",
+            i as u64,
+            "p50 <= p99 <= max, all 0 without windows",
+        ));
+    }
+    let windows: u64 = per_cpu.iter().map(|c| c.windows).fold(0, u64::saturating_add);
+    if windows != p.window_max.count
+        || per_cpu.iter().any(|c| c.max > p.window_max.max)
+    {
+        return Err(bad(
+            "designs[].preempt_off.window_max",
+            p.window_max.count,
+            "the per-vCPU windows merged",
+        ));
+    }
+    let attributed = p.causes.iter().map(|c| c.windows).fold(0, u64::saturating_add);
+    if attributed > windows || p.causes.iter().any(|c| c.max > p.window_max.max) {
+        return Err(bad(
+            "designs[].preempt_off.causes",
+            attributed,
+            "at most the windows, none longer than the longest",
+        ));
+    }
+    if p.enabled == 1 && p.window_cycles == 0 {
+        return Err(bad("designs[].preempt_off.window_cycles", 0, "above 0"));
+    }
+    Ok(PreemptOffReport {
+        enabled: p.enabled == 1,
+        window_cycles: p.window_cycles,
+        sections: p.sections,
+        unmatched: p.unmatched,
+        window_max: p.window_max,
+        causes: p.causes,
+        per_cpu,
+    })
 }
 
 impl DesignReport {
@@ -428,6 +523,7 @@ fn design_report(
     expected: Design,
     expected_pv: u32,
     index: usize,
+    vcpus: u32,
 ) -> Result<DesignReport, FieldError> {
     let field = |name| FieldError {
         field: name,
@@ -468,6 +564,13 @@ fn design_report(
     }
     d.call_latency.validate("designs[].call_latency")?;
     d.sched_latency.validate("designs[].sched_latency")?;
+    d.probe_split
+        .arrival
+        .validate("designs[].probe_split.arrival")?;
+    d.probe_split
+        .dispatch
+        .validate("designs[].probe_split.dispatch")?;
+    let preempt_off = preempt_off_report(&d.preempt_off, vcpus)?;
     let logged = d.violations.min(8) as usize;
     let log = d.violation_log[..logged].to_vec();
     if log
@@ -519,6 +622,9 @@ fn design_report(
         call_latency: d.call_latency,
         sched_latency: d.sched_latency,
         violation_log: log,
+        preempt_off,
+        probe_arrival: d.probe_split.arrival,
+        probe_dispatch: d.probe_split.dispatch,
     })
 }
 
@@ -700,7 +806,9 @@ pub fn guest_report(
         designs: designs
             .iter()
             .enumerate()
-            .map(|(i, &d)| design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i))
+            .map(|(i, &d)| {
+                design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i, vcpus)
+            })
             .collect::<Result<_, _>>()?,
         floor: r.floor,
     })

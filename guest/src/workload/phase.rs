@@ -10,7 +10,7 @@ use abi::{layout, Control, Design, DesignResults, VcpuResults, Workload, MAX_DES
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::{arch, heap, shared};
+use crate::kernel::{arch, heap, shared, trace};
 use crate::xcall::{self, checker, designs, pv};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
@@ -105,7 +105,11 @@ pub fn run_timed(control: &Control, workload: Workload) {
     END_TSC.store(end, Ordering::Relaxed);
     for c in 0..nr {
         // SAFETY: this vCPU's results slot; nobody else writes it yet.
-        unsafe { (*vcpu_results(c)).probe = abi::Histogram::new() };
+        unsafe {
+            (*vcpu_results(c)).probe = abi::Histogram::new();
+            (*vcpu_results(c)).probe_split.arrival = abi::Histogram::new();
+            (*vcpu_results(c)).probe_split.dispatch = abi::Histogram::new();
+        }
     }
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
@@ -133,6 +137,8 @@ fn reset_vcpu_histograms(nr: u32) {
         unsafe {
             (*vcpu_results(c)).probe = abi::Histogram::new();
             (*vcpu_results(c)).calls = abi::Histogram::new();
+            (*vcpu_results(c)).probe_split.arrival = abi::Histogram::new();
+            (*vcpu_results(c)).probe_split.dispatch = abi::Histogram::new();
         }
     }
 }
@@ -208,7 +214,12 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
     END_TSC.store(end, Ordering::Relaxed);
+    // The preempt-off tracer's windows cover the phase's clock.
+    let window = u64::from(control.preempt_window_us()) * cycles_per_us;
+    trace::begin_phase(window, control.preempt_trace_off == 0);
+    probe::arm_pin(control, start, end);
     sched::sleep_until(end);
+    trace::end_phase();
     wait_for_tasks(live_before, 2000);
     // Let asynchronous calls still in flight land, then look for lost ones.
     sched::sleep_us(20_000);
@@ -256,6 +267,15 @@ fn write_design_results(
         d.call_latency.merge(&v.calls);
         d.sched_latency.merge(&v.probe);
     }
+    d.probe_split.arrival = abi::Histogram::new();
+    d.probe_split.dispatch = abi::Histogram::new();
+    for cpu in 0..control.nr_vcpus {
+        // SAFETY: as above.
+        let v = unsafe { &*vcpu_results(cpu) };
+        d.probe_split.arrival.merge(&v.probe_split.arrival);
+        d.probe_split.dispatch.merge(&v.probe_split.dispatch);
+    }
+    write_preempt_off(&mut d.preempt_off, control);
     d.violation_log = checker::log();
     d.pv = features;
     d.pv_kvm = control.pv_kvm & features;
@@ -270,4 +290,30 @@ fn write_design_results(
     d.preempted_seen_kvm = l(&p.seen_kvm);
     d.preempted_seen_ipivirt = l(&p.seen_ipivirt);
     d.valid = 1;
+}
+
+/// The preempt-off tracer's figures of the phase that just ended: every
+/// vCPU's window maxima merged, summarised per vCPU, and the causes.
+fn write_preempt_off(p: &mut abi::PreemptOffResults, control: &Control) {
+    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    p.enabled = u32::from(trace::enabled());
+    p.reserved = 0;
+    p.window_cycles = u64::from(control.preempt_window_us()) * cycles_per_us;
+    p.sections = 0;
+    p.unmatched = 0;
+    p.window_max = abi::Histogram::new();
+    p.causes = [abi::PreemptOffCause::default(); abi::preempt_off::cause::COUNT];
+    p.per_cpu = [abi::PreemptOffCpu::default(); abi::MAX_VCPUS];
+    for cpu in 0..control.nr_vcpus {
+        trace::with_snapshot(cpu, |s| {
+            p.window_max.merge(&s.windows);
+            p.per_cpu[cpu as usize] = abi::PreemptOffCpu::from_histogram(&s.windows);
+            for (sum, c) in p.causes.iter_mut().zip(s.causes.iter()) {
+                sum.windows += c.windows;
+                sum.max = sum.max.max(c.max);
+            }
+            p.sections += s.sections;
+            p.unmatched += s.unmatched;
+        });
+    }
 }
