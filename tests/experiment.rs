@@ -108,7 +108,10 @@ fn check_probe_split(d: &Value, probes: u64) {
     let whole = d["sched_latency_ns"]["max"].as_u64().unwrap();
     for part in ["probe_arrival_ns", "probe_dispatch_ns"] {
         let max = d[part]["max"].as_u64().unwrap();
-        assert!(max <= whole + whole / 16 + 1000, "{part} above the whole: {d}");
+        assert!(
+            max <= whole + whole / 16 + 1000,
+            "{part} above the whole: {d}"
+        );
     }
 }
 
@@ -126,7 +129,11 @@ fn check_preempt_off(d: &Value, vcpus: u64) {
         .collect();
     assert!(q[0] <= q[1] && q[1] <= q[2] && q[2] > 0, "{p}");
     assert!(uint(p, "/sections") >= windows, "{p}");
-    assert_eq!(uint(p, "/unmatched"), 0, "a section end the tracer missed: {p}");
+    assert_eq!(
+        uint(p, "/unmatched"),
+        0,
+        "a section end the tracer missed: {p}"
+    );
     let per_cpu = p["per_cpu"].as_array().expect("per_cpu");
     assert_eq!(per_cpu.len() as u64, vcpus, "{p}");
     let mut sum = 0;
@@ -143,12 +150,22 @@ fn check_preempt_off(d: &Value, vcpus: u64) {
     }
     assert_eq!(sum, windows, "{p}");
     let causes = p["causes"].as_object().expect("causes");
-    for name in ["other", "sched", "send", "csd_lock", "csd_lock_wait", "test_hook"] {
+    for name in [
+        "other",
+        "sched",
+        "send",
+        "csd_lock",
+        "csd_lock_wait",
+        "test_hook",
+    ] {
         let c = &causes[name];
         assert!(c["windows"].is_u64(), "{name}: {p}");
         assert_eq!(c["max_ns"].is_null(), c["windows"] == 0, "{name}: {p}");
     }
-    let attributed: u64 = causes.values().map(|c| c["windows"].as_u64().unwrap()).sum();
+    let attributed: u64 = causes
+        .values()
+        .map(|c| c["windows"].as_u64().unwrap())
+        .sum();
     assert!(attributed <= windows, "{p}");
 }
 

@@ -56,7 +56,9 @@ fn test_tracer_sees_the_pinned_section_of_the_hook() {
     assert_eq!(p["unmatched"], 0, "{p}");
     let hook = &p["causes"]["test_hook"];
     assert_eq!(hook["windows"], 1, "the hook's window: {p}");
-    let ns = hook["max_ns"].as_u64().expect("the hook's section measured");
+    let ns = hook["max_ns"]
+        .as_u64()
+        .expect("the hook's section measured");
     let want = PIN_US * 1000;
     assert!(
         ns >= want && ns <= want + want / 10,

@@ -114,8 +114,7 @@ unsafe impl Pod for ProbeSplit {}
 
 const _: () = assert!(
     size_of::<PreemptOffResults>()
-        == 8
-            + 3 * 8
+        == 8 + 3 * 8
             + size_of::<Histogram>()
             + cause::COUNT * 16
             + MAX_VCPUS * size_of::<PreemptOffCpu>()

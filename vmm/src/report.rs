@@ -74,6 +74,13 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
             g.trap_cycles, g.icr_cycles, g.eoi_cycles
         );
     }
+    if g.preempt_pair_traced_cycles != 0 {
+        let _ = writeln!(
+            out,
+            "preempt-off tracer: a preempt_disable/enable pair costs {} cycles traced, {} untraced",
+            g.preempt_pair_traced_cycles, g.preempt_pair_cycles
+        );
+    }
     if let Some(why) = g.native_error {
         let _ = writeln!(out, "platform: native mode not entered: {why}");
     }

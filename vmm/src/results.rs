@@ -443,9 +443,8 @@ impl PreemptOffReport {
     /// The P99 over all vCPUs' window maxima in ns (None: no window was
     /// measured). The figure the series reports, per design.
     pub fn p99_ns(&self, tsc_khz: u64) -> Option<u64> {
-        (self.enabled && self.window_max.count > 0).then(|| {
-            crate::scenario::cycles_to_ns(self.window_max.quantile_ppm(990_000), tsc_khz)
-        })
+        (self.enabled && self.window_max.count > 0)
+            .then(|| crate::scenario::cycles_to_ns(self.window_max.quantile_ppm(990_000), tsc_khz))
     }
 }
 
@@ -459,10 +458,13 @@ fn preempt_off_report(
         expected,
     };
     if p.enabled > 1 {
-        return Err(bad("designs[].preempt_off.enabled", p.enabled.into(), "0 or 1"));
+        return Err(bad(
+            "designs[].preempt_off.enabled",
+            p.enabled.into(),
+            "0 or 1",
+        ));
     }
-    p.window_max
-        .validate("designs[].preempt_off.window_max")?;
+    p.window_max.validate("designs[].preempt_off.window_max")?;
     let n = (vcpus as usize).min(abi::MAX_VCPUS);
     let per_cpu = p.per_cpu[..n].to_vec();
     if let Some(i) = per_cpu.iter().position(|c| !c.is_consistent()) {
@@ -472,17 +474,22 @@ fn preempt_off_report(
             "p50 <= p99 <= max, all 0 without windows",
         ));
     }
-    let windows: u64 = per_cpu.iter().map(|c| c.windows).fold(0, u64::saturating_add);
-    if windows != p.window_max.count
-        || per_cpu.iter().any(|c| c.max > p.window_max.max)
-    {
+    let windows: u64 = per_cpu
+        .iter()
+        .map(|c| c.windows)
+        .fold(0, u64::saturating_add);
+    if windows != p.window_max.count || per_cpu.iter().any(|c| c.max > p.window_max.max) {
         return Err(bad(
             "designs[].preempt_off.window_max",
             p.window_max.count,
             "the per-vCPU windows merged",
         ));
     }
-    let attributed = p.causes.iter().map(|c| c.windows).fold(0, u64::saturating_add);
+    let attributed = p
+        .causes
+        .iter()
+        .map(|c| c.windows)
+        .fold(0, u64::saturating_add);
     if attributed > windows || p.causes.iter().any(|c| c.max > p.window_max.max) {
         return Err(bad(
             "designs[].preempt_off.causes",
@@ -651,6 +658,11 @@ pub struct GuestReport {
     pub icr_cycles: u64,
     /// One x2APIC EOI write, TSC cycles (0: not measured).
     pub eoi_cycles: u64,
+    /// One preempt_disable/enable pair, preempt-off tracer off, TSC cycles
+    /// (0: not measured).
+    pub preempt_pair_cycles: u64,
+    /// The same with the tracer on (0: not measured).
+    pub preempt_pair_traced_cycles: u64,
     /// Per-vCPU counters.
     pub vcpus: Vec<VcpuCounters>,
     /// Latency probe per vCPU (TSC cycles late).
@@ -769,6 +781,8 @@ pub fn guest_report(
         trap_cycles: r.trap_cycles,
         icr_cycles: r.icr_cycles,
         eoi_cycles: r.eoi_cycles,
+        preempt_pair_cycles: r.preempt_pair_cycles,
+        preempt_pair_traced_cycles: r.preempt_pair_traced_cycles,
         vcpus: statuses
             .iter()
             .map(|s| VcpuCounters {
@@ -806,9 +820,7 @@ pub fn guest_report(
         designs: designs
             .iter()
             .enumerate()
-            .map(|(i, &d)| {
-                design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i, vcpus)
-            })
+            .map(|(i, &d)| design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i, vcpus))
             .collect::<Result<_, _>>()?,
         floor: r.floor,
     })

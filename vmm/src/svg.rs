@@ -100,13 +100,7 @@ fn label_ns(ns: f64) -> String {
 }
 
 /// One panel: axes, decade ticks, one `<path class="curve">` per design.
-fn panel(
-    out: &mut String,
-    x0: f64,
-    title: &str,
-    class: &str,
-    curves: &[(&str, Vec<(f64, f64)>)],
-) {
+fn panel(out: &mut String, x0: f64, title: &str, class: &str, curves: &[(&str, Vec<(f64, f64)>)]) {
     let (mut lo, mut hi) = (f64::MAX, 0.0f64);
     for (_, pts) in curves {
         for &(x, _) in pts {

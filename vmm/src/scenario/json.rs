@@ -150,6 +150,14 @@ pub struct Platform {
     /// One x2APIC EOI write (null: not measured).
     #[serde(default)]
     pub eoi_write_ns: Option<u64>,
+    /// One preempt_disable/enable pair with the preempt-off tracer off
+    /// (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_ns: Option<u64>,
+    /// The same pair traced (one section each): the tracer's own cost is
+    /// the difference (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_traced_ns: Option<u64>,
 }
 
 /// Paravirtual features: what the host offers (its probe) and what ran.
