@@ -966,6 +966,59 @@ mod tests {
         assert_eq!((r.online, r.guest_boot_cycles), (4, 250));
     }
 
+    /// A design slot with a consistent preempt-off record for 2 vCPUs.
+    fn traced_design() -> DesignResults {
+        let mut d = DesignResults::zeroed();
+        d.valid = 1;
+        d.design = Design::Upstream as u32;
+        let p = &mut d.preempt_off;
+        p.enabled = 1;
+        p.window_cycles = 100;
+        p.window_max = Histogram::new();
+        for (cpu, values) in [[10u64, 20], [30, 4000]].iter().enumerate() {
+            let mut h = Histogram::new();
+            for &v in values {
+                h.record(v);
+                p.window_max.record(v);
+            }
+            p.per_cpu[cpu] = abi::PreemptOffCpu::from_histogram(&h);
+        }
+        p.causes[abi::preempt_off::cause::CSD_LOCK_WAIT] = abi::PreemptOffCause {
+            windows: 2,
+            max: 4000,
+        };
+        d
+    }
+
+    #[test]
+    fn test_preempt_off_record_is_validated() {
+        let report = |d: &DesignResults| design_report(d, Design::Upstream, 0, 0, 2);
+        let good = report(&traced_design()).unwrap();
+        assert_eq!(good.preempt_off.per_cpu.len(), 2);
+        assert_eq!(good.preempt_off.p99_ns(1_000_000), Some(4000));
+        let mut d = traced_design();
+        d.preempt_off.per_cpu[1].p50 = 5000; // above its p99
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.per_cpu"
+        );
+        let mut d = traced_design();
+        d.preempt_off.per_cpu[0].windows = 7; // does not add up
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.window_max"
+        );
+        let mut d = traced_design();
+        d.preempt_off.causes[0].windows = 9; // more than the windows
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.causes"
+        );
+        let mut d = traced_design();
+        d.preempt_off.enabled = 0;
+        assert_eq!(report(&d).unwrap().preempt_off.p99_ns(1000), None);
+    }
+
     #[test]
     fn test_boot_report_rejects_bad_magic() {
         let mut page = good_page(4);
