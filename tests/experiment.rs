@@ -128,7 +128,7 @@ fn check_preempt_off(d: &Value, vcpus: u64) {
         .map(|f| p[f].as_u64().unwrap_or_else(|| panic!("{f}: {p}")))
         .collect();
     assert!(q[0] <= q[1] && q[1] <= q[2] && q[2] > 0, "{p}");
-    assert!(uint(p, "/sections") >= windows, "{p}");
+    assert!(uint(p, "/sections") > 0, "{p}");
     assert_eq!(
         uint(p, "/unmatched"),
         0,

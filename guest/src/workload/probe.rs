@@ -16,6 +16,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use abi::preempt_off::cause;
 use abi::{layout, Control, TestHook, VcpuResults};
 
+use crate::kernel::console::println;
+use crate::kernel::fmt::Dec;
 use crate::kernel::{arch, sched, trace};
 
 use super::END_TSC;
@@ -56,13 +58,22 @@ fn maybe_pin(cpu: usize, now: u64) {
     }
     let cycles = PIN_CYCLES.load(Ordering::Relaxed);
     sched::preempt_disable();
-    let tag = trace::cause(cause::TEST_HOOK);
     let t0 = arch::rdtsc();
+    let tag = trace::cause(cause::TEST_HOOK);
     while arch::rdtsc().wrapping_sub(t0) < cycles {
         arch::pause();
     }
     trace::cause(tag);
+    let pinned = arch::rdtsc() - t0;
     sched::preempt_enable();
+    // The section as the hook itself measured it (longer than asked when
+    // the host held the vCPU as the spin ended): the test compares the
+    // tracer's figure with this.
+    println!(
+        "pin-preempt: vCPU {} pinned for {} cycles",
+        Dec(cpu as u64),
+        Dec(pinned)
+    );
 }
 
 /// The probe task of vCPU `cpu`: runs until the workload's end.
