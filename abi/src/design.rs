@@ -160,11 +160,27 @@ pub struct DesignResults {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: [ViolationRecord; 8],
+    /// The tasks the phase's workload spawned, by kind.
+    pub shape: ShapeCounts,
     /// The preempt-off tracer's figures of the phase.
     pub preempt_off: PreemptOffResults,
     /// The probe's lateness split into arrival and dispatch.
     pub probe_split: ProbeSplit,
 }
+
+/// The tasks one phase spawned, by kind: what the guest really started
+/// for `--issuers-per-cpu`, `--hogs-per-cpu` and `--initiators`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShapeCounts {
+    /// IPI-issuing tasks created.
+    pub issuers: u32,
+    /// CPU-bound tasks that send no IPI created.
+    pub hogs: u32,
+}
+
+// SAFETY: repr(C) of two u32: no padding.
+unsafe impl Pod for ShapeCounts {}
 
 // SAFETY: repr(C) of u32 pairs, u64s, Pod histograms and Pod records; the
 // size assert pins the layout without padding.
@@ -178,6 +194,7 @@ const _: () = assert!(
             + 10 * 8
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
+            + size_of::<ShapeCounts>()
             + size_of::<PreemptOffResults>()
             + size_of::<ProbeSplit>()
 );

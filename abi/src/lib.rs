@@ -45,12 +45,12 @@ pub mod wire;
 pub mod workload;
 
 pub use control::{
-    Control, DEFAULT_CSD_WATCHDOG_US, DEFAULT_PIN_PREEMPT_US, DEFAULT_PREEMPT_WINDOW_US,
+    Control, Shape, DEFAULT_CSD_WATCHDOG_US, DEFAULT_PIN_PREEMPT_US, DEFAULT_PREEMPT_WINDOW_US,
 };
-pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
+pub use design::{violation, Design, DesignResults, ShapeCounts, ViolationKind, ViolationRecord};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
-pub use io::{syscall, vector, GuestStatus, Port};
+pub use io::{syscall, vector, GuestStatus, Port, PHASE_END};
 pub use mode::{guest_mode, native_error};
 pub use preempt_off::{PreemptOffCause, PreemptOffCpu, PreemptOffResults, ProbeSplit};
 pub use pv::PvVcpuState;
@@ -64,7 +64,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
