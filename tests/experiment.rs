@@ -97,6 +97,78 @@ fn check_provenance(p: &Value) {
     }
 }
 
+/// The probe's lateness split (issue 15): arrival and dispatch are
+/// histograms of the same probe runs as `sched_latency_ns` (every run the
+/// timer woke), and each part is at most the whole's maximum plus a bucket.
+fn check_probe_split(d: &Value, probes: u64) {
+    let arrival = check_latency(&d["probe_arrival_ns"], "probe_arrival_ns");
+    let dispatch = check_latency(&d["probe_dispatch_ns"], "probe_dispatch_ns");
+    assert_eq!(arrival, dispatch, "{d}");
+    assert!(arrival > 0 && arrival <= probes, "{d}");
+    let whole = d["sched_latency_ns"]["max"].as_u64().unwrap();
+    for part in ["probe_arrival_ns", "probe_dispatch_ns"] {
+        let max = d[part]["max"].as_u64().unwrap();
+        assert!(
+            max <= whole + whole / 16 + 1000,
+            "{part} above the whole: {d}"
+        );
+    }
+}
+
+/// The preempt-off object (issue 15): window, the P50/P99/max of the window
+/// maxima (ordered; null only without windows), one entry per vCPU whose
+/// windows add up, every cause named, and no section left unmatched.
+fn check_preempt_off(d: &Value, vcpus: u64) {
+    let p = &d["preempt_off"];
+    assert!(p["window_ms"].as_f64().is_some_and(|w| w > 0.0), "{p}");
+    let windows = uint(p, "/windows");
+    assert!(windows > 0, "no window measured: {p}");
+    let q: Vec<u64> = ["p50_ns", "p99_ns", "max_ns"]
+        .iter()
+        .map(|f| p[f].as_u64().unwrap_or_else(|| panic!("{f}: {p}")))
+        .collect();
+    assert!(q[0] <= q[1] && q[1] <= q[2] && q[2] > 0, "{p}");
+    assert!(uint(p, "/sections") > 0, "{p}");
+    assert_eq!(
+        uint(p, "/unmatched"),
+        0,
+        "a section end the tracer missed: {p}"
+    );
+    let per_cpu = p["per_cpu"].as_array().expect("per_cpu");
+    assert_eq!(per_cpu.len() as u64, vcpus, "{p}");
+    let mut sum = 0;
+    for (i, c) in per_cpu.iter().enumerate() {
+        assert_eq!(uint(c, "/cpu"), i as u64);
+        let n = uint(c, "/windows");
+        sum += n;
+        if n == 0 {
+            assert!(c["p99_ns"].is_null(), "{c}");
+            continue;
+        }
+        let (p50, p99, max) = (uint(c, "/p50_ns"), uint(c, "/p99_ns"), uint(c, "/max_ns"));
+        assert!(p50 <= p99 && p99 <= max && max <= q[2], "{c}");
+    }
+    assert_eq!(sum, windows, "{p}");
+    let causes = p["causes"].as_object().expect("causes");
+    for name in [
+        "other",
+        "sched",
+        "send",
+        "csd_lock",
+        "csd_lock_wait",
+        "test_hook",
+    ] {
+        let c = &causes[name];
+        assert!(c["windows"].is_u64(), "{name}: {p}");
+        assert_eq!(c["max_ns"].is_null(), c["windows"] == 0, "{name}: {p}");
+    }
+    let attributed: u64 = causes
+        .values()
+        .map(|c| c["windows"].as_u64().unwrap())
+        .sum();
+    assert!(attributed <= windows, "{p}");
+}
+
 /// Checks a report against the contract; returns the design names.
 fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
     assert!(r["version"].is_string());
@@ -197,7 +269,9 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
             sync_calls > 0 && sync_calls <= calls,
             "{name}: {sync_calls} timed, {calls} calls"
         );
-        check_latency(&d["sched_latency_ns"], "sched_latency_ns");
+        let probes = check_latency(&d["sched_latency_ns"], "sched_latency_ns");
+        check_probe_split(d, probes);
+        check_preempt_off(d, vcpus);
         for f in [
             "waits_preempted",
             "waits_migrated",
@@ -246,6 +320,12 @@ fn test_json_and_svg_of_a_short_shootdown_run() {
         .filter(|n| n.has_tag_name("path") && n.attribute("class") == Some("curve"))
         .collect();
     assert_eq!(curves.len(), 4, "one path per design per panel");
+    // The preempt-off panel (issue 15): one curve per design.
+    let poff = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("path") && n.attribute("class") == Some("poff-curve"))
+        .count();
+    assert_eq!(poff, 2, "one preempt-off curve per design");
     for design in ["upstream", "task-local"] {
         assert_eq!(
             curves

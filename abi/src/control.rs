@@ -79,14 +79,33 @@ pub struct Control {
     /// microseconds (0: [`DEFAULT_QUIESCE_BOUND_US`]); past it the phase is
     /// reported as stalled.
     pub quiesce_bound_us: u64,
+    /// The preempt-off tracer's window in microseconds (0:
+    /// [`DEFAULT_PREEMPT_WINDOW_US`]).
+    pub preempt_window_us: u32,
+    /// Non-zero: the preempt-off tracer is off (the hidden switch that
+    /// measures its own cost).
+    pub preempt_trace_off: u32,
+    /// The argument of the test hook (`pin-preempt`: the section's length
+    /// in microseconds; 0: [`DEFAULT_PIN_PREEMPT_US`]).
+    pub test_hook_arg: u32,
+    /// Padding; zero.
+    pub reserved_u32: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 23],
+    pub reserved: [u64; 21],
 }
 
 // SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out
 // without padding (the size assert pins the layout).
 unsafe impl Pod for Control {}
 const _: () = assert!(size_of::<Control>() == 512);
+
+/// The preempt-off tracer's window when the control block leaves it 0:
+/// 100 ms.
+pub const DEFAULT_PREEMPT_WINDOW_US: u32 = 100_000;
+
+/// The `pin-preempt` test hook's section when the control block leaves its
+/// argument 0: 50 ms.
+pub const DEFAULT_PIN_PREEMPT_US: u32 = 50_000;
 
 /// The series' workload shape: which vCPUs issue cross calls and how many
 /// CPU-bound tasks that send none share every vCPU with them. Kept apart
@@ -150,6 +169,22 @@ impl Control {
     pub fn csd_watchdog_us(&self) -> u32 {
         match self.csd_watchdog_us {
             0 => DEFAULT_CSD_WATCHDOG_US,
+            us => us,
+        }
+    }
+
+    /// The preempt-off tracer's window in microseconds.
+    pub fn preempt_window_us(&self) -> u32 {
+        match self.preempt_window_us {
+            0 => DEFAULT_PREEMPT_WINDOW_US,
+            us => us,
+        }
+    }
+
+    /// The `pin-preempt` test hook's section length in microseconds.
+    pub fn pin_preempt_us(&self) -> u32 {
+        match self.test_hook_arg {
+            0 => DEFAULT_PIN_PREEMPT_US,
             us => us,
         }
     }

@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 #[cfg(doc)]
 use crate::{pv, Control};
-use crate::{Histogram, Pod};
+use crate::{Histogram, Pod, PreemptOffResults, ProbeSplit};
 
 crate::wire_enum! {
     /// The IPI wait-mask designs ([`Control::designs`]).
@@ -166,6 +166,10 @@ pub struct DesignResults {
     pub phase_end: PhaseEnd,
     /// Memory measured from the guest allocator during the phase.
     pub memory: MemoryResults,
+    /// The preempt-off tracer's figures of the phase.
+    pub preempt_off: PreemptOffResults,
+    /// The probe's lateness split into arrival and dispatch.
+    pub probe_split: ProbeSplit,
 }
 
 /// [`PhaseEnd::status`] values.
@@ -304,6 +308,8 @@ const _: () = assert!(
             + size_of::<ShapeCounts>()
             + size_of::<PhaseEnd>()
             + size_of::<MemoryResults>()
+            + size_of::<PreemptOffResults>()
+            + size_of::<ProbeSplit>()
 );
 const _: () = assert!(size_of::<StalledTask>() == 40);
 const _: () = assert!(size_of::<PhaseEnd>() == 32 + STALL_RECORDS * 40);

@@ -48,6 +48,10 @@ crate::wire_enum! {
         /// waits for a csd nobody will ever unlock (a callback that never
         /// runs): the phase cannot quiesce and must be reported as stalled.
         StuckTask = 14 => "stuck-task",
+        /// The hooked vCPU's probe task disables preemption once, during the
+        /// first design phase, for [`Control::test_hook_arg`] microseconds:
+        /// a section of known length the preempt-off tracer must see.
+        PinPreempt = 15 => "pin-preempt",
     }
 }
 
@@ -61,7 +65,7 @@ mod tests {
 
     #[test]
     fn test_hook_roundtrip() {
-        check_set::<TestHook>(15, "user_fault");
+        check_set::<TestHook>(16, "user_fault");
         for (code, h) in TestHook::ALL.into_iter().enumerate() {
             assert_eq!(h as usize, code);
         }

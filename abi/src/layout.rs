@@ -19,20 +19,24 @@ pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
 pub const SHARED_ADDR: u64 = 0x10_0000;
 /// Size of [`SharedPage`].
 pub const SHARED_SIZE: u64 = size_of::<SharedPage>() as u64;
-/// Where the guest image is linked (2 MiB aligned, see guest/link.ld).
-pub const IMAGE_ADDR: u64 = 0x20_0000;
+/// Where the guest image is linked (2 MiB aligned, see guest/link.ld):
+/// above the 3 MiB the shared page may take (eight designs' histograms of
+/// 1% buckets and their per-vCPU preempt-off figures).
+pub const IMAGE_ADDR: u64 = 0x40_0000;
 /// The guest image must end below this address.
 pub const IMAGE_LIMIT: u64 = BOOT_STACKS_ADDR;
-/// Per-vCPU boot stacks: vCPU `i` starts with `rsp = boot_stack_top(i)`.
-pub const BOOT_STACKS_ADDR: u64 = 0x100_0000;
+/// Per-vCPU boot stacks: vCPU `i` starts with `rsp = boot_stack_top(i)`
+/// (at 32 MiB: the image below holds the preempt-off tracer's per-vCPU
+/// window histograms, about 17 MiB of .bss).
+pub const BOOT_STACKS_ADDR: u64 = 0x200_0000;
 /// Size of one boot stack.
 pub const BOOT_STACK_SIZE: u64 = 0x4000;
 /// Per-vCPU results ([`VcpuResults`]), vCPU `i` at
 /// `VCPU_RESULTS_ADDR + i * size_of::<VcpuResults>()`.
 pub const VCPU_RESULTS_ADDR: u64 = BOOT_STACKS_ADDR + MAX_VCPUS as u64 * BOOT_STACK_SIZE;
-/// Room reserved for the per-vCPU results: 64 KiB per vCPU, three
-/// histograms of 1% buckets (17 KiB each) and room to spare.
-pub const VCPU_RESULTS_SIZE: u64 = 64 << 20;
+/// Room reserved for the per-vCPU results: four histograms of 1% buckets
+/// (17 KiB each) per vCPU.
+pub const VCPU_RESULTS_SIZE: u64 = 80 << 20;
 /// The user window: 2 MiB pages the VMM maps user-accessible (with the
 /// guest image, whose code user tasks run), for user-mode task stacks.
 pub const USER_WINDOW_ADDR: u64 = VCPU_RESULTS_ADDR + VCPU_RESULTS_SIZE;

@@ -24,6 +24,7 @@
 //! | [`workload`] | [`Workload`] and the [`torture`] primitives |
 //! | [`pv`] | PV feature bits, [`PvVcpuState`] and the hypercall operations |
 //! | [`hooks`] | [`TestHook`] |
+//! | [`preempt_off`] | [`PreemptOffResults`] (the preempt-off tracer), [`ProbeSplit`] |
 //! | [`hist`] | [`Histogram`] |
 //! | [`wire`] | [`wire_enum!`]: each closed set defined once |
 #![cfg_attr(not(test), no_std)]
@@ -37,12 +38,16 @@ pub mod hooks;
 pub mod io;
 pub mod layout;
 pub mod mode;
+pub mod preempt_off;
 pub mod pv;
 pub mod results;
 pub mod wire;
 pub mod workload;
 
-pub use control::{Control, Shape, DEFAULT_CSD_WATCHDOG_US, DEFAULT_QUIESCE_BOUND_US};
+pub use control::{
+    Control, Shape, DEFAULT_CSD_WATCHDOG_US, DEFAULT_PIN_PREEMPT_US, DEFAULT_PREEMPT_WINDOW_US,
+    DEFAULT_QUIESCE_BOUND_US,
+};
 pub use design::{
     phase_status, task_state, violation, Design, DesignResults, MemoryResults, PhaseEnd,
     ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
@@ -51,6 +56,7 @@ pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port, PHASE_END};
 pub use mode::{guest_mode, native_error};
+pub use preempt_off::{PreemptOffCause, PreemptOffCpu, PreemptOffResults, ProbeSplit};
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
@@ -62,7 +68,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

@@ -102,8 +102,13 @@ pub struct Results {
     pub icr_cycles: u64,
     /// One x2APIC EOI write.
     pub eoi_cycles: u64,
+    /// One `preempt_disable()`/`preempt_enable()` pair with the preempt-off
+    /// tracer off, TSC cycles, the best of a few (0: not measured).
+    pub preempt_pair_cycles: u64,
+    /// The same pair with the tracer on (each pair is one traced section).
+    pub preempt_pair_traced_cycles: u64,
     /// Room for later results; zero.
-    pub reserved: [u64; 245],
+    pub reserved: [u64; 243],
 }
 
 /// Where and why the guest panicked.
@@ -280,9 +285,12 @@ pub struct VcpuResults {
     /// Cross-call latency recorded on this vCPU during the current design
     /// phase (scratch: merged into [`DesignResults::call_latency`]).
     pub calls: Histogram,
+    /// The probe's lateness split during the current phase (scratch:
+    /// merged into [`DesignResults::probe_split`]).
+    pub probe_split: crate::ProbeSplit,
 }
 
-// SAFETY: two Pod members of equal alignment, no padding.
+// SAFETY: Pod members of equal alignment, no padding.
 unsafe impl Pod for VcpuResults {}
 
 /// The shared area at [`layout::SHARED_ADDR`].

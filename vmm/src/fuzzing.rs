@@ -62,6 +62,10 @@ pub fn valid_run(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
             VcpuResults {
                 probe,
                 calls: probe,
+                probe_split: abi::ProbeSplit {
+                    arrival: probe,
+                    dispatch: probe,
+                },
             }
             .as_bytes(),
         );

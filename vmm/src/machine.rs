@@ -93,6 +93,12 @@ pub struct MachineConfig {
     pub design_pv: Vec<u32>,
     /// The guest kernel mode (None: `IPIVIRT_GUEST_MODE`, else auto).
     pub guest_mode: Option<GuestMode>,
+    /// The preempt-off tracer's window (`--window`).
+    pub preempt_window: Duration,
+    /// Run without the preempt-off tracer (to measure its cost).
+    pub preempt_trace_off: bool,
+    /// The test hook's argument (`pin-preempt`: microseconds; 0: default).
+    pub test_hook_arg: u32,
 }
 
 impl MachineConfig {
@@ -171,6 +177,9 @@ impl MachineConfig {
             pv: 0,
             design_pv: Vec::new(),
             guest_mode: None,
+            preempt_window: Duration::from_micros(u64::from(abi::DEFAULT_PREEMPT_WINDOW_US)),
+            preempt_trace_off: false,
+            test_hook_arg: 0,
         }
     }
 }
@@ -443,6 +452,11 @@ impl Machine {
         control.mem_size = memory::ram_size(config.vcpus);
         control.test_hook = config.test_hook as u32;
         control.test_hook_vcpu = config.test_hook_vcpu;
+        control.test_hook_arg = config.test_hook_arg;
+        control.preempt_window_us = u32::try_from(config.preempt_window.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        control.preempt_trace_off = u32::from(config.preempt_trace_off);
         control.guest_mode = mode.code();
         control.host_pvm = u32::from(host_pvm);
         control.workload = config.workload as u32;

@@ -229,8 +229,12 @@ mod tests {
         assert_eq!(pde & !0xfff, (3 << 30) + 3 * TWO_MIB);
         assert_ne!(pde & PTE_HUGE, 0);
         assert_eq!(pde & PTE_USER, 0, "kernel memory is not user-accessible");
-        let image: u64 = mem.read_obj(GuestAddress(PD_ADDR + 8)).unwrap();
-        assert_ne!(image & PTE_USER, 0, "the image (2 MiB) is user-accessible");
+        let image: u64 = mem
+            .read_obj(GuestAddress(
+                PD_ADDR + abi::layout::IMAGE_ADDR / TWO_MIB * 8,
+            ))
+            .unwrap();
+        assert_ne!(image & PTE_USER, 0, "the image is user-accessible");
         let window = abi::layout::USER_WINDOW_ADDR;
         let pde: u64 = mem
             .read_obj(GuestAddress(PD_ADDR + window / TWO_MIB * 8))

@@ -81,6 +81,13 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
             g.trap_cycles, g.icr_cycles, g.eoi_cycles
         );
     }
+    if g.preempt_pair_traced_cycles != 0 {
+        let _ = writeln!(
+            out,
+            "preempt-off tracer: a preempt_disable/enable pair costs {} cycles traced, {} untraced",
+            g.preempt_pair_traced_cycles, g.preempt_pair_cycles
+        );
+    }
     if let Some(why) = g.native_error {
         let _ = writeln!(out, "platform: native mode not entered: {why}");
     }
@@ -182,6 +189,96 @@ fn us(cycles: u64, tsc_khz: u64) -> String {
     format!("{:.1}", cycles_to_us(cycles, tsc_khz))
 }
 
+/// A percentile of `h` in us, `-` when it holds no value (never a 0 that
+/// looks measured).
+fn opt_us(h: &abi::Histogram, ppm: u32, khz: u64) -> String {
+    if h.count == 0 {
+        "-".into()
+    } else {
+        us(h.quantile_ppm(ppm), khz)
+    }
+}
+
+/// The cause the longest section of the phase is attributed to (`-`: none).
+fn longest_cause(p: &crate::results::PreemptOffReport) -> &'static str {
+    p.causes
+        .iter()
+        .zip(abi::preempt_off::cause::NAMES)
+        .filter(|(c, _)| c.windows > 0)
+        .max_by_key(|(c, _)| c.max)
+        .map_or("-", |(_, n)| n)
+}
+
+/// vCPUs listed one by one in the preempt-off table; above this, the first
+/// ones, the worst and the summary rows.
+const POFF_ROWS: usize = 16;
+
+/// The series' table: per vCPU, the P50 and P99 of the window maxima of
+/// the longest non-preemptible section, per design; then all vCPUs
+/// together. Above [`POFF_ROWS`] vCPUs: the first 8, the vCPU with the
+/// worst P99 (per design), and the summary.
+fn preempt_off_table(out: &mut String, designs: &[crate::results::DesignReport], khz: u64) {
+    let traced: Vec<_> = designs.iter().filter(|d| d.preempt_off.enabled).collect();
+    let Some(first) = traced.first() else {
+        return;
+    };
+    let vcpus = first.preempt_off.per_cpu.len();
+    let _ = writeln!(
+        out,
+        "preempt-off per vCPU: P50/P99 of each {:.0} ms window's longest non-preemptible section (us)",
+        cycles_to_us(first.preempt_off.window_cycles, khz) / 1e3
+    );
+    let _ = write!(out, "{:>6}", "vCPU");
+    for d in &traced {
+        let _ = write!(out, " {:>21}", d.label());
+    }
+    let _ = writeln!(out);
+    let cell = |c: &abi::PreemptOffCpu| {
+        if c.windows == 0 {
+            format!("{:>10} {:>10}", "-", "-")
+        } else {
+            format!("{:>10} {:>10}", us(c.p50, khz), us(c.p99, khz))
+        }
+    };
+    let shown: Vec<usize> = if vcpus <= POFF_ROWS {
+        (0..vcpus).collect()
+    } else {
+        (0..8).collect()
+    };
+    for i in shown {
+        let _ = write!(out, "{i:>6}");
+        for d in &traced {
+            let _ = write!(out, " {}", cell(&d.preempt_off.per_cpu[i]));
+        }
+        let _ = writeln!(out);
+    }
+    if vcpus > POFF_ROWS {
+        let _ = write!(out, "{:>6}", "worst");
+        for d in &traced {
+            let worst = d
+                .preempt_off
+                .per_cpu
+                .iter()
+                .max_by_key(|c| c.p99)
+                .copied()
+                .unwrap_or_default();
+            let _ = write!(out, " {}", cell(&worst));
+        }
+        let _ = writeln!(out);
+    }
+    let _ = write!(out, "{:>6}", "all");
+    for d in &traced {
+        let h = &d.preempt_off.window_max;
+        let _ = write!(
+            out,
+            " {:>10} {:>10}",
+            opt_us(h, 500_000, khz),
+            opt_us(h, 990_000, khz)
+        );
+    }
+    let _ = writeln!(out);
+}
+
 /// The side-by-side table of a per-design run, one column per design, and
 /// the result as ratios against `upstream` (when it ran).
 pub fn designs_text(r: &BootReport) -> String {
@@ -260,6 +357,33 @@ pub fn designs_text(r: &BootReport) -> String {
         &mut rows,
         "probe max (us)",
         per(&|d| pct(&d.sched_latency, 1_000_000, khz)),
+    );
+    row(
+        &mut rows,
+        "probe arrival p99 (us)",
+        per(&|d| opt_us(&d.probe_arrival, 990_000, khz)),
+    );
+    row(
+        &mut rows,
+        "probe dispatch p99 (us)",
+        per(&|d| opt_us(&d.probe_dispatch, 990_000, khz)),
+    );
+    let poff = |ppm: u32| {
+        per(&|d| {
+            if d.preempt_off.enabled {
+                opt_us(&d.preempt_off.window_max, ppm, khz)
+            } else {
+                "-".into()
+            }
+        })
+    };
+    row(&mut rows, "preempt-off p50 (us)", poff(500_000));
+    row(&mut rows, "preempt-off p99 (us)", poff(990_000));
+    row(&mut rows, "preempt-off max (us)", poff(1_000_000));
+    row(
+        &mut rows,
+        "preempt-off longest in",
+        per(&|d| longest_cause(&d.preempt_off).to_string()),
     );
     row(
         &mut rows,
@@ -348,6 +472,7 @@ pub fn designs_text(r: &BootReport) -> String {
             crate::stats::MIN_SAMPLES
         );
     }
+    preempt_off_table(&mut out, designs, khz);
     pv_lines(&mut out, r);
     if !r.guest.torture.is_empty() {
         let _ = writeln!(

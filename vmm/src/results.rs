@@ -413,6 +413,12 @@ pub struct DesignReport {
     pub phase_end: PhaseEndReport,
     /// Memory measured from the guest allocator.
     pub memory: abi::MemoryResults,
+    /// The preempt-off tracer's figures of the phase.
+    pub preempt_off: PreemptOffReport,
+    /// Probe lateness, due time to the timer interrupt that woke it (cycles).
+    pub probe_arrival: Histogram,
+    /// Probe lateness, that interrupt to the probe running (cycles).
+    pub probe_dispatch: Histogram,
 }
 
 /// The mask bytes of Linux's NR_CPUS=8192 (for the computed figures).
@@ -460,6 +466,102 @@ impl PhaseEndReport {
     }
 }
 
+/// The preempt-off tracer's figures of one phase, validated (TSC cycles):
+/// per vCPU the longest non-preemptible section of each window, and their
+/// P50/P99/max.
+#[derive(Debug, Clone, Default)]
+pub struct PreemptOffReport {
+    /// Whether the tracer ran (it is off only with the hidden
+    /// `--no-preempt-trace`).
+    pub enabled: bool,
+    /// The window (cycles).
+    pub window_cycles: u64,
+    /// Sections that ended in the phase, all vCPUs.
+    pub sections: u64,
+    /// Sections the tracer found open where none could be (0 in a correct
+    /// kernel; dropped, not measured).
+    pub unmatched: u64,
+    /// Every vCPU's window maxima.
+    pub window_max: Histogram,
+    /// Per cause ([`abi::preempt_off::cause`]): windows whose longest
+    /// section it was, and the longest of those.
+    pub causes: [abi::PreemptOffCause; abi::preempt_off::cause::COUNT],
+    /// Per vCPU, in vCPU order.
+    pub per_cpu: Vec<abi::PreemptOffCpu>,
+}
+
+impl PreemptOffReport {
+    /// The P99 over all vCPUs' window maxima in ns (None: no window was
+    /// measured). The figure the series reports, per design.
+    pub fn p99_ns(&self, tsc_khz: u64) -> Option<u64> {
+        (self.enabled && self.window_max.count > 0)
+            .then(|| crate::scenario::cycles_to_ns(self.window_max.quantile_ppm(990_000), tsc_khz))
+    }
+}
+
+fn preempt_off_report(
+    p: &abi::PreemptOffResults,
+    vcpus: u32,
+) -> Result<PreemptOffReport, FieldError> {
+    let bad = |field, found: u64, expected| FieldError {
+        field,
+        found,
+        expected,
+    };
+    if p.enabled > 1 {
+        return Err(bad(
+            "designs[].preempt_off.enabled",
+            p.enabled.into(),
+            "0 or 1",
+        ));
+    }
+    p.window_max.validate("designs[].preempt_off.window_max")?;
+    let n = (vcpus as usize).min(abi::MAX_VCPUS);
+    let per_cpu = p.per_cpu[..n].to_vec();
+    if let Some(i) = per_cpu.iter().position(|c| !c.is_consistent()) {
+        return Err(bad(
+            "designs[].preempt_off.per_cpu",
+            i as u64,
+            "p50 <= p99 <= max, all 0 without windows",
+        ));
+    }
+    let windows: u64 = per_cpu
+        .iter()
+        .map(|c| c.windows)
+        .fold(0, u64::saturating_add);
+    if windows != p.window_max.count || per_cpu.iter().any(|c| c.max > p.window_max.max) {
+        return Err(bad(
+            "designs[].preempt_off.window_max",
+            p.window_max.count,
+            "the per-vCPU windows merged",
+        ));
+    }
+    let attributed = p
+        .causes
+        .iter()
+        .map(|c| c.windows)
+        .fold(0, u64::saturating_add);
+    if attributed > windows || p.causes.iter().any(|c| c.max > p.window_max.max) {
+        return Err(bad(
+            "designs[].preempt_off.causes",
+            attributed,
+            "at most the windows, none longer than the longest",
+        ));
+    }
+    if p.enabled == 1 && p.window_cycles == 0 {
+        return Err(bad("designs[].preempt_off.window_cycles", 0, "above 0"));
+    }
+    Ok(PreemptOffReport {
+        enabled: p.enabled == 1,
+        window_cycles: p.window_cycles,
+        sections: p.sections,
+        unmatched: p.unmatched,
+        window_max: p.window_max,
+        causes: p.causes,
+        per_cpu,
+    })
+}
+
 impl DesignReport {
     /// The column name: the design, plus `+feature` for each PV feature
     /// of the phase that changes the cross-call path (steal time and
@@ -479,6 +581,7 @@ fn design_report(
     expected: Design,
     expected_pv: u32,
     index: usize,
+    vcpus: u32,
 ) -> Result<DesignReport, FieldError> {
     let field = |name| FieldError {
         field: name,
@@ -559,6 +662,13 @@ fn design_report(
             .copied()
             .collect(),
     };
+    d.probe_split
+        .arrival
+        .validate("designs[].probe_split.arrival")?;
+    d.probe_split
+        .dispatch
+        .validate("designs[].probe_split.dispatch")?;
+    let preempt_off = preempt_off_report(&d.preempt_off, vcpus)?;
     let logged = d.violations.min(8) as usize;
     let log = d.violation_log[..logged].to_vec();
     if log
@@ -613,6 +723,9 @@ fn design_report(
         violation_log: log,
         phase_end,
         memory: d.memory,
+        preempt_off,
+        probe_arrival: d.probe_split.arrival,
+        probe_dispatch: d.probe_split.dispatch,
     })
 }
 
@@ -639,6 +752,11 @@ pub struct GuestReport {
     pub icr_cycles: u64,
     /// One x2APIC EOI write, TSC cycles (0: not measured).
     pub eoi_cycles: u64,
+    /// One preempt_disable/enable pair, preempt-off tracer off, TSC cycles
+    /// (0: not measured).
+    pub preempt_pair_cycles: u64,
+    /// The same with the tracer on (0: not measured).
+    pub preempt_pair_traced_cycles: u64,
     /// Per-vCPU counters.
     pub vcpus: Vec<VcpuCounters>,
     /// Latency probe per vCPU (TSC cycles late).
@@ -757,6 +875,8 @@ pub fn guest_report(
         trap_cycles: r.trap_cycles,
         icr_cycles: r.icr_cycles,
         eoi_cycles: r.eoi_cycles,
+        preempt_pair_cycles: r.preempt_pair_cycles,
+        preempt_pair_traced_cycles: r.preempt_pair_traced_cycles,
         vcpus: statuses
             .iter()
             .map(|s| VcpuCounters {
@@ -794,7 +914,7 @@ pub fn guest_report(
         designs: designs
             .iter()
             .enumerate()
-            .map(|(i, &d)| design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i))
+            .map(|(i, &d)| design_report(&page.designs[i], d, phase_pv(i) & abi::pv::ALL, i, vcpus))
             .collect::<Result<_, _>>()?,
         floor: r.floor,
     })
@@ -938,6 +1058,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.online, r.guest_boot_cycles), (4, 250));
+    }
+
+    /// A design slot with a consistent preempt-off record for 2 vCPUs.
+    fn traced_design() -> DesignResults {
+        let mut d = DesignResults::zeroed();
+        d.valid = 1;
+        d.design = Design::Upstream as u32;
+        let p = &mut d.preempt_off;
+        p.enabled = 1;
+        p.window_cycles = 100;
+        p.window_max = Histogram::new();
+        for (cpu, values) in [[10u64, 20], [30, 4000]].iter().enumerate() {
+            let mut h = Histogram::new();
+            for &v in values {
+                h.record(v);
+                p.window_max.record(v);
+            }
+            p.per_cpu[cpu] = abi::PreemptOffCpu::from_histogram(&h);
+        }
+        p.causes[abi::preempt_off::cause::CSD_LOCK_WAIT] = abi::PreemptOffCause {
+            windows: 2,
+            max: 4000,
+        };
+        d
+    }
+
+    #[test]
+    fn test_preempt_off_record_is_validated() {
+        let report = |d: &DesignResults| design_report(d, Design::Upstream, 0, 0, 2);
+        let good = report(&traced_design()).unwrap();
+        assert_eq!(good.preempt_off.per_cpu.len(), 2);
+        assert_eq!(good.preempt_off.p99_ns(1_000_000), Some(4000));
+        let mut d = traced_design();
+        d.preempt_off.per_cpu[1].p50 = 5000; // above its p99
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.per_cpu"
+        );
+        let mut d = traced_design();
+        d.preempt_off.per_cpu[0].windows = 7; // does not add up
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.window_max"
+        );
+        let mut d = traced_design();
+        d.preempt_off.causes[0].windows = 9; // more than the windows
+        assert_eq!(
+            report(&d).unwrap_err().field,
+            "designs[].preempt_off.causes"
+        );
+        let mut d = traced_design();
+        d.preempt_off.enabled = 0;
+        assert_eq!(report(&d).unwrap().preempt_off.p99_ns(1000), None);
     }
 
     #[test]

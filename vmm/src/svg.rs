@@ -1,5 +1,6 @@
 //! The `--svg` plot: latency percentile curves, one per design, in two
-//! panels: the cross-call latency and the latency probe. Both axes are
+//! panels: the cross-call latency and the latency probe; a third gives the
+//! preempt-off tracer's window maxima (all vCPUs) when it ran. Both axes are
 //! logarithmic, as HdrHistogram plots them: latency across, and the
 //! percentile up a tail axis (`-log10(1 - p)`: 50, 90, 99, 99.9, 99.99 are
 //! evenly spaced), so the tail the designs differ in gets the room, not the
@@ -99,7 +100,7 @@ fn label_ns(ns: f64) -> String {
 }
 
 /// One panel: axes, decade ticks, one `<path class="curve">` per design.
-fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)>)]) {
+fn panel(out: &mut String, x0: f64, title: &str, class: &str, curves: &[(&str, Vec<(f64, f64)>)]) {
     let (mut lo, mut hi) = (f64::MAX, 0.0f64);
     for (_, pts) in curves {
         for &(x, _) in pts {
@@ -179,7 +180,7 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
         }
         let _ = writeln!(
             out,
-            r#"<path class="curve" data-design="{}" d="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+            r#"<path class="{class}" data-design="{}" d="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
             escape(name),
             d,
             COLOURS[i % COLOURS.len()]
@@ -191,7 +192,20 @@ fn panel(out: &mut String, x0: f64, title: &str, curves: &[(&str, Vec<(f64, f64)
 /// The SVG of `designs` (name, cross-call latency, probe latency
 /// histograms, in TSC cycles) with `title` on top.
 pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz: u64) -> String {
-    let width = LEFT + 2.0 * PANEL_W + GAP + 30.0;
+    cdf_svg_with(title, designs, &[], tsc_khz)
+}
+
+/// [`cdf_svg`] with a third panel when `preempt_off` is not empty: each
+/// design's preempt-off window maxima (all vCPUs), curves of class
+/// `poff-curve`.
+pub fn cdf_svg_with(
+    title: &str,
+    designs: &[(&str, &Histogram, &Histogram)],
+    preempt_off: &[(&str, &Histogram)],
+    tsc_khz: u64,
+) -> String {
+    let panels = if preempt_off.is_empty() { 2.0 } else { 3.0 };
+    let width = LEFT + panels * PANEL_W + (panels - 1.0) * GAP + 30.0;
     let labels: Vec<String> = designs
         .iter()
         .map(|(name, calls, probes)| {
@@ -231,14 +245,29 @@ pub fn cdf_svg(title: &str, designs: &[(&str, &Histogram, &Histogram)], tsc_khz:
         &mut out,
         LEFT,
         "cross-call latency (entry to return)",
+        "curve",
         &calls,
     );
     panel(
         &mut out,
         LEFT + PANEL_W + GAP,
         "latency probe (how late a periodic task ran)",
+        "curve",
         &probe,
     );
+    if !preempt_off.is_empty() {
+        let poff: Vec<_> = preempt_off
+            .iter()
+            .map(|(n, h)| (*n, cdf_points(h, tsc_khz)))
+            .collect();
+        panel(
+            &mut out,
+            LEFT + 2.0 * (PANEL_W + GAP),
+            "preempt-off: longest section per window, per vCPU",
+            "poff-curve",
+            &poff,
+        );
+    }
     let _ = writeln!(out, r#"<g class="legend">"#);
     for (i, name) in labels.iter().enumerate() {
         let x = LEFT + (i % per_row) as f64 * (800.0 / per_row as f64);
@@ -275,7 +304,15 @@ impl Report {
             .zip(&labels)
             .map(|(d, l)| (l.as_str(), &d.call_latency, &d.sched_latency))
             .collect();
-        Some(cdf_svg(&title, &designs, self.tsc_khz))
+        let poff: Vec<_> = raw
+            .guest
+            .designs
+            .iter()
+            .zip(&labels)
+            .filter(|(d, _)| d.preempt_off.enabled)
+            .map(|(d, l)| (l.as_str(), &d.preempt_off.window_max))
+            .collect();
+        Some(cdf_svg_with(&title, &designs, &poff, self.tsc_khz))
     }
 }
 
@@ -310,6 +347,9 @@ mod tests {
         assert_eq!(svg.matches("<path class=\"curve\"").count(), 4);
         assert!(svg.contains("t &lt;&amp;&gt;"));
         assert!(svg.trim_end().ends_with("</svg>"));
+        let with = cdf_svg_with("t", &[("upstream", &a, &b)], &[("upstream", &b)], 2_600_000);
+        assert_eq!(with.matches("<path class=\"curve\"").count(), 2);
+        assert_eq!(with.matches("<path class=\"poff-curve\"").count(), 1);
     }
 
     #[test]

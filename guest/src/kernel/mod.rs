@@ -18,5 +18,6 @@ pub mod sched;
 pub mod shared;
 pub mod sync;
 pub mod syscall;
+pub mod trace;
 pub mod trap;
 pub mod usermode;

@@ -26,6 +26,7 @@ use crate::kernel::percpu;
 use guest_lib::rng::Prob16;
 
 use crate::kernel::sync::BootCell;
+use crate::kernel::trace;
 use crate::kernel::usermode;
 
 /// Kernel stack of every task.
@@ -78,6 +79,9 @@ pub struct Task {
     kstack: *mut u8,
     kstack_top: u64,
     wake_tsc: Cell<u64>,
+    /// TSC at which the timer interrupt that woke it from its last sleep
+    /// began (0: not woken by the timer yet).
+    woken_tsc: Cell<u64>,
     body: Body,
     user_stack: Option<usermode::UserStack>,
     /// One pointer-sized word owned by the [`TaskHooks`]: the field the
@@ -314,6 +318,7 @@ fn new_task_at(
         kstack,
         kstack_top,
         wake_tsc: Cell::new(0),
+        woken_tsc: Cell::new(0),
         body,
         user_stack: None,
         hook_slot: Cell::new(0),
@@ -497,6 +502,7 @@ extern "C" fn task_start() -> ! {
                 .as_ref()
                 .expect("user tasks own a user stack")
                 .top();
+            trace::to_preemptible();
             arch::enter_user(f, arg, stack)
         }
         Body::Boot => unreachable!("boot contexts are never started"),
@@ -544,10 +550,12 @@ pub fn preempt_disable() {
     unsafe {
         core::arch::asm!("add dword ptr gs:[{off}], 1", off = const percpu::OFFSET_PREEMPT_COUNT, options(nostack))
     };
+    trace::preempt_disabled();
 }
 
 /// Re-enables preemption; reschedules if a reschedule became due.
 pub fn preempt_enable() {
+    trace::preempt_enabling();
     let left: u32;
     // SAFETY: as in preempt_disable; `sub` then reading the same slot: if
     // the task moves between the two, it reads its new CPU's count, which
@@ -582,6 +590,7 @@ pub fn preempt_on_return() {
 /// Picks the next task and switches to it (or keeps the current one).
 pub fn schedule() {
     let irq = arch::irq_save();
+    trace::cause(abi::preempt_off::cause::SCHED);
     let pc = percpu::this();
     pc.need_resched.store(false, Ordering::Relaxed);
     let prev = TaskRef(NonNull::new(pc.current.get()).expect("a current task"));
@@ -611,6 +620,7 @@ pub fn schedule() {
     } else {
         rearm_timer();
     }
+    trace::cause(abi::preempt_off::cause::OTHER);
     arch::irq_restore(irq);
 }
 
@@ -689,14 +699,23 @@ pub fn exit() -> ! {
 
 /// Sleeps until TSC `deadline`.
 pub fn sleep_until(deadline: u64) {
+    let _ = sleep_until_woken(deadline);
+}
+
+/// [`sleep_until`], returning the TSC at which the timer interrupt that
+/// woke the task began (the latency probe splits its lateness there:
+/// arrival before it, dispatch after).
+pub fn sleep_until_woken(deadline: u64) -> u64 {
     let irq = arch::irq_save();
     let pc = percpu::this();
     let t = TaskRef(NonNull::new(pc.current.get()).expect("a current task"));
     t.get().wake_tsc.set(deadline);
+    t.get().woken_tsc.set(0);
     t.get().state.store(SLEEPING, Ordering::Relaxed);
     pc.rq.lock().sleepers.push(t);
     schedule();
     arch::irq_restore(irq);
+    t.get().woken_tsc.get()
 }
 
 /// Sleeps `us` microseconds.
@@ -738,6 +757,7 @@ pub fn rearm_timer() {
 /// The timer interrupt: deferred work first, then wake sleepers, run the
 /// tick, rearm.
 pub fn on_tick() {
+    let entered = arch::rdtsc();
     (hooks().drain)();
     let pc = percpu::this();
     let now = arch::rdtsc();
@@ -747,6 +767,7 @@ pub fn on_tick() {
         while i < rq.sleepers.len() {
             if rq.sleepers[i].get().wake_tsc.get() <= now {
                 let t = rq.sleepers.swap_remove(i);
+                t.get().woken_tsc.set(entered);
                 t.get().state.store(RUNNABLE, Ordering::Relaxed);
                 rq.push(t);
                 pc.need_resched.store(true, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use crate::kernel::arch::entry::trap_stubs;
 use crate::kernel::arch::{self, DescriptorTablePointer, TrapFrame};
 use crate::kernel::percpu::{self, selector, IST_CRITICAL, IST_EXCEPTION, IST_INTERRUPT};
 use crate::kernel::sync::BootCell;
-use crate::kernel::{apic, sched, shared, syscall};
+use crate::kernel::{apic, sched, shared, syscall, trace};
 
 /// One IDT gate.
 #[derive(Clone, Copy)]
@@ -105,6 +105,7 @@ pub unsafe fn set_handler(vector: u8, handler: Handler) {
 /// The common trap handler, called by the entry stubs with the saved frame.
 pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let interrupted_preemptible = frame.is_from_user() || arch::frame_irqs_enabled(frame);
+    trace::trap_entry(interrupted_preemptible);
     match frame.vector {
         6 if arch::is_user_syscall(frame) => {
             frame.rip += arch::SYSCALL_INSN_LEN;
@@ -137,6 +138,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     // preempted anyway (user mode, or kernel code with interrupts on).
     if interrupted_preemptible {
         sched::preempt_on_return();
+        trace::to_preemptible();
     }
 }
 

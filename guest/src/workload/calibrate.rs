@@ -12,7 +12,7 @@ use crate::kernel::arch::{self, TrapFrame};
 use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::{apic, shared};
+use crate::kernel::{apic, shared, trace};
 
 use super::calls::{exit, sys};
 use super::probe;
@@ -67,6 +67,7 @@ pub fn calibrate(control: &Control) -> u32 {
         hz => hz,
     };
     let (icr, eoi) = apic::measure_write_costs();
+    let (pair, traced) = (trace::pair_cycles(false), trace::pair_cycles(true));
     let r = shared::results();
     // SAFETY: BSP-only fields of the shared page.
     unsafe {
@@ -77,6 +78,8 @@ pub fn calibrate(control: &Control) -> u32 {
         (*r).trap_cycles = SYSCALL_CYCLES.load(Ordering::Relaxed);
         (*r).icr_cycles = icr;
         (*r).eoi_cycles = eoi;
+        (*r).preempt_pair_cycles = pair;
+        (*r).preempt_pair_traced_cycles = traced;
     }
     println!(
         "calibration: CPL0 {} cycles/1024 iter, CPL3 {} cycles/1024 iter, system call {}, ICR {}, EOI {} cycles: {}",

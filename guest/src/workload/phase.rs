@@ -13,7 +13,7 @@ use abi::{
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::{arch, heap, shared};
+use crate::kernel::{arch, heap, shared, trace};
 use crate::xcall::{self, checker, designs, pv, tasks};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
@@ -147,7 +147,11 @@ pub fn run_timed(control: &Control, workload: Workload) {
     END_TSC.store(end, Ordering::Relaxed);
     for c in 0..nr {
         // SAFETY: this vCPU's results slot; nobody else writes it yet.
-        unsafe { (*vcpu_results(c)).probe.clear() };
+        unsafe {
+            (*vcpu_results(c)).probe.clear();
+            (*vcpu_results(c)).probe_split.arrival.clear();
+            (*vcpu_results(c)).probe_split.dispatch.clear();
+        }
     }
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
@@ -180,6 +184,8 @@ fn reset_vcpu_histograms(nr: u32) {
         unsafe {
             (*vcpu_results(c)).probe.clear();
             (*vcpu_results(c)).calls.clear();
+            (*vcpu_results(c)).probe_split.arrival.clear();
+            (*vcpu_results(c)).probe_split.dispatch.clear();
         }
     }
 }
@@ -331,7 +337,12 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
     END_TSC.store(end, Ordering::Relaxed);
+    // The preempt-off tracer's windows cover the phase's clock.
+    let window = u64::from(control.preempt_window_us()) * cycles_per_us;
+    trace::begin_phase(window, control.preempt_trace_off == 0);
+    probe::arm_pin(control, start, end);
     sched::sleep_until(end);
+    trace::end_phase();
     let cycles = arch::rdtsc() - start;
     let bound = control.quiesce_bound_us() * cycles_per_us;
     let t0 = arch::rdtsc();
@@ -383,8 +394,8 @@ fn write_not_run(d: &mut DesignResults, design: Design, features: u32) {
     d.design = design as u32;
     d.pv = features;
     d.first_violation_cycles = u64::MAX;
-    d.call_latency = abi::Histogram::new();
-    d.sched_latency = abi::Histogram::new();
+    d.call_latency.clear();
+    d.sched_latency.clear();
     d.phase_end.status = phase_status::NOT_RUN;
     d.phase_end.first_undrained = u32::MAX;
     d.valid = 1;
@@ -438,6 +449,15 @@ fn write_design_results(
         d.call_latency.merge(&v.calls);
         d.sched_latency.merge(&v.probe);
     }
+    d.probe_split.arrival.clear();
+    d.probe_split.dispatch.clear();
+    for cpu in 0..control.nr_vcpus {
+        // SAFETY: as above.
+        let v = unsafe { &*vcpu_results(cpu) };
+        d.probe_split.arrival.merge(&v.probe_split.arrival);
+        d.probe_split.dispatch.merge(&v.probe_split.dispatch);
+    }
+    write_preempt_off(&mut d.preempt_off, control);
     d.violation_log = checker::log();
     d.shape = phase.spawner.shape;
     d.pv = features;
@@ -453,4 +473,30 @@ fn write_design_results(
     d.preempted_seen_kvm = l(&p.seen_kvm);
     d.preempted_seen_ipivirt = l(&p.seen_ipivirt);
     d.valid = 1;
+}
+
+/// The preempt-off tracer's figures of the phase that just ended: every
+/// vCPU's window maxima merged, summarised per vCPU, and the causes.
+fn write_preempt_off(p: &mut abi::PreemptOffResults, control: &Control) {
+    let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    p.enabled = u32::from(trace::enabled());
+    p.reserved = 0;
+    p.window_cycles = u64::from(control.preempt_window_us()) * cycles_per_us;
+    p.sections = 0;
+    p.unmatched = 0;
+    p.window_max.clear();
+    p.causes = [abi::PreemptOffCause::default(); abi::preempt_off::cause::COUNT];
+    p.per_cpu = [abi::PreemptOffCpu::default(); abi::MAX_VCPUS];
+    for cpu in 0..control.nr_vcpus {
+        trace::with_snapshot(cpu, |s| {
+            p.window_max.merge(&s.windows);
+            p.per_cpu[cpu as usize] = abi::PreemptOffCpu::from_histogram(&s.windows);
+            for (sum, c) in p.causes.iter_mut().zip(s.causes.iter()) {
+                sum.windows += c.windows;
+                sum.max = sum.max.max(c.max);
+            }
+            p.sections += s.sections;
+            p.unmatched += s.unmatched;
+        });
+    }
 }

@@ -31,6 +31,7 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use abi::preempt_off::cause as poff;
 use abi::{vector, Control, Design, MAX_VCPUS};
 use guest_lib::cpumask::{for_each_cpu, next_cpu, nr_cpu_ids, nr_words, CpuMask, SharedMask};
 use guest_lib::rng::Prob16;
@@ -39,7 +40,7 @@ use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
 use crate::kernel::pv as kernel_pv;
 use crate::kernel::sched::{self, TaskHooks};
-use crate::kernel::{apic, arch, percpu, trap};
+use crate::kernel::{apic, arch, percpu, trace, trap};
 
 /// Plugs the cross-call layer into the kernel and takes its settings from
 /// the control block (BSP, at boot, before any task exists).
@@ -242,8 +243,12 @@ fn reset_stats() {
 /// Waits until `csd` is unlocked, then locks it (single writer: we are
 /// pinned on the csd's owning CPU, or it is on our stack).
 fn csd_lock(csd: &Csd) {
-    while csd.locked() {
-        arch::pause();
+    if csd.locked() {
+        let tag = trace::cause(poff::CSD_LOCK);
+        while csd.locked() {
+            arch::pause();
+        }
+        trace::cause(tag);
     }
     csd.flags.store(CSD_FLAG_LOCK, Ordering::Relaxed);
 }
@@ -345,6 +350,8 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
     }
     // For the stall report: what this task waits on.
     let note = tasks::waiting(target);
+    // The preempt-off tracer's tag (per CPU: only where the wait is pinned).
+    let tag = (!preemptible).then(|| trace::cause(poff::CSD_LOCK_WAIT));
     let start = arch::rdtsc();
     let limit = PARAMS.watchdog_cycles.load(Ordering::Relaxed);
     let chance = Prob16(PARAMS.guest_preempt_prob.load(Ordering::Relaxed));
@@ -388,6 +395,9 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
         watch.finish();
     }
     tasks::wait_done(note);
+    if let Some(tag) = tag {
+        trace::cause(tag);
+    }
 }
 
 /// Where a design's wait reads its mask from.
@@ -472,6 +482,7 @@ fn call_many(
     assert!(arch::irqs_enabled(), "cross calls need interrupts on");
     // Acquire the csds, queue and send under one pin (invariant 1).
     sched::preempt_disable();
+    let tag = trace::cause(poff::SEND);
     let this = percpu::cpu_id();
     let cfd = cfd_of(this);
     let run_local = run_local && targets.test(this) && cond.is_none_or(|c| c(this, info));
@@ -525,6 +536,7 @@ fn call_many(
         },
     );
     send(ipi, &mut nr_ipi, last);
+    trace::cause(tag);
     if run_local {
         let irq = arch::irq_save();
         // flush-defer: work deferred to this CPU before its own callback.
@@ -602,11 +614,13 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
         arch::irq_restore(irq);
         sched::preempt_enable();
     } else if wait {
+        let tag = trace::cause(poff::SEND);
         let csd = Csd::new();
         csd_lock(&csd);
         if queue(target, &csd, func, info, true) {
             send_call_ipi(target);
         }
+        trace::cause(tag);
         if designs::single_wait_pinned(design()) {
             csd_lock_wait(&csd, target, false);
             sched::preempt_enable();
@@ -616,11 +630,13 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
             csd_lock_wait(&csd, target, true);
         }
     } else {
+        let tag = trace::cause(poff::SEND);
         let csd = &CSD_DATA[this as usize];
         csd_lock(csd);
         if queue(target, csd, func, info, false) {
             send_call_ipi(target);
         }
+        trace::cause(tag);
         sched::preempt_enable();
     }
     STATS.calls.fetch_add(1, Ordering::Relaxed);

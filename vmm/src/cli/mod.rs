@@ -120,6 +120,12 @@ struct RunArgs {
     /// Test only: the vCPU the hook acts on.
     #[arg(long, hide = true, default_value_t = 0)]
     test_hook_vcpu: u32,
+    /// Test only: the hook's argument (pin-preempt: microseconds).
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_hook_arg: u32,
+    /// Measurement only: run without the preempt-off tracer (its cost).
+    #[arg(long, hide = true)]
+    no_preempt_trace: bool,
 }
 
 /// Options of `run`: the common ones and the scenario.
@@ -236,6 +242,22 @@ struct ScenarioArgs {
     /// where guest kernel code is emulated].
     #[arg(long, value_name = "DUR", value_parser = parse_period)]
     probe_period: Option<Duration>,
+    /// Window of the preempt-off tracer: per vCPU, the longest
+    /// non-preemptible section of each window is kept, and the report gives
+    /// the P50/P99/max of those maxima (1us..4000s).
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_window)]
+    window: Duration,
+}
+
+/// A `--window`: above 0, and in the guest's microsecond field.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.as_micros() == 0 => Err(format!("{s}: give a window of at least 1us")),
+        d if d.as_micros() > u128::from(u32::MAX) => {
+            Err(format!("{s}: give a window of at most 4000s"))
+        }
+        d => Ok(d),
+    }
 }
 
 /// The workload's shape and the injection's targets, and the named
@@ -520,6 +542,8 @@ impl RunArgs {
             },
             test_hook: self.test_hook,
             test_hook_vcpu: self.test_hook_vcpu,
+            test_hook_arg: self.test_hook_arg,
+            preempt_trace_off: self.no_preempt_trace,
             guest_mode: self.guest_mode,
             ..MachineConfig::new(self.vcpus)
         }
@@ -549,6 +573,7 @@ impl RunCmd {
         config.forced_migration = s.forced_migration;
         config.tick_hz = s.tick_hz;
         config.probe_period = s.probe_period.filter(|p| !p.is_zero());
+        config.preempt_window = s.window;
         // Default: every CPU of the process's mask (validated there).
         let host_cpus = match &s.host_cpus {
             Some(CpuList(cpus)) => cpus.clone(),

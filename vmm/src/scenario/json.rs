@@ -206,6 +206,14 @@ pub struct Platform {
     /// One x2APIC EOI write (null: not measured).
     #[serde(default)]
     pub eoi_write_ns: Option<u64>,
+    /// One preempt_disable/enable pair with the preempt-off tracer off
+    /// (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_ns: Option<u64>,
+    /// The same pair traced (one section each): the tracer's own cost is
+    /// the difference (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_traced_ns: Option<u64>,
 }
 
 /// Paravirtual features: what the host offers (its probe) and what ran.
@@ -355,6 +363,18 @@ pub struct DesignSummary {
     /// Memory measured from the guest allocator during the phase.
     #[serde(default)]
     pub memory: Option<MemoryJson>,
+    /// The preempt-off tracer: per vCPU the longest non-preemptible section
+    /// of each window, summarised (null: the tracer was off).
+    #[serde(default)]
+    pub preempt_off: Option<PreemptOff>,
+    /// Probe lateness from its due time to the timer interrupt that woke it
+    /// (host delay, interrupts off, the platform).
+    #[serde(default)]
+    pub probe_arrival_ns: Latency,
+    /// Probe lateness from that interrupt to the probe running (the guest's
+    /// pinned sections and scheduler).
+    #[serde(default)]
+    pub probe_dispatch_ns: Latency,
 }
 
 /// How a design's phase ended.
@@ -476,6 +496,102 @@ impl PhaseEndJson {
     }
 }
 
+/// One design's preempt-off figures (`designs[].preempt_off`). Percentiles
+/// are of the window maxima (the upper end of a bucket at most 6.25% wide,
+/// clamped to the exact maximum); null where no window was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptOff {
+    /// The window, in ms.
+    pub window_ms: f64,
+    /// Windows measured, all vCPUs.
+    pub windows: u64,
+    /// Median of every vCPU's window maxima.
+    pub p50_ns: Option<u64>,
+    /// P99 of every vCPU's window maxima (the series' figure).
+    pub p99_ns: Option<u64>,
+    /// The longest section.
+    pub max_ns: Option<u64>,
+    /// Sections that ended in the phase.
+    pub sections: u64,
+    /// Sections found open where none could be (0 in a correct kernel).
+    pub unmatched: u64,
+    /// Per vCPU.
+    pub per_cpu: Vec<PreemptOffCpu>,
+    /// What the window maxima were spent on: `other`, `sched`, `send`,
+    /// `csd_lock`, `csd_lock_wait`, `test_hook`.
+    pub causes: std::collections::BTreeMap<String, PreemptOffCause>,
+}
+
+/// One vCPU's window maxima.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptOffCpu {
+    /// vCPU index.
+    pub cpu: u32,
+    /// Windows measured.
+    pub windows: u64,
+    /// Median window maximum (null: no window).
+    pub p50_ns: Option<u64>,
+    /// P99 window maximum (null: no window).
+    pub p99_ns: Option<u64>,
+    /// Longest section (null: no window).
+    pub max_ns: Option<u64>,
+}
+
+/// The windows whose longest section had one cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptOffCause {
+    /// Windows whose longest section it was.
+    pub windows: u64,
+    /// The longest of those sections (null: none).
+    pub max_ns: Option<u64>,
+}
+
+impl PreemptOff {
+    /// The JSON figures of a validated tracer report (None: tracer off).
+    pub fn new(p: &crate::results::PreemptOffReport, khz: u64) -> Option<Self> {
+        if !p.enabled {
+            return None;
+        }
+        let ns = |c: u64| cycles_to_ns(c, khz);
+        let measured = |n: u64, c: u64| (n > 0).then(|| ns(c));
+        let h = &p.window_max;
+        Some(PreemptOff {
+            window_ms: ns(p.window_cycles) as f64 / 1e6,
+            windows: h.count,
+            p50_ns: measured(h.count, h.quantile_ppm(500_000)),
+            p99_ns: measured(h.count, h.quantile_ppm(990_000)),
+            max_ns: measured(h.count, h.max),
+            sections: p.sections,
+            unmatched: p.unmatched,
+            per_cpu: p
+                .per_cpu
+                .iter()
+                .enumerate()
+                .map(|(i, c)| PreemptOffCpu {
+                    cpu: i as u32,
+                    windows: c.windows,
+                    p50_ns: measured(c.windows, c.p50),
+                    p99_ns: measured(c.windows, c.p99),
+                    max_ns: measured(c.windows, c.max),
+                })
+                .collect(),
+            causes: abi::preempt_off::cause::NAMES
+                .iter()
+                .zip(p.causes.iter())
+                .map(|(n, c)| {
+                    (
+                        n.to_string(),
+                        PreemptOffCause {
+                            windows: c.windows,
+                            max_ns: measured(c.windows, c.max),
+                        },
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
 /// The workload tasks one phase spawned (`designs[].shape`), as the guest
 /// counted them: what `--issuers-per-cpu`, `--hogs-per-cpu` and
 /// `--initiators` became.
@@ -575,6 +691,9 @@ impl DesignSummary {
             tasks_created: d.tasks_created,
             task_create_mean_ns: (d.tasks_created > 0)
                 .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
+            preempt_off: PreemptOff::new(&d.preempt_off, khz),
+            probe_arrival_ns: Latency::from_histogram(&d.probe_arrival, khz),
+            probe_dispatch_ns: Latency::from_histogram(&d.probe_dispatch, khz),
             shape: ShapeCounts {
                 issuers: d.shape.issuers,
                 hogs: d.shape.hogs,

@@ -45,8 +45,9 @@ mod validate;
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
-    cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo, PvInfo,
-    ScenarioInfo, ShapeCounts, ShapeInfo, Violation,
+    cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo,
+    PreemptOff, PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeCounts, ShapeInfo,
+    Violation,
 };
 pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
@@ -413,6 +414,10 @@ impl Report {
                 syscall_ns: (g.trap_cycles != 0).then(|| cycles_to_ns(g.trap_cycles, khz)),
                 icr_write_ns: (g.icr_cycles != 0).then(|| cycles_to_ns(g.icr_cycles, khz)),
                 eoi_write_ns: (g.eoi_cycles != 0).then(|| cycles_to_ns(g.eoi_cycles, khz)),
+                preempt_pair_ns: (g.preempt_pair_cycles != 0)
+                    .then(|| cycles_to_ns(g.preempt_pair_cycles, khz)),
+                preempt_pair_traced_ns: (g.preempt_pair_traced_cycles != 0)
+                    .then(|| cycles_to_ns(g.preempt_pair_traced_cycles, khz)),
             },
             host: HostInfo {
                 preemptions_injected: h.preemptions_injected,

@@ -24,6 +24,9 @@
 //! set-up (descriptor tables, MSRs, CPUID, the TSC, port I/O) is in
 //! [`x86`], shared by both.
 //!
+//! The interrupt-flag operations and [`safe_halt`] report every change of
+//! the flag to the preempt-off tracer ([`crate::kernel::trace`]).
+//!
 //! Hot operations test one global flag ([`native`]), set once by the BSP
 //! before any AP starts; cold ones that may run before a CPU switched
 //! (halting for good) test the CPU itself.
@@ -34,6 +37,8 @@ mod pvm;
 mod x86;
 
 use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::kernel::trace;
 
 pub use entry::TrapFrame;
 pub use plain::{enter_user, is_user_syscall, SYSCALL_INSN_LEN};
@@ -75,11 +80,14 @@ pub fn irqs_enabled() -> bool {
 /// Disables interrupts.
 #[inline]
 pub fn irq_disable() {
-    if native() {
-        pvm::irq_disable()
+    let was = if native() {
+        let was = pvm::irqs_enabled();
+        pvm::irq_disable();
+        was
     } else {
-        plain::irq_disable()
-    }
+        plain::irq_save()
+    };
+    trace::irqs_off(was);
 }
 
 /// Enables interrupts.
@@ -88,6 +96,7 @@ pub fn irq_disable() {
 /// The IDT and the interrupt stacks must be set up.
 #[inline]
 pub unsafe fn irq_enable() {
+    trace::irqs_on();
     // SAFETY: delegated to the caller.
     unsafe {
         if native() {
@@ -101,16 +110,21 @@ pub unsafe fn irq_enable() {
 /// Disables interrupts and returns whether they were enabled.
 #[inline]
 pub fn irq_save() -> bool {
-    if native() {
+    let was = if native() {
         pvm::irq_save()
     } else {
         plain::irq_save()
-    }
+    };
+    trace::irqs_off(was);
+    was
 }
 
 /// Re-enables interrupts if `was` says they were enabled.
 #[inline]
 pub fn irq_restore(was: bool) {
+    if was {
+        trace::irqs_on();
+    }
     if native() {
         pvm::irq_restore(was)
     } else {
@@ -125,6 +139,7 @@ pub fn irq_restore(was: bool) {
 /// As [`irq_enable`].
 #[inline]
 pub unsafe fn safe_halt() {
+    trace::irqs_on();
     // SAFETY: delegated to the caller.
     unsafe {
         if native() {
