@@ -43,7 +43,7 @@ pub mod wire;
 pub mod workload;
 
 pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
-pub use design::{violation, Design, DesignResults, ViolationKind, ViolationRecord};
+pub use design::{violation, Design, DesignResults, HotplugCounts, ViolationKind, ViolationRecord};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
 pub use io::{syscall, vector, GuestStatus, Port};
@@ -51,7 +51,7 @@ pub use mode::{guest_mode, native_error};
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
-    SharedPage, TaskProgress, VcpuResults, VcpuStatus,
+    SharedPage, TaskProgress, VcpuHotplug, VcpuResults, VcpuStatus,
 };
 pub use wire::{UnknownName, UnknownValue, WireEnum};
 pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
@@ -59,7 +59,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

@@ -5,12 +5,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::{layout, Control, Design, DesignResults, VcpuResults, Workload, MAX_DESIGNS};
+use abi::{
+    layout, Control, Design, DesignResults, HotplugCounts, VcpuResults, Workload, MAX_DESIGNS,
+};
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::{arch, heap, shared};
+use crate::kernel::{arch, heap, hotplug, shared};
 use crate::xcall::{self, checker, designs, pv};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
@@ -110,6 +112,8 @@ pub fn run_timed(control: &Control, workload: Workload) {
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
     assert!(sp.failed == 0, "cannot create the probe tasks");
+    // CPU hotplug requests take effect from here on.
+    hotplug::set_enabled(true);
     let mut churned = 0;
     match workload {
         Workload::Hogs => hogs::run(control, end),
@@ -151,6 +155,9 @@ fn spawn_phase_tasks(workload: Workload, control: &Control, sp: &mut Spawner) {
 pub fn run_designs(control: &Control, workload: Workload) {
     let heap_baseline = heap::used();
     let run_start = arch::rdtsc();
+    // CPU hotplug requests take effect from here on (between phases too:
+    // the next phase's tasks go to the CPUs online then).
+    hotplug::set_enabled(true);
     let designs = control
         .designs
         .iter()
@@ -205,6 +212,9 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
     spawn_phase_tasks(workload, control, &mut sp);
+    if workload == Workload::Torture && control.onoff_interval_us != 0 {
+        torture::spawn_onoff(control, &mut sp);
+    }
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
     END_TSC.store(end, Ordering::Relaxed);
@@ -269,5 +279,17 @@ fn write_design_results(
     d.preempted_wait_cycles = l(&p.preempted_wait_cycles);
     d.preempted_seen_kvm = l(&p.seen_kvm);
     d.preempted_seen_ipivirt = l(&p.seen_ipivirt);
+    let h = &hotplug::STATS;
+    let xh = &xcall::HOTPLUG;
+    d.hotplug = HotplugCounts {
+        offlines: l(&h.offlines),
+        onlines: l(&h.onlines),
+        refused: l(&h.refused),
+        tasks_moved: l(&h.tasks_moved),
+        skipped_targets: l(&xh.skipped_targets),
+        single_offline_errors: l(&xh.single_offline_errors),
+        flushed_callbacks: l(&xh.flushed_callbacks),
+        dropped_csds: l(&xh.dropped_csds),
+    };
     d.valid = 1;
 }

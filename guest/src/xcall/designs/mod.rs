@@ -57,6 +57,9 @@ pub fn wait(cfd: &'static Cfd) {
         Design::Stack => stack::wait(cfd),
         Design::AllocInPath => alloc_in_path::wait(cfd),
         Design::UnsafePercpu => unsafe_percpu::wait(cfd),
+        // The hotplug variants wait as the series does: their bug is in
+        // the dying CPU's hook (xcall::cpu_dying).
+        Design::FreeCsdOffline | Design::NoDyingFlush => task_local::wait(cfd),
     }
 }
 
@@ -78,7 +81,7 @@ pub fn stack_bytes_per_call(design: Design) -> u64 {
 /// Extra bytes every task carries for `design` at this CPU count.
 pub fn bytes_per_task(design: Design) -> u64 {
     match design {
-        Design::TaskLocal => task_local::heap_bytes() as u64,
+        d if task_local::uses_task_mask(d) => task_local::heap_bytes() as u64,
         _ => 0,
     }
 }

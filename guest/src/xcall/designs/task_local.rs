@@ -30,10 +30,19 @@ pub fn heap_bytes() -> usize {
     }
 }
 
+/// Whether `design` waits on the task's own mask (task-local and the two
+/// hotplug variants built on it).
+pub fn uses_task_mask(design: Design) -> bool {
+    matches!(
+        design,
+        Design::TaskLocal | Design::FreeCsdOffline | Design::NoDyingFlush
+    )
+}
+
 /// Task creation hook: allocates the mask when it does not fit the field
-/// (task-local design only). An error means the task must not be created.
+/// (task-local designs only). An error means the task must not be created.
 pub fn task_created(t: &Task) -> Result<(), ()> {
-    if xcall::design() != Design::TaskLocal || heap_bytes() == 0 {
+    if !uses_task_mask(xcall::design()) || heap_bytes() == 0 {
         return Ok(());
     }
     // SAFETY: non-zero-sized layout.
