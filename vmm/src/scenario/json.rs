@@ -202,6 +202,17 @@ pub struct HostInfo {
     /// VMM was stalled): never replayed.
     #[serde(default)]
     pub preemptions_skipped: u64,
+    /// CPU hotplug cycles the host requested (`--hotplug-every`): a vCPU
+    /// asked offline, then back online.
+    #[serde(default)]
+    pub hotplug_events: u64,
+    /// Of those, cycles whose offline request the guest had acted on when
+    /// it was asked back.
+    #[serde(default)]
+    pub hotplug_acked: u64,
+    /// Of those, cycles the guest refused.
+    #[serde(default)]
+    pub hotplug_refused: u64,
     /// Stalls of the VMM itself (SIGSTOP, an overloaded host).
     #[serde(default)]
     pub vmm_stalls: crate::stall::StallInfo,
@@ -286,6 +297,9 @@ pub struct DesignSummary {
     /// Mean time to create one, in ns (null: none created).
     #[serde(default)]
     pub task_create_mean_ns: Option<u64>,
+    /// CPU hotplug during the phase (all zero without hotplug).
+    #[serde(default)]
+    pub hotplug: crate::results::HotplugReport,
 }
 
 /// One recorded invariant violation.
@@ -293,7 +307,10 @@ pub struct DesignSummary {
 pub struct Violation {
     /// `not-run` (the caller returned before a target ran the callback),
     /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
-    /// `lost` (an asynchronous call never ran by the end of the phase).
+    /// `lost` (an asynchronous call never ran by the end of the phase),
+    /// `deferred-late`, `csd-freed` (a waiter read a csd freed by a CPU
+    /// going offline) or `dropped-offline` (a csd stayed locked past its
+    /// CPU's dying flush).
     pub kind: String,
     /// The target CPU concerned.
     pub cpu: u32,
@@ -314,6 +331,8 @@ pub fn violation_name(kind: u32) -> &'static str {
         CSD_REINIT => "csd-reinit",
         LOST => "lost",
         DEFERRED_LATE => "deferred-late",
+        CSD_FREED => "csd-freed",
+        DROPPED_OFFLINE => "dropped-offline",
         _ => "unknown",
     }
 }
@@ -358,6 +377,7 @@ impl DesignSummary {
             tasks_created: d.tasks_created,
             task_create_mean_ns: (d.tasks_created > 0)
                 .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
+            hotplug: d.hotplug,
             violation_log: d
                 .violation_log
                 .iter()
