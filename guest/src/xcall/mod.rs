@@ -108,6 +108,9 @@ const CSD_TYPE_SYNC: u32 = 0x10;
 /// What `free-csd-offline` fills a retired cfd's idle csds with (the slab
 /// poison byte; the lock bit set, so a reader spins rather than reuses it).
 const CSD_POISON: u32 = 0x6b6b_6b6b;
+/// Set by `no-dying-flush` on each csd it drops (still locked): the
+/// checker's shadow mark, so that its waiter can tell (and recover).
+const CSD_FLAG_DROPPED: u32 = 0x100;
 
 /// A cross-call callback: `func(info)`.
 pub type CallFn = fn(usize);
@@ -324,6 +327,9 @@ fn reset_stats() {
 /// generation is read first (Acquire), then the lock again, so a csd the
 /// flush did unlock is never taken for a dropped one.
 fn dropped(csd: &Csd) -> bool {
+    if csd.flags.load(Ordering::Acquire) & CSD_FLAG_DROPPED != 0 {
+        return true;
+    }
     let dst = csd.dst.load(Ordering::Relaxed);
     (dst as usize) < MAX_VCPUS
         && hotplug::generation(dst) != csd.gen.load(Ordering::Relaxed)
@@ -459,19 +465,15 @@ fn run_queue() -> u64 {
 /// `csd_lock` for a csd queued here).
 fn cpu_dying(me: u32) {
     let design = design();
-    if design == Design::NoDyingFlush {
-        // WRONG ON PURPOSE: drop the queue unrun (and do not wait either).
-        let mut head = QUEUES[me as usize].swap(ptr::null_mut(), Ordering::Acquire);
-        let mut n = 0;
-        while !head.is_null() {
-            // SAFETY: the drained list's csds are locked and in no other
-            // queue; only their links are read.
-            head = unsafe { *(*head).next.get() };
-            n += 1;
+    // WRONG ON PURPOSE in no-dying-flush: the queue is dropped, not run.
+    let flush = |me: u32| {
+        if design == Design::NoDyingFlush {
+            drop_queue(me);
+            0
+        } else {
+            run_queue()
         }
-        HOTPLUG.dropped_csds.fetch_add(n, Ordering::Relaxed);
-        return;
-    }
+    };
     let mut flushed = 0;
     for c in 0..nr_cpu_ids() {
         if c == me {
@@ -480,14 +482,14 @@ fn cpu_dying(me: u32) {
         let seq = SEND_SEQ[c as usize].load(Ordering::SeqCst);
         if seq & 1 == 1 {
             while SEND_SEQ[c as usize].load(Ordering::Acquire) == seq {
-                flushed += run_queue();
+                flushed += flush(me);
                 arch::pause();
             }
         }
     }
     fence(Ordering::Acquire);
     while !QUEUES[me as usize].load(Ordering::Acquire).is_null() {
-        flushed += run_queue();
+        flushed += flush(me);
     }
     HOTPLUG
         .flushed_callbacks
@@ -515,13 +517,27 @@ fn cpu_dying(me: u32) {
     }
 }
 
-/// The hotplug online hook. `no-dying-flush` drops what was pushed after
-/// its drop (never run: those csds' waiters recover on their own).
-fn cpu_coming_online(me: u32) {
-    if design() == Design::NoDyingFlush {
-        QUEUES[me as usize].store(ptr::null_mut(), Ordering::Release);
+/// `no-dying-flush`: takes the queue and drops every csd in it unrun, each
+/// left locked with the checker's dropped mark.
+fn drop_queue(me: u32) {
+    let mut head = QUEUES[me as usize].swap(ptr::null_mut(), Ordering::Acquire);
+    let mut n = 0;
+    while !head.is_null() {
+        // SAFETY: the drained list's csds are locked and ours until marked:
+        // the link is read before the mark lets a waiter take the csd back.
+        unsafe {
+            let csd = &*head;
+            head = *csd.next.get();
+            csd.flags.fetch_or(CSD_FLAG_DROPPED, Ordering::Release);
+        }
+        n += 1;
     }
+    HOTPLUG.dropped_csds.fetch_add(n, Ordering::Relaxed);
 }
+
+/// The hotplug online hook: nothing to do in the safe designs (csds were
+/// never freed); kept as the place Linux's `smpcfd_prepare_cpu()` is.
+fn cpu_coming_online(_me: u32) {}
 
 /// Spins until `csd` is unlocked. If `preemptible`, the spin may be
 /// preempted (and moved to another CPU), and yields with the guest-side
