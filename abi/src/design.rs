@@ -219,8 +219,7 @@ unsafe impl Pod for ViolationRecord {}
 unsafe impl Pod for HotplugCounts {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8
-            + 16 * 8
+        == 8 + 16 * 8
             + 8
             + 10 * 8
             + 2 * size_of::<Histogram>()

@@ -438,7 +438,10 @@ impl Machine {
             .unwrap_or(u32::MAX)
             .max(1);
         control.torture_weights = config.torture_weights;
-        control.hotplug = u32::from(plan.as_ref().is_some_and(|p| p.config.hotplug_every.is_some()));
+        control.hotplug = u32::from(
+            plan.as_ref()
+                .is_some_and(|p| p.config.hotplug_every.is_some()),
+        );
         control.onoff_interval_us = config.torture_onoff.map_or(0, |d| {
             u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
         });

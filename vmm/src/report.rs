@@ -265,7 +265,10 @@ pub fn designs_text(r: &BootReport) -> String {
         "task create (us)",
         per(&|d| us(d.task_create_mean_cycles, khz)),
     );
-    if designs.iter().any(|d| d.hotplug.offlines + d.hotplug.refused > 0) {
+    if designs
+        .iter()
+        .any(|d| d.hotplug.offlines + d.hotplug.refused > 0)
+    {
         row(
             &mut rows,
             "hotplug off/on",
@@ -284,12 +287,7 @@ pub fn designs_text(r: &BootReport) -> String {
         row(
             &mut rows,
             "dying flushed/dropped",
-            per(&|d| {
-                format!(
-                    "{}/{}",
-                    d.hotplug.flushed_callbacks, d.hotplug.dropped_csds
-                )
-            }),
+            per(&|d| format!("{}/{}", d.hotplug.flushed_callbacks, d.hotplug.dropped_csds)),
         );
     }
     if designs.iter().any(|d| d.pv != 0) {

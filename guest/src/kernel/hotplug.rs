@@ -277,7 +277,11 @@ fn mark_done(cpu: u32, req: u32, host: bool, refused: bool) {
     let i = cpu as usize;
     if host {
         HOST_DONE[i].store(req, Ordering::Relaxed);
-        let v = if refused { req | pv::HOTPLUG_REFUSED } else { req };
+        let v = if refused {
+            req | pv::HOTPLUG_REFUSED
+        } else {
+            req
+        };
         host_word(cpu, true).store(v, Ordering::Release);
     } else {
         GUEST_DONE[i].store(req, Ordering::Relaxed);
@@ -345,9 +349,22 @@ pub fn cpu_die() {
     // 2. Close the run queue and move everything queued or sleeping here.
     let moved = sched::evacuate(me);
     vc.tasks_moved.fetch_add(moved, Ordering::Relaxed);
-    STATS.tasks_moved.fetch_add(u64::from(moved), Ordering::Relaxed);
+    STATS
+        .tasks_moved
+        .fetch_add(u64::from(moved), Ordering::Relaxed);
     // 3. The dying flush (the layer above).
     (HOOKS.get().dying)(me);
+    // IPIs the senders we waited for sent before their brackets closed are
+    // pending here now (an x2APIC ICR write sets the target's IRR before
+    // it returns): take them while still going down, so that what arrives
+    // once offline is only what was sent to an offline CPU.
+    // SAFETY: interrupts are set up; any handler that runs here sees this
+    // CPU going down (the scheduler keeps idle, enqueues go elsewhere).
+    unsafe { arch::irq_enable() };
+    for _ in 0..64 {
+        arch::pause();
+    }
+    arch::irq_disable();
     // 4. Offline: the generation tells waiters every csd queued here ran.
     GENERATION[me as usize].fetch_add(1, Ordering::Release);
     STATE[me as usize].store(OFFLINE, Ordering::Release);
@@ -375,7 +392,9 @@ pub fn cpu_die() {
                 mark_done(me, req, host, false); // already offline
             } else {
                 // Another CPU is changing state: look again shortly.
-                apic::arm(arch::rdtsc() + sched::PARAMS.cycles_per_us.load(Ordering::Relaxed) * 100);
+                apic::arm(
+                    arch::rdtsc() + sched::PARAMS.cycles_per_us.load(Ordering::Relaxed) * 100,
+                );
             }
         }
     }
@@ -398,7 +417,9 @@ pub fn cpu_die() {
 pub fn note_call_ipi() {
     let me = percpu::cpu_id();
     if is_offline(me) {
-        VCPU[me as usize].ipis_offline.fetch_add(1, Ordering::Relaxed);
+        VCPU[me as usize]
+            .ipis_offline
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -843,7 +843,9 @@ pub fn evacuate(cpu: u32) -> u32 {
     let mut moved = 0;
     for t in runnable {
         dst = hotplug::fallback_cpu(dst);
-        percpu::of(dst).migrations_in.fetch_add(1, Ordering::Relaxed);
+        percpu::of(dst)
+            .migrations_in
+            .fetch_add(1, Ordering::Relaxed);
         enqueue(t, dst);
         moved += 1;
     }

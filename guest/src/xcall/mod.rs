@@ -47,8 +47,8 @@ use guest_lib::rng::Prob16;
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
-use crate::kernel::pv as kernel_pv;
 use crate::kernel::hotplug::{self, HotplugHooks};
+use crate::kernel::pv as kernel_pv;
 use crate::kernel::sched::{self, TaskHooks};
 use crate::kernel::{apic, arch, percpu, trap};
 
@@ -506,12 +506,9 @@ fn cpu_dying(me: u32) {
             let cfd = unsafe { &*old };
             cfd.freed.store(true, Ordering::Release);
             for csd in cfd.csd.iter() {
-                let _ = csd.flags.compare_exchange(
-                    0,
-                    CSD_POISON,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ =
+                    csd.flags
+                        .compare_exchange(0, CSD_POISON, Ordering::Relaxed, Ordering::Relaxed);
             }
         }
     }
@@ -585,7 +582,8 @@ fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
         if preemptible && chance.0 > 0 && chance.hits(percpu::random()) {
             sched::yield_now();
         }
-        if !resent && arch::rdtsc().wrapping_sub(start) > limit {
+        // (An offline target's flush unlocked all it had: nothing to resend.)
+        if !resent && arch::rdtsc().wrapping_sub(start) > limit && hotplug::cpu_online(target) {
             resent = true;
             let fires = STATS.watchdog_fires.fetch_add(1, Ordering::Relaxed);
             let busy = IN_CALLBACK[target as usize].load(Ordering::Relaxed);

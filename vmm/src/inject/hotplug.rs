@@ -34,7 +34,8 @@ pub(crate) fn run(shared: &Shared, stream: HotplugStream, host: Arc<PvHost>) -> 
         }
         if let Err(e) = host.hotplug_request(v, false) {
             if out.errors.len() < 4 {
-                out.errors.push(format!("hotplug: bringing vCPU {v} online: {e}"));
+                out.errors
+                    .push(format!("hotplug: bringing vCPU {v} online: {e}"));
             }
         }
         let slot = shared

@@ -330,7 +330,10 @@ mod tests {
         assert!(e.to_string().contains("3 or more vCPUs"), "{e}");
         assert!(Plan::new(&c, 3).is_ok());
         c.hotplug_len = Duration::ZERO;
-        assert!(Plan::new(&c, 4).unwrap_err().to_string().contains("--hotplug-len"));
+        assert!(Plan::new(&c, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("--hotplug-len"));
         c.hotplug_len = DEFAULT_HOTPLUG_LEN;
         c.hotplug_every = Some(Duration::from_micros(10));
         assert!(Plan::new(&c, 4).is_err());

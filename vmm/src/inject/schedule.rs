@@ -96,7 +96,10 @@ impl Iterator for HotplugStream {
         // always has one (every offline period ends).
         loop {
             let at = self.next_at;
-            self.next_at += self.rng.jittered(self.every).max(Duration::from_micros(100));
+            self.next_at += self
+                .rng
+                .jittered(self.every)
+                .max(Duration::from_micros(100));
             let offline = self.back_at.iter().filter(|&&b| b > at).count();
             let free: Vec<u32> = (1..n as u32)
                 .filter(|&v| self.back_at[v as usize] <= at)
@@ -390,24 +393,28 @@ mod tests {
 
     #[test]
     fn test_hotplug_stream_rules() {
-        let cycles: Vec<_> = HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
-            .take(200)
-            .collect();
+        let cycles: Vec<_> =
+            HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
+                .take(200)
+                .collect();
         assert_eq!(cycles.len(), 200);
         for (i, c) in cycles.iter().enumerate() {
             assert!(c.vcpu >= 1 && c.vcpu < 4, "never the boot vCPU: {c:?}");
             // At most 2 of 4 offline at once (two stay online).
-            let overlapping = cycles[..i]
-                .iter()
-                .filter(|p| p.at + p.len > c.at)
-                .count();
+            let overlapping = cycles[..i].iter().filter(|p| p.at + p.len > c.at).count();
             assert!(overlapping < 2, "{c:?} with {overlapping} offline");
-            assert!(cycles[..i].iter().all(|p| p.vcpu != c.vcpu || p.at + p.len <= c.at));
+            assert!(cycles[..i]
+                .iter()
+                .all(|p| p.vcpu != c.vcpu || p.at + p.len <= c.at));
         }
-        let again: Vec<_> = HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
-            .take(200)
-            .collect();
+        let again: Vec<_> =
+            HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
+                .take(200)
+                .collect();
         assert_eq!(cycles, again, "seeded");
-        assert_eq!(HotplugStream::new(7, 2, Duration::from_millis(1), Duration::from_millis(1)).next(), None);
+        assert_eq!(
+            HotplugStream::new(7, 2, Duration::from_millis(1), Duration::from_millis(1)).next(),
+            None
+        );
     }
 }

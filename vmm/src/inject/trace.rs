@@ -102,7 +102,11 @@ pub fn write_chrome_json(
         .filter_map(|e| e.vcpus.first().copied())
         .collect::<std::collections::BTreeSet<u32>>()
     {
-        meta(out, HOTPLUG_TRACK + u64::from(v), &format!("vCPU {v} hotplug"))?;
+        meta(
+            out,
+            HOTPLUG_TRACK + u64::from(v),
+            &format!("vCPU {v} hotplug"),
+        )?;
     }
     // The end of the last slice on each lane of each track.
     let mut lanes: std::collections::HashMap<u64, Vec<Duration>> = Default::default();
@@ -222,7 +226,10 @@ mod tests {
         let mut out = Vec::new();
         write_chrome_json(&mut out, &hp, &[0], 3).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains(r#""tid":2000002,"name":"offline","cat":"hotplug""#), "{text}");
+        assert!(
+            text.contains(r#""tid":2000002,"name":"offline","cat":"hotplug""#),
+            "{text}"
+        );
         assert!(text.contains(r#""name":"vCPU 2 hotplug""#), "{text}");
     }
 

@@ -171,7 +171,9 @@ impl Scenario {
             )
             .into());
         }
-        if c.torture_onoff.is_some_and(|d| d < std::time::Duration::from_millis(1)) {
+        if c.torture_onoff
+            .is_some_and(|d| d < std::time::Duration::from_millis(1))
+        {
             return Err(ScenarioError::Unused(
                 "--torture-onoff must be 1ms or more (0 is off): a vCPU takes longer than that to go down",
             )
