@@ -80,7 +80,7 @@ fn test_safe_designs_keep_every_invariant_under_hotplug() {
     for (i, v) in vcpus.iter().enumerate() {
         assert_eq!(
             v.hotplug.ipis_offline, 0,
-            "vCPU {i} took a call IPI while offline"
+            "vCPU {i} was sent a call IPI while offline"
         );
         assert!(
             v.hotplug.onlines <= v.hotplug.offlines,

@@ -17,7 +17,7 @@ pub mod vector {
     /// Raw IPI ping-pong of the `floor` measurement (no cross-call layer).
     pub const FLOOR: u8 = 0xf3;
     /// CPU hotplug: look at this vCPU's hotplug request
-    /// ([`PvVcpuState::hotplug_request`]); the VMM sends it (KVM_SIGNAL_MSI)
+    /// ([`PvVcpuState::hotplug_request`](crate::PvVcpuState::hotplug_request)); the VMM sends it (KVM_SIGNAL_MSI)
     /// after writing a request, so that an idle or offline vCPU, which has
     /// no tick to poll in, wakes up and sees it.
     pub const HOTPLUG: u8 = 0xf4;

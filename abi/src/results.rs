@@ -281,7 +281,8 @@ pub struct VcpuHotplug {
     pub offlines: u32,
     /// Times it came back online.
     pub onlines: u32,
-    /// Cross-call IPIs it received while offline (0 unless the model is broken).
+    /// Cross-call IPIs sent to it while it was offline (0 unless the model
+    /// is broken; counted by the senders).
     pub ipis_offline: u32,
     /// Tasks moved off it when it went offline.
     pub tasks_moved: u32,

@@ -343,7 +343,8 @@ pub struct VcpuHotplugCounts {
     pub offlines: u32,
     /// Times it came back online.
     pub onlines: u32,
-    /// Cross-call IPIs it received while offline (0 unless the model broke).
+    /// Cross-call IPIs sent to it while it was offline (0 unless the model
+    /// broke; counted by the senders).
     pub ipis_offline: u32,
     /// Tasks moved off it when it went offline.
     pub tasks_moved: u32,

@@ -69,7 +69,7 @@ pub struct VcpuCounts {
     pub offlines: AtomicU32,
     /// Times back online.
     pub onlines: AtomicU32,
-    /// Cross-call IPIs received while offline.
+    /// Cross-call IPIs sent to it while it was offline.
     pub ipis_offline: AtomicU32,
     /// Tasks moved off it.
     pub tasks_moved: AtomicU32,
@@ -413,13 +413,13 @@ pub fn cpu_die() {
     sched::pull_work(me);
 }
 
-/// A cross-call IPI arrived: counted if this CPU is offline.
-pub fn note_call_ipi() {
-    let me = percpu::cpu_id();
-    if is_offline(me) {
-        VCPU[me as usize]
-            .ipis_offline
-            .fetch_add(1, Ordering::Relaxed);
+/// A cross-call IPI is being sent to `cpu`: counted against it if it is
+/// offline. Counted at the sender, because only the send time says whether
+/// the model broke: an IPI sent before the target went down may still be
+/// delivered after (the target ignores it; its flush ran that work).
+pub fn note_call_ipi_to(cpu: u32) {
+    if is_offline(cpu) {
+        VCPU[cpu as usize].ipis_offline.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -88,8 +88,9 @@ fn on_call_function_ipi() {
     apic::eoi();
     percpu::this().ipis_received.inc();
     if hotplug::is_offline(percpu::cpu_id()) {
-        // An offline CPU takes no calls (counted: 0 unless the model broke).
-        hotplug::note_call_ipi();
+        // An offline CPU takes no calls: a late IPI sent before it went
+        // down finds nothing its flush did not run (one sent after is
+        // counted at its sender).
         return;
     }
     handle_ipi();
@@ -398,6 +399,7 @@ fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool 
 }
 
 fn send_call_ipi(target: u32) {
+    hotplug::note_call_ipi_to(target);
     apic::send_ipi(target, vector::CALL_FUNCTION);
 }
 
@@ -582,8 +584,7 @@ fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
         if preemptible && chance.0 > 0 && chance.hits(percpu::random()) {
             sched::yield_now();
         }
-        // (An offline target's flush unlocked all it had: nothing to resend.)
-        if !resent && arch::rdtsc().wrapping_sub(start) > limit && hotplug::cpu_online(target) {
+        if !resent && arch::rdtsc().wrapping_sub(start) > limit {
             resent = true;
             let fires = STATS.watchdog_fires.fetch_add(1, Ordering::Relaxed);
             let busy = IN_CALLBACK[target as usize].load(Ordering::Relaxed);
@@ -603,7 +604,16 @@ fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
                     preempted
                 );
             }
-            send_call_ipi(target);
+            // A sender like any other: inside the bracket, to an online
+            // target only (an offline one's flush unlocked all it had).
+            sched::preempt_disable();
+            let this = percpu::cpu_id();
+            sender_enter(this);
+            if hotplug::cpu_online(target) {
+                send_call_ipi(target);
+            }
+            sender_exit(this);
+            sched::preempt_enable();
         }
     }
     if watch_pv {
@@ -719,6 +729,7 @@ fn call_many(
         match *nr_ipi {
             0 => {}
             _ if pv_send => {
+                for_each_cpu(nr_words(), |i| ipi.words[i], hotplug::note_call_ipi_to);
                 pv::send_ipi_mask(ipi, vector::CALL_FUNCTION);
                 percpu::this().ipis_sent.add(u64::from(*nr_ipi));
             }

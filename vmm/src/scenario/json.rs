@@ -118,6 +118,21 @@ pub struct ScenarioInfo {
     pub alloc_fail_prob: f64,
     /// Forced guest task migration probability per tick.
     pub forced_migration: f64,
+    /// CPU hotplug asked for (all zero: none).
+    #[serde(default)]
+    pub hotplug: HotplugInfo,
+}
+
+/// The scenario's CPU hotplug (`--hotplug-every`, `--hotplug-len`,
+/// `--torture-onoff`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HotplugInfo {
+    /// Mean gap between the host's hotplug cycles, in us (0: none).
+    pub every_us: u64,
+    /// Mean time a vCPU stays offline per cycle, in us.
+    pub len_us: u64,
+    /// Torture's onoff interval, in us (0: off).
+    pub torture_onoff_us: u64,
 }
 
 /// The guest's calibration.

@@ -44,8 +44,8 @@ mod validate;
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
-    cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo, PvInfo,
-    ScenarioInfo, Violation,
+    cycles_to_ns, violation_name, DesignSummary, HostInfo, HotplugInfo, Latency, Platform,
+    PreemptInfo, PvInfo, ScenarioInfo, Violation,
 };
 pub use status::{FailedRun, Status};
 pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
