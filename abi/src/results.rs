@@ -286,7 +286,8 @@ pub struct VcpuHotplug {
     pub ipis_offline: u32,
     /// Tasks moved off it when it went offline.
     pub tasks_moved: u32,
-    /// Context switches since it last came online (it runs tasks again).
+    /// Context switches since it first came back online (it runs tasks
+    /// again; 0 if it never came back).
     pub switches_since_online: u64,
     /// Time spent offline, TSC cycles.
     pub offline_cycles: u64,

@@ -348,7 +348,8 @@ pub struct VcpuHotplugCounts {
     pub ipis_offline: u32,
     /// Tasks moved off it when it went offline.
     pub tasks_moved: u32,
-    /// Context switches since it last came online (0: it never came back).
+    /// Context switches since it first came back online (0: it never
+    /// came back, or ran nothing since).
     pub switches_since_online: u64,
     /// Time it spent offline, TSC cycles.
     pub offline_cycles: u64,

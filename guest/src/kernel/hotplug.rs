@@ -73,7 +73,7 @@ pub struct VcpuCounts {
     pub ipis_offline: AtomicU32,
     /// Tasks moved off it.
     pub tasks_moved: AtomicU32,
-    /// Its context switch count when it last came online.
+    /// Its context switch count when it first came back online.
     pub switches_at_online: AtomicU64,
     /// Cycles offline in all.
     pub offline_cycles: AtomicU64,
@@ -405,9 +405,12 @@ pub fn cpu_die() {
     sched::reopen(me);
     STATE[me as usize].store(ONLINE, Ordering::Release);
     ONLINE_MASK[me as usize / 64].fetch_or(1 << (me % 64), Ordering::SeqCst);
-    vc.onlines.fetch_add(1, Ordering::Relaxed);
-    vc.switches_at_online
-        .store(pc.context_switches.get(), Ordering::Relaxed);
+    // The first comeback sets the base: "it runs tasks again" must not
+    // depend on whether the last comeback fell after the workload's end.
+    if vc.onlines.fetch_add(1, Ordering::Relaxed) == 0 {
+        vc.switches_at_online
+            .store(pc.context_switches.get(), Ordering::Relaxed);
+    }
     STATS.onlines.fetch_add(1, Ordering::Relaxed);
     BUSY.store(false, Ordering::Release);
     sched::pull_work(me);
@@ -419,7 +422,9 @@ pub fn cpu_die() {
 /// delivered after (the target ignores it; its flush ran that work).
 pub fn note_call_ipi_to(cpu: u32) {
     if is_offline(cpu) {
-        VCPU[cpu as usize].ipis_offline.fetch_add(1, Ordering::Relaxed);
+        VCPU[cpu as usize]
+            .ipis_offline
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
