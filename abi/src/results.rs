@@ -399,6 +399,12 @@ impl VcpuStatus {
             "vcpus[].state",
             self.state.into(),
             "OFFLINE or ONLINE",
+        )?;
+        check(
+            self.hotplug.onlines <= self.hotplug.offlines,
+            "vcpus[].hotplug.onlines",
+            self.hotplug.onlines.into(),
+            "at most vcpus[].hotplug.offlines (a vCPU comes back only after it left)",
         )
     }
 }
@@ -438,5 +444,11 @@ mod tests {
         assert!(v.validate().is_ok());
         v.state = 7;
         assert_eq!(v.validate().unwrap_err().found, 7);
+        v.state = vcpu_state::ONLINE;
+        v.hotplug.offlines = 2;
+        v.hotplug.onlines = 2;
+        assert!(v.validate().is_ok());
+        v.hotplug.onlines = 3;
+        assert_eq!(v.validate().unwrap_err().field, "vcpus[].hotplug.onlines");
     }
 }

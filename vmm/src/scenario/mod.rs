@@ -174,6 +174,14 @@ impl Scenario {
         self
     }
 
+    /// CPU hotplug from the host: a vCPU offline every `every` (`None` or
+    /// zero: none) for `len` each (docs/hotplug.md).
+    pub fn hotplug(mut self, every: Option<Duration>, len: Duration) -> Self {
+        self.config.inject.hotplug_every = every.filter(|d| !d.is_zero());
+        self.config.inject.hotplug_len = len;
+        self
+    }
+
     /// Guest-side forced preemption at each spin of a preemptible wait.
     pub fn guest_preempt_prob(mut self, p: f64) -> Self {
         self.config.guest_preempt_prob = p;
