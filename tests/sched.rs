@@ -47,7 +47,7 @@ fn test_two_cpu_bound_user_tasks_on_one_vcpu_both_progress() {
     if !common::kvm_or_skip() {
         return;
     }
-    let r = run(1, Workload::Hogs, 2.0, |c| c.tasks_per_cpu = 2);
+    let r = run(1, Workload::Hogs, 2.0, |c| c.hogs_per_cpu = 2);
     let g = &r.guest;
     assert_eq!(g.hogs.len(), 2, "{:?}", g.hogs);
     for h in &g.hogs {
@@ -65,7 +65,7 @@ fn test_forced_migration_moves_tasks_across_vcpus() {
         return;
     }
     let r = run(4, Workload::Hogs, 2.0, |c| {
-        c.tasks_per_cpu = 1;
+        c.hogs_per_cpu = 1;
         c.forced_migration = 0.5;
     });
     let g = &r.guest;

@@ -137,7 +137,8 @@ fn test_unsafe_percpu_is_caught() {
     let mut seen = Vec::new();
     for attempt in 1..=3u64 {
         let r = run(4, Workload::Shootdown, &[Design::UnsafePercpu], 4.0, |c| {
-            c.tasks_per_cpu = 4;
+            c.issuers_per_cpu = 4;
+            c.hogs_per_cpu = 0;
             c.guest_preempt_prob = 0.5;
             c.seed = attempt;
         });
@@ -166,7 +167,8 @@ fn test_task_local_mask_is_allocated_above_64_vcpus() {
         return;
     }
     let r = run(80, Workload::Shootdown, &[Design::TaskLocal], 6.0, |c| {
-        c.tasks_per_cpu = 1
+        c.issuers_per_cpu = 1;
+        c.hogs_per_cpu = 0;
     });
     let d = &r.guest.designs[0];
     assert_eq!(d.mask_bytes_per_task, 16, "80 CPUs need two words");
@@ -263,7 +265,8 @@ fn test_broken_checker_misses_unsafe_percpu() {
     // checker's test-only fault on: it must see nothing, so the catch test
     // above would fail against a broken checker.
     let r = run(4, Workload::Shootdown, &[Design::UnsafePercpu], 2.0, |c| {
-        c.tasks_per_cpu = 4;
+        c.issuers_per_cpu = 4;
+        c.hogs_per_cpu = 0;
         c.guest_preempt_prob = 0.5;
         c.test_hook = ipivirt::TestHook::BrokenChecker;
     });

@@ -72,7 +72,33 @@ fn test_trace_has_no_overlapping_slices_on_a_track() {
     let migrated = r["host"]["migrations_injected"].as_u64().unwrap() as usize;
     assert!(migrated > 0 && injected > 0, "{r}");
     assert_eq!(migrations, migrated, "every migration is a slice");
-    assert_eq!(slices, injected + migrated);
+    // One design-phase marker per design, in the order they ran, on a
+    // track of their own (issue 17, item 7).
+    let designs: Vec<String> = r["designs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["design"].as_str().unwrap().to_string())
+        .collect();
+    let all = tracks(&t);
+    let mut phases: Vec<&Slice> = all
+        .values()
+        .flatten()
+        .filter(|s| designs.contains(&s.2))
+        .collect();
+    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let names: Vec<&str> = phases.iter().map(|s| s.2.as_str()).collect();
+    assert_eq!(names, designs, "the phase markers");
+    assert!(phases.iter().all(|s| s.1 > 0.0), "{phases:?}");
+    assert!(
+        t["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["args"]["name"] == "design phases (guest)"),
+        "the phase track is named"
+    );
+    assert_eq!(slices, injected + migrated + designs.len());
 }
 
 #[test]

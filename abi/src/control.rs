@@ -40,8 +40,9 @@ pub struct Control {
     pub probe_period_us: u32,
     /// Forced task migration: chance per tick, in 1/65536 (0: off).
     pub forced_migration: u32,
-    /// Workload tasks per vCPU.
-    pub tasks_per_cpu: u32,
+    /// IPI-issuing workload tasks on each initiator vCPU (`shootdown`,
+    /// `torture`; see `initiators`).
+    pub issuers_per_cpu: u32,
     /// Number of entries used in `designs`.
     pub nr_designs: u32,
     /// [`Design`] codes, run one after the other.
@@ -78,14 +79,57 @@ pub struct Control {
     /// many microseconds a guest task takes a random vCPU offline and brings
     /// it back half an interval later (0: off).
     pub onoff_interval_us: u32,
+    /// The workload's shape beside the issuers: hogs and initiators.
+    pub shape: Shape,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 40],
+    pub reserved: [u64; 23],
 }
 
 // SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out
 // without padding (the size assert pins the layout).
 unsafe impl Pod for Control {}
 const _: () = assert!(size_of::<Control>() == 512);
+
+/// The series' workload shape: which vCPUs issue cross calls and how many
+/// CPU-bound tasks that send none share every vCPU with them. Kept apart
+/// from the rest of [`Control`] so the shape travels as one value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// CPU-bound user tasks per vCPU that send no IPI (`shootdown`,
+    /// `torture` phases; the `hogs` workload's tasks).
+    pub hogs_per_cpu: u32,
+    /// Non-zero: `initiators` is an explicit set, and the issuers are
+    /// pinned to their vCPU so the set stays what was asked for. Zero:
+    /// every vCPU issues and the issuers may migrate.
+    pub explicit_initiators: u32,
+    /// Bit `v` set: vCPU `v` runs the issuers (only read when
+    /// `explicit_initiators` is non-zero).
+    pub initiators: [u64; MAX_VCPUS / 64],
+}
+
+// SAFETY: #[repr(C)] of two u32 and a u64 array: no padding (asserted).
+unsafe impl Pod for Shape {}
+const _: () = assert!(size_of::<Shape>() == 8 + MAX_VCPUS / 8);
+
+impl Shape {
+    /// Whether vCPU `v` runs issuers.
+    pub fn is_initiator(&self, v: u32) -> bool {
+        self.explicit_initiators == 0
+            || self
+                .initiators
+                .get(v as usize / 64)
+                .is_some_and(|w| w & (1 << (v % 64)) != 0)
+    }
+
+    /// Makes vCPU `v` an initiator (and the set explicit).
+    pub fn set_initiator(&mut self, v: u32) {
+        self.explicit_initiators = 1;
+        if let Some(w) = self.initiators.get_mut(v as usize / 64) {
+            *w |= 1 << (v % 64);
+        }
+    }
+}
 
 /// The csd-lock-wait watchdog threshold when the control block leaves it 0:
 /// 100 ms, far above any healthy wait and well below the VMM's watchdog.
@@ -145,5 +189,15 @@ mod tests {
         c = Control::new(4);
         c.magic = 0;
         assert_eq!(c.validate().unwrap_err().field, "control.magic");
+    }
+
+    #[test]
+    fn test_shape_initiators() {
+        let mut s = Control::new(4).shape;
+        assert!((0..4).all(|v| s.is_initiator(v)), "empty set: every vCPU");
+        s.set_initiator(0);
+        s.set_initiator(1023);
+        assert!(s.is_initiator(0) && s.is_initiator(1023));
+        assert!(!s.is_initiator(1) && !s.is_initiator(64) && !s.is_initiator(5000));
     }
 }

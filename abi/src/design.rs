@@ -208,7 +208,23 @@ pub struct DesignResults {
     pub violation_log: [ViolationRecord; 8],
     /// CPU hotplug during the phase.
     pub hotplug: HotplugCounts,
+    /// The tasks the phase's workload spawned, by kind.
+    pub shape: ShapeCounts,
 }
+
+/// The tasks one phase spawned, by kind: what the guest really started
+/// for `--issuers-per-cpu`, `--hogs-per-cpu` and `--initiators`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShapeCounts {
+    /// IPI-issuing tasks created.
+    pub issuers: u32,
+    /// CPU-bound tasks that send no IPI created.
+    pub hogs: u32,
+}
+
+// SAFETY: repr(C) of two u32: no padding.
+unsafe impl Pod for ShapeCounts {}
 
 // SAFETY: repr(C) of u32 pairs, u64s, Pod histograms and Pod records; the
 // size assert pins the layout without padding.
@@ -225,6 +241,7 @@ const _: () = assert!(
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
             + size_of::<HotplugCounts>()
+            + size_of::<ShapeCounts>()
 );
 
 #[cfg(test)]

@@ -74,8 +74,15 @@ crate::wire_enum! {
         /// line where the host cannot batch `rep outsb` (the PVM host's
         /// native mode takes one exit per byte).
         ConsoleBuffer = 0x3f9 => "console-buffer",
+        /// Design-phase markers for the trace: the BSP writes a 32-bit
+        /// design slot index when that design's phase starts, and the index
+        /// with [`PHASE_END`] when it ends (one exit each per phase).
+        Phase = 0xf5 => "phase",
     }
 }
+
+/// The end flag of a [`Port::Phase`] write.
+pub const PHASE_END: u32 = 1 << 31;
 
 crate::wire_enum! {
     /// What a 32-bit write to [`Port::Status`] means.

@@ -42,11 +42,13 @@ pub mod results;
 pub mod wire;
 pub mod workload;
 
-pub use control::{Control, DEFAULT_CSD_WATCHDOG_US};
-pub use design::{violation, Design, DesignResults, HotplugCounts, ViolationKind, ViolationRecord};
+pub use control::{Control, Shape, DEFAULT_CSD_WATCHDOG_US};
+pub use design::{
+    violation, Design, DesignResults, HotplugCounts, ShapeCounts, ViolationKind, ViolationRecord,
+};
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
-pub use io::{syscall, vector, GuestStatus, Port};
+pub use io::{syscall, vector, GuestStatus, Port, PHASE_END};
 pub use mode::{guest_mode, native_error};
 pub use pv::PvVcpuState;
 pub use results::{
@@ -59,7 +61,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

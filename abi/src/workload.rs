@@ -14,16 +14,17 @@ crate::wire_enum! {
         /// Every vCPU busy-loops for `duration_us`, recording the largest TSC
         /// gap it saw and its steal time: makes host-side preemption visible.
         Spin = 2 => "spin",
-        /// `tasks_per_cpu` CPU-bound user tasks per vCPU, preempted by the
-        /// tick, with the probe; [`Results::hogs`] reports their progress.
+        /// `shape.hogs_per_cpu` CPU-bound user tasks per vCPU, preempted by
+        /// the tick, with the probe; [`Results::hogs`] reports their progress.
         Hogs = 3 => "hogs",
         /// Kernel tasks created and exiting in a loop (memory accounting).
         Churn = 4 => "churn",
         /// One user task per vCPU: synchronous single-target calls to the next
         /// vCPU, once per design.
         Ping = 5 => "ping",
-        /// `tasks_per_cpu` user tasks per vCPU, each broadcasting to a random
-        /// subset of vCPUs and waiting, with think time; once per design.
+        /// `issuers_per_cpu` user tasks per initiator vCPU, each broadcasting
+        /// to a random subset of vCPUs and waiting, with think time, beside
+        /// `shape.hogs_per_cpu` hogs per vCPU; once per design.
         Shootdown = 6 => "shootdown",
         /// The raw x2APIC IPI ping-pong round trip between vCPUs 0 and 1, no
         /// cross-call layer ([`Results::floor`]). `ping` runs measure it first.

@@ -52,8 +52,17 @@ pub struct MachineConfig {
     pub workload: Workload,
     /// How long the workload runs.
     pub duration: Duration,
-    /// Workload tasks per vCPU.
-    pub tasks_per_cpu: u32,
+    /// IPI-issuing tasks on each initiator vCPU (`shootdown`, `torture`).
+    pub issuers_per_cpu: u32,
+    /// CPU-bound tasks that send no IPI on every vCPU (`shootdown`,
+    /// `torture` phases; the `hogs` workload's tasks).
+    pub hogs_per_cpu: u32,
+    /// The vCPUs that run the issuers (None: every vCPU, and the issuers
+    /// may migrate; a set pins them to their vCPU).
+    pub initiators: Option<Vec<u32>>,
+    /// The named scenario this config was made from (`series`), if any:
+    /// the report names it.
+    pub scenario_name: Option<String>,
     /// Forced migration: chance per scheduler tick that the running task
     /// is moved to another vCPU (0..=1).
     pub forced_migration: f64,
@@ -140,7 +149,10 @@ impl MachineConfig {
             test_hook_vcpu: 0,
             workload: Workload::None,
             duration: Duration::from_secs(2),
-            tasks_per_cpu: 2,
+            issuers_per_cpu: 1,
+            hogs_per_cpu: 1,
+            initiators: None,
+            scenario_name: None,
             forced_migration: 0.0,
             tick_hz: None,
             probe_period: None,
@@ -224,6 +236,10 @@ struct Machine {
     stats: Vec<Option<std::fs::File>>,
     /// What the injectors did (filled by `stop`).
     host: HostReport,
+    /// The guest was told to register steal time.
+    steal_time: bool,
+    /// The guest's design-phase marks (slot, ended, when), bounded.
+    phase_marks: Vec<(u32, bool, Instant)>,
 }
 
 /// Boots the guest, waits until it reports done, and returns what it
@@ -236,6 +252,15 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     let page = memory::read_shared(&machine.mem)?;
     let warnings = std::mem::take(&mut machine.warnings);
     machine.host.warnings.extend(warnings);
+    machine.host.steal_time = machine.steal_time;
+    if let Some(t0) = machine.host.started {
+        machine.host.phases = inject::trace::PhaseSlice::from_marks(
+            &machine.phase_marks,
+            &config.ran_designs(),
+            t0,
+            Instant::now(),
+        );
+    }
     for (v, status) in machine.host.vcpus.iter_mut().zip(page.vcpus.iter()) {
         v.steal_ns = status.steal_ns;
         v.preempted_seen = status.preempted_seen;
@@ -249,6 +274,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
         machine.host.trace_error = inject::trace::write_file(
             path,
             &machine.host.timeline,
+            &machine.host.phases,
             &machine.host.host_cpus,
             config.vcpus,
         )
@@ -421,7 +447,11 @@ impl Machine {
         control.host_pvm = u32::from(host_pvm);
         control.workload = config.workload as u32;
         control.duration_us = config.duration.as_micros().min(u128::from(u64::MAX)) as u64;
-        control.tasks_per_cpu = config.tasks_per_cpu;
+        control.issuers_per_cpu = config.issuers_per_cpu;
+        control.shape.hogs_per_cpu = config.hogs_per_cpu;
+        for &v in config.initiators.iter().flatten() {
+            control.shape.set_initiator(v);
+        }
         control.forced_migration =
             (config.forced_migration.clamp(0.0, 1.0) * 65536.0).min(65535.0) as u32;
         control.tick_hz = config.tick_hz.unwrap_or(0);
@@ -449,11 +479,22 @@ impl Machine {
             control.pv_flags |= pv::STEAL_TIME;
         }
         control.pv_flags |= config.pv & (pv::STEAL_TIME | pv::PREEMPTED);
+        // Steal time in every run with a workload where KVM offers it (one
+        // MSR write per vCPU), so that steal_ms and run_delay_ms compare.
+        let steal_offered = vm::kvm_pv_features(&cpuid) & (1 << vm::KVM_FEATURE_STEAL_TIME) != 0
+            && pv_probe.as_ref().map_or(true, |p| p.steal_time);
+        let steal_time = config.workload != Workload::None && steal_offered;
+        if steal_time {
+            control.pv_flags |= pv::STEAL_TIME;
+        }
         for (i, slot) in control.phase_pv.iter_mut().enumerate() {
             *slot = config.phase_pv(i) & pv::ALL;
         }
+        if steal_time {
+            control.pv_kvm |= pv::STEAL_TIME;
+        }
         if let Some(probe) = &pv_probe {
-            control.pv_kvm = crate::pv::kvm_bits(probe);
+            control.pv_kvm |= crate::pv::kvm_bits(probe);
             control.pv_amd = u32::from(probe.amd);
             if native_possible {
                 // KVM's hypercall instructions are forbidden in native mode
@@ -528,6 +569,8 @@ impl Machine {
             injector: None,
             stats,
             host: HostReport::default(),
+            steal_time,
+            phase_marks: Vec::new(),
         };
         for (id, fd) in (0..).zip(fds) {
             match vcpu::spawn(
@@ -621,6 +664,13 @@ impl Machine {
                     vcpu,
                     ..
                 }) => return Wait::Failed(FailureKind::Exception(None, vcpu)),
+                Ok(VcpuEvent::Phase { slot, end, at }) => {
+                    crate::progress::phase_mark(end, at);
+                    // Two per phase; more is a guest's noise, not kept.
+                    if self.phase_marks.len() < 2 * abi::MAX_DESIGNS {
+                        self.phase_marks.push((slot, end, at));
+                    }
+                }
                 Ok(VcpuEvent::Fault { vcpu, fault }) => {
                     return Wait::Failed(FailureKind::Fault { vcpu, fault })
                 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use abi::Histogram;
+use abi::{Histogram, Workload};
 
 use crate::machine::{BootReport, MachineConfig};
 
@@ -10,7 +10,8 @@ use crate::machine::{BootReport, MachineConfig};
 /// the text and null in the JSON, never a zero that looks measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Measured {
-    /// The guest registered steal time (`spin`, `--pv steal-time`).
+    /// The guest registered steal time (every workload run where KVM
+    /// offers it).
     pub steal_time: bool,
     /// The guest recorded its largest TSC gap (`spin`).
     pub max_gap: bool,
@@ -23,10 +24,10 @@ impl Measured {
         max_gap: true,
     };
 
-    /// What a run of `config` measures.
-    pub fn of(config: &MachineConfig) -> Self {
+    /// What a run of `config` measured, with its host figures `host`.
+    pub fn of(config: &MachineConfig, host: &crate::inject::HostReport) -> Self {
         Measured {
-            steal_time: config.all_pv() & abi::pv::STEAL_TIME != 0,
+            steal_time: host.steal_time,
             max_gap: config.workload == abi::Workload::Spin,
         }
     }
@@ -79,12 +80,12 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
     }
     let _ = writeln!(
         out,
-        "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {} task(s) per vCPU, forced migration {}",
+        "workload {:?} for {:.2} s{} (guest-measured {:.2} s in all), {}, forced migration {}",
         config.workload,
         config.duration.as_secs_f64(),
         if per_design { " per design" } else { "" },
         cycles_to_us(g.workload_cycles, r.tsc_khz) / 1e6,
-        config.tasks_per_cpu,
+        shape_text(config, r),
         config.forced_migration
     );
     // With one phase per design, the probe is reported per design (below);
@@ -508,6 +509,27 @@ fn pv_lines(out: &mut String, r: &BootReport) {
             h.deferrable,
             h.flushes_signalled
         );
+    }
+}
+
+/// The workload's tasks in words: per vCPU as asked, and how many the
+/// guest really spawned (the first phase's counts) where it counts them.
+fn shape_text(config: &MachineConfig, r: &BootReport) -> String {
+    let on = match &config.initiators {
+        Some(v) => format!("on vCPU(s) {}", crate::inject::placement::list_text(v)),
+        None => "on every vCPU".to_string(),
+    };
+    match (config.workload, r.guest.designs.first()) {
+        (Workload::Hogs, _) => format!("{} hog(s) per vCPU", config.hogs_per_cpu),
+        (Workload::Ping, _) => "1 pinger per vCPU".to_string(),
+        (Workload::Shootdown | Workload::Torture, Some(d)) => format!(
+            "{} issuer(s) per vCPU {on}, {} hog(s) per vCPU (spawned per design: {} issuers, {} hogs)",
+            config.issuers_per_cpu, config.hogs_per_cpu, d.shape.issuers, d.shape.hogs
+        ),
+        _ => format!(
+            "{} issuer(s) per vCPU {on}, {} hog(s) per vCPU",
+            config.issuers_per_cpu, config.hogs_per_cpu
+        ),
     }
 }
 

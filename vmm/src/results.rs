@@ -469,6 +469,8 @@ pub struct DesignReport {
     pub violation_log: Vec<ViolationRecord>,
     /// CPU hotplug during the phase.
     pub hotplug: HotplugReport,
+    /// The issuers and hogs the phase spawned.
+    pub shape: abi::ShapeCounts,
 }
 
 impl DesignReport {
@@ -510,7 +512,10 @@ fn design_report(
             ..field("designs[].design")
         });
     }
-    if d.pv != expected_pv || d.pv_kvm & !d.pv != 0 {
+    // Steal time is run-wide and registered wherever KVM offers it, asked
+    // for or not (the VMM decides from KVM's CPUID).
+    let beyond_steal = |pv: u32| pv & !abi::pv::STEAL_TIME;
+    if beyond_steal(d.pv) != beyond_steal(expected_pv) || d.pv_kvm & !d.pv != 0 {
         return Err(FieldError {
             found: d.pv.into(),
             expected: "the PV features of this slot (pv_kvm a subset)",
@@ -526,6 +531,13 @@ fn design_report(
             found: d.pv_yields_effective,
             expected: "effective yields <= yields, sightings <= waits on preempted",
             ..field("designs[].pv_yields_effective")
+        });
+    }
+    if u64::from(d.shape.issuers) + u64::from(d.shape.hogs) > d.tasks_created {
+        return Err(FieldError {
+            found: u64::from(d.shape.issuers) + u64::from(d.shape.hogs),
+            expected: "issuers + hogs <= the tasks the phase created",
+            ..field("designs[].shape")
         });
     }
     d.call_latency.validate("designs[].call_latency")?;
@@ -578,6 +590,7 @@ fn design_report(
             .checked_div(d.tasks_created)
             .unwrap_or(0),
         phase_cycles: d.phase_cycles,
+        shape: d.shape,
         call_latency: d.call_latency,
         sched_latency: d.sched_latency,
         violation_log: log,

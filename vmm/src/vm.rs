@@ -276,6 +276,20 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
     )
 }
 
+/// KVM's paravirtual CPUID leaf (KVM_CPUID_FEATURES) and its feature bits.
+pub const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// MSR_KVM_STEAL_TIME works.
+pub const KVM_FEATURE_STEAL_TIME: u32 = 5;
+
+/// The KVM_FEATURE_* bits `cpuid` advertises (0 without KVM's leaf).
+pub fn kvm_pv_features(cpuid: &CpuId) -> u32 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == KVM_CPUID_FEATURES)
+        .map_or(0, |e| e.eax)
+}
+
 /// vCPU `id`'s CPUID: initial APIC id in leaf 1, x2APIC topology in leaf
 /// 0xB (one thread per core, `nr_vcpus` cores, x2APIC id = vCPU id), KVM's
 /// paravirt leaves as KVM offers them.

@@ -1,7 +1,8 @@
-//! Workload `hogs`: `tasks_per_cpu` CPU-bound user tasks per vCPU,
+//! Workload `hogs`: `shape.hogs_per_cpu` CPU-bound user tasks per vCPU,
 //! preempted by the tick and moved by the balancer; each counts its
 //! iterations and notes every CPU it finds itself on
-//! ([`abi::Results::hogs`]).
+//! ([`abi::Results::hogs`]). Also the hogs of the per-design phases
+//! ([`phase_hog`]): the tasks that send no IPI beside the issuers.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,10 +41,30 @@ extern "C" fn hog(slot: usize) -> ! {
     exit()
 }
 
+/// How long a phase hog spins at CPL3 between two looks at the phase's
+/// end (TSC cycles): about a millisecond, so its system calls cost it a
+/// few percent at most and it ends within a tick of the phase.
+const PHASE_HOG_SLICE: u64 = 2_000_000;
+
+/// A hog of a per-design phase: CPU-bound at CPL3, sending no IPI, until
+/// the phase ends (its end moves once, when the phase's clock starts, so
+/// it asks again after every slice).
+pub extern "C" fn phase_hog(_: usize) -> ! {
+    let mut end = u64::MAX;
+    while arch::rdtsc() < end {
+        let t0 = arch::rdtsc();
+        while arch::rdtsc().wrapping_sub(t0) < PHASE_HOG_SLICE {
+            core::hint::spin_loop();
+        }
+        end = sys(syscall::WORKLOAD_END, 0);
+    }
+    exit()
+}
+
 /// Spawns the hogs, spread over the vCPUs, and lets them run until `end`.
 pub fn run(control: &Control, end: u64) {
     let nr = control.nr_vcpus;
-    for i in 0..nr * control.tasks_per_cpu.max(1) {
+    for i in 0..nr * control.shape.hogs_per_cpu.max(1) {
         sched::spawn(
             "hog",
             Class::Normal,

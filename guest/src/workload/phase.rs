@@ -42,28 +42,35 @@ pub struct Spawner {
     created: u64,
     create_cycles: u64,
     failed: u64,
+    /// What the phase started, by kind (reported as the design's shape).
+    pub(super) shape: abi::ShapeCounts,
 }
 
 impl Spawner {
     /// Creates one task (see [`sched::spawn`]); a failure is counted and
-    /// printed, not fatal.
-    pub fn spawn(&mut self, name: &str, class: Class, body: Body, cpu: u32, pinned: bool) {
+    /// printed, not fatal. Returns whether the task exists.
+    pub fn spawn(&mut self, name: &str, class: Class, body: Body, cpu: u32, pinned: bool) -> bool {
         let t0 = arch::rdtsc();
         match sched::spawn(name, class, body, cpu, pinned) {
             Ok(_) => {
                 self.create_cycles += arch::rdtsc() - t0;
                 self.created += 1;
+                true
             }
             Err(e) => {
                 self.failed += 1;
                 println!("cannot create task {} on vCPU {}: {:?}", name, Dec(cpu), e);
+                false
             }
         }
     }
 }
 
-/// Spawns `tasks_per_cpu` user tasks per vCPU running `body`, spread round
-/// robin, each with its own seed.
+/// Spawns the phase's IPI issuers: `issuers_per_cpu` user tasks running
+/// `body` on each initiator vCPU, each with its own seed. With an explicit
+/// initiator set they are pinned there (the balancer would otherwise move
+/// an issuer onto a target and the shape asked for would not be the one
+/// run); with every vCPU an initiator they may migrate, as before.
 pub fn spawn_user_tasks(
     control: &Control,
     sp: &mut Spawner,
@@ -71,11 +78,34 @@ pub fn spawn_user_tasks(
     body: extern "C" fn(usize) -> !,
 ) {
     let nr = control.nr_vcpus;
-    for k in 0..nr * control.tasks_per_cpu.max(1) {
-        let seed = (control.seed as usize)
-            .wrapping_mul(31)
-            .wrapping_add(k as usize + 1);
-        sp.spawn(name, Class::Normal, Body::User(body, seed), k % nr, false);
+    let pinned = control.shape.explicit_initiators != 0;
+    let mut k = 0usize;
+    for _ in 0..control.issuers_per_cpu.max(1) {
+        for c in (0..nr).filter(|&c| control.shape.is_initiator(c)) {
+            k += 1;
+            let seed = (control.seed as usize).wrapping_mul(31).wrapping_add(k);
+            if sp.spawn(name, Class::Normal, Body::User(body, seed), c, pinned) {
+                sp.shape.issuers += 1;
+            }
+        }
+    }
+}
+
+/// Spawns `shape.hogs_per_cpu` CPU-bound tasks on every vCPU, pinned: the
+/// load that a preemptible wait lets run and a pinned one holds off.
+pub fn spawn_hogs(control: &Control, sp: &mut Spawner) {
+    for _ in 0..control.shape.hogs_per_cpu {
+        for c in 0..control.nr_vcpus {
+            if sp.spawn(
+                "hog",
+                Class::Normal,
+                Body::User(hogs::phase_hog, 0),
+                c,
+                true,
+            ) {
+                sp.shape.hogs += 1;
+            }
+        }
     }
 }
 
@@ -148,6 +178,9 @@ fn spawn_phase_tasks(workload: Workload, control: &Control, sp: &mut Spawner) {
         Workload::Torture => torture::spawn(control, sp),
         _ => shootdown::spawn(control, sp),
     }
+    if workload != Workload::Ping {
+        spawn_hogs(control, sp);
+    }
 }
 
 /// Runs the cross-call workload once per design of the control block and
@@ -168,7 +201,10 @@ pub fn run_designs(control: &Control, workload: Workload) {
             continue;
         };
         let features = control.pv_flags | control.phase_pv[i];
+        // Markers for the VMM's trace (host time, beside the injections).
+        arch::outl(abi::Port::Phase as u16, i as u32);
         let phase = run_phase(control, workload, design, features);
+        arch::outl(abi::Port::Phase as u16, abi::PHASE_END | i as u32);
         // SAFETY: the BSP writes the design slots; nothing else does.
         let d = unsafe { &mut *shared::design_results(i) };
         write_design_results(d, control, design, features, &phase);
@@ -267,6 +303,7 @@ fn write_design_results(
         d.sched_latency.merge(&v.probe);
     }
     d.violation_log = checker::log();
+    d.shape = phase.spawner.shape;
     d.pv = features;
     d.pv_kvm = control.pv_kvm & features;
     d.pv_send_ipi_calls = l(&p.send_ipi_calls);

@@ -1,6 +1,7 @@
-//! Workload `shootdown`: `tasks_per_cpu` user tasks per vCPU, each thinking
-//! at CPL3 for a random time, then making a TLB-shootdown-like cross call
-//! (`on_each_cpu_cond_mask()` to a random subset of vCPUs, waiting; or
+//! Workload `shootdown`: `issuers_per_cpu` user tasks per initiator vCPU
+//! (beside the phase's hogs), each thinking at CPL3 for a random time,
+//! then making a TLB-shootdown-like cross call (`on_each_cpu_cond_mask()`
+//! to a random subset of vCPUs, waiting; or
 //! flush-defer's `kvm_flush_tlb_multi()` path when that PV feature is on),
 //! and every eighth call an asynchronous single call instead.
 

@@ -4,8 +4,12 @@
 //! to many and to all CPUs with and without wait. Every callback checks
 //! that it runs on a CPU the call was sent to and that memory the caller
 //! wrote before the call is visible to it; an RPC's reply is checked by the
-//! caller after the wait. Invocations and failed checks are counted per
-//! primitive (the invariant checker runs as for every call).
+//! caller after the wait. Half of the calls to many and to all CPUs pass a
+//! condition, as Linux's TLB flush passes `tlb_is_not_lazy` to
+//! `on_each_cpu_cond_mask()`: it skips about a quarter of the targets, the
+//! checker expects callbacks only where it holds, so a callback on a
+//! skipped CPU is a failed check. Invocations and failed checks are counted
+//! per primitive (the invariant checker runs as for every call).
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -34,16 +38,30 @@ fn pick(r: u64) -> usize {
     weighted_pick(&w, r)
 }
 
+/// `info`: the checker's token (bits 0-31), the primitive (32-39) and,
+/// for a conditional call, a salt for [`skip_some`] (40-63).
+const PRIM_SHIFT: u32 = 32;
+const SALT_SHIFT: u32 = 40;
+
+/// The condition of a conditional call: false for about a quarter of the
+/// CPUs, chosen by the call's salt (a pure function of `cpu` and `info`,
+/// so the caller knows beforehand where it holds).
+fn skip_some(cpu: u32, info: usize) -> bool {
+    let salt = (info >> SALT_SHIFT) as u32;
+    (cpu.wrapping_mul(0x9e37_79b9) ^ salt) & 3 != 0
+}
+
 /// The reply an RPC target writes.
 fn rpc_reply(token: usize, cpu: u32) -> u64 {
     checker::expected_payload(token).unwrap_or(0) ^ u64::from(cpu)
 }
 
 fn callback(info: usize) {
-    let (token, prim) = (info & 0xffff_ffff, (info >> 32) % COUNT);
+    let (token, prim) = (info & 0xffff_ffff, ((info >> PRIM_SHIFT) & 0xff) % COUNT);
     let me = percpu::cpu_id();
+    let cond_holds = info >> SALT_SHIFT == 0 || skip_some(me, info);
     // Checks first: the caller's slot is held until on_callback releases it.
-    if !checker::payload_visible(token) || !checker::is_target(token, me) {
+    if !checker::payload_visible(token) || !checker::is_target(token, me) || !cond_holds {
         ERRORS[prim].fetch_add(1, Ordering::Relaxed);
     }
     if prim == torture::SINGLE_RPC {
@@ -132,9 +150,30 @@ fn one(seed: u64) {
         }
         _ => (0..nr).for_each(|c| targets.set(c)),
     }
-    let token = checker::begin(&targets, wait);
+    let many = !matches!(
+        prim,
+        torture::SINGLE | torture::SINGLE_WAIT | torture::SINGLE_RPC
+    );
+    // A non-zero salt marks a conditional call (bits 40-63 of info).
+    let salt = if many && next() & 1 == 1 {
+        (next() as usize >> SALT_SHIFT).max(1) << SALT_SHIFT
+    } else {
+        0
+    };
+    let cond: Option<xcall::CondFn> = (salt != 0).then_some(skip_some as xcall::CondFn);
+    // The call gets every target and the condition; the checker expects
+    // callbacks exactly where the condition holds.
+    let mut expected = targets;
+    if salt != 0 {
+        for c in 0..nr {
+            if targets.test(c) && !skip_some(c, salt) {
+                expected.clear(c);
+            }
+        }
+    }
+    let token = checker::begin(&expected, wait);
     checker::set_payload(token);
-    let info = token | (prim << 32);
+    let info = token | (prim << PRIM_SHIFT) | salt;
     let start = arch::rdtsc();
     // SAFETY: the kernel is set up; cross calls run with interrupts on.
     unsafe { arch::irq_enable() };
@@ -147,9 +186,9 @@ fn one(seed: u64) {
             // "many" excludes the caller, as smp_call_function_many does;
             // the checker's targets must then exclude it too: run it
             // locally instead so the request stays exactly-once.
-            xcall::smp_call_function_many_cond(&targets, callback, info, wait, true, None)
+            xcall::smp_call_function_many_cond(&targets, callback, info, wait, true, cond)
         }
-        _ => xcall::on_each_cpu_cond_mask(&targets, callback, info, wait, None),
+        _ => xcall::on_each_cpu_cond_mask(&targets, callback, info, wait, cond),
     };
     arch::irq_disable();
     checker::skip(token, &skipped);

@@ -165,14 +165,19 @@ fn run_scenario(
         shown = expected.mul_f64(p.slowdown);
     }
     let started = std::time::Instant::now();
-    let result =
-        crate::progress::with_progress(!args.common.quiet, shown, &label, || scenario.run());
+    let phases = match scenario.config().workload {
+        abi::Workload::None => 0,
+        _ => scenario.config().ran_designs().len() as u32,
+    };
+    let result = crate::progress::with_progress(!args.common.quiet, shown, phases, &label, || {
+        scenario.run()
+    });
     if let (Some(p), false) = (pace, expected.is_zero()) {
         p.slowdown = (started.elapsed().as_secs_f64() / expected.as_secs_f64()).clamp(1.0, 1e4);
     }
     result.inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, Measured::of(scenario.config())));
+            out.say(&partial_text(p, Measured::of(scenario.config(), &p.host)));
         }
     })
 }
@@ -216,7 +221,7 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     crate::signals::install()?;
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.output, args.scenario.trace.as_deref())?;
-    let config = args.machine_config();
+    let config = args.machine_config()?;
     let scenario = Scenario::from_config(config.clone());
     let mut out = Printer::new(outputs.stdout_taken());
     let checked = scenario
@@ -239,6 +244,9 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     let Some(raw) = report.raw.as_deref() else {
         unreachable!("a fresh report carries the guest's")
     };
+    if let Some(header) = crate::scenario::scenario_header(&config) {
+        out.say(&header);
+    }
     out.say(&online_line(raw));
     if raw.tsc_khz > 0 {
         out.say(&format!(
@@ -257,7 +265,12 @@ fn run(args: &RunCmd) -> Result<u8, Error> {
     if !raw.guest.designs.is_empty() {
         out.say(&crate::report::designs_text(raw));
     }
-    let block = host_block(&raw.host, raw.tsc_khz, config.vcpus, Measured::of(&config));
+    let block = host_block(
+        &raw.host,
+        raw.tsc_khz,
+        config.vcpus,
+        Measured::of(&config, &raw.host),
+    );
     if !block.is_empty() {
         out.say(&block);
     }
@@ -318,7 +331,14 @@ fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
     check_explicit_antagonist(&args.run)?;
-    let base = args.run.machine_config();
+    if args.run.scenario.shape.scenario.is_some() || args.run.scenario.shape.placement.is_some() {
+        return Err(Error::Scenario(
+            "--scenario and --placement lay out one run's vCPUs: use them with `ipivirt run` \
+             (a sweep changes the vCPU and host CPU counts per cell)"
+                .into(),
+        ));
+    }
+    let base = args.run.machine_config()?;
     let available = base.inject.host_cpus.clone().unwrap_or_default();
     let mut cells = crate::sweep::plan(
         &available,
@@ -474,7 +494,7 @@ fn boot(args: &RunArgs) -> Result<u8, Error> {
     let config = args.machine_config();
     let report = machine::boot(&config).inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, Measured::of(&config)));
+            out.say(&partial_text(p, Measured::of(&config, &p.host)));
         }
     })?;
     out.say(&online_line(&report));

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::inject::{self, InjectConfig, PreemptMode};
 use crate::machine::{self, MachineConfig};
-use crate::{ConsoleMode, TestHook};
+use crate::scenario::{Preset, ScenarioError, ScenarioName};
+use crate::{ConsoleMode, Error, TestHook};
 
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";
@@ -147,15 +148,17 @@ struct ScenarioArgs {
     /// is permitted, else pause].
     #[arg(long, value_name = "MODE", value_enum)]
     preempt: Option<PreemptArg>,
-    /// Length of one injected preemption (us, ms, s).
-    #[arg(long, value_name = "DUR", default_value = "200us", value_parser = parse_duration)]
-    preempt_len: Duration,
-    /// Mean gap between preemptions on each host CPU (seeded jitter).
-    #[arg(long, value_name = "DUR", default_value = "2ms", value_parser = parse_duration)]
-    preempt_every: Duration,
-    /// Mean gap between vCPU thread migrations (seeded jitter); 0 disables.
-    #[arg(long, value_name = "DUR", default_value = "5ms", value_parser = parse_duration)]
-    migrate_every: Duration,
+    /// Length of one injected preemption (us, ms, s) [default: 200us].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    preempt_len: Option<Duration>,
+    /// Mean gap between preemptions on each host CPU (seeded jitter)
+    /// [default: 2ms].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    preempt_every: Option<Duration>,
+    /// Mean gap between vCPU thread migrations (seeded jitter); 0 disables
+    /// [default: 5ms].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    migrate_every: Option<Duration>,
     /// Most of a host CPU an injector may take, in percent (1..=90; a
     /// scenario above 90% is refused).
     #[arg(long, value_name = "PCT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=90))]
@@ -216,9 +219,8 @@ struct ScenarioArgs {
     /// How long the workload runs (us, ms, s).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     duration: Duration,
-    /// Workload tasks on each vCPU.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    tasks_per_cpu: u32,
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// Chance per guest scheduler tick that the running task is moved to
     /// another vCPU (0..1): makes tasks hop CPUs.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
@@ -231,6 +233,62 @@ struct ScenarioArgs {
     /// where guest kernel code is emulated].
     #[arg(long, value_name = "DUR", value_parser = parse_period)]
     probe_period: Option<Duration>,
+}
+
+/// The workload's shape and the injection's targets, and the named
+/// scenarios that set them all at once. Options left out are `None`, so
+/// that a `--scenario` fills exactly those and every explicit one wins.
+#[derive(Debug, Clone, Args)]
+struct ShapeArgs {
+    /// A named scenario: `series` (vCPU 0, the only initiator, alone on the
+    /// first host CPU; the other vCPUs, running hogs only, on the second,
+    /// which antagonists take for 3 ms every 10 ms; no migration; see
+    /// docs/injection.md). Options given explicitly override its values.
+    #[arg(long, value_name = "NAME", value_parser = clap::value_parser!(ScenarioName))]
+    scenario: Option<ScenarioName>,
+    /// IPI-issuing tasks on each initiator vCPU (shootdown, torture)
+    /// [default: 1]. `--tasks-per-cpu` is the old spelling.
+    #[arg(long, value_name = "N", alias = "tasks-per-cpu", value_parser = clap::value_parser!(u32).range(1..=64))]
+    issuers_per_cpu: Option<u32>,
+    /// CPU-bound tasks that send no IPI on every vCPU (shootdown, torture;
+    /// the hogs workload's tasks) [default: 1].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(0..=64))]
+    hogs_per_cpu: Option<u32>,
+    /// The vCPUs that run the issuers, a list like 0 or 0-1,3 (shootdown,
+    /// torture); the issuers are pinned there [default: every vCPU, issuers
+    /// free to migrate].
+    #[arg(long, value_name = "LIST", value_parser = parse_vcpus)]
+    initiators: Option<VcpuList>,
+    /// The host CPU of each vCPU, vCPU 0 first (e.g. 0,1,1,1) [default:
+    /// vCPUs spread round robin over --host-cpus].
+    #[arg(long, value_name = "LIST", value_parser = parse_placement)]
+    placement: Option<Placement>,
+    /// The host CPUs preemption is injected on, a CPU list (the others stay
+    /// quiet) [default: every host CPU of the run].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    preempt_host_cpus: Option<CpuList>,
+    /// The vCPUs `--preempt pause` holds, a list like 1-3 [default: every
+    /// vCPU].
+    #[arg(long, value_name = "LIST", value_parser = parse_vcpus)]
+    preempt_vcpus: Option<VcpuList>,
+}
+
+/// A parsed vCPU list (`--initiators`, `--preempt-vcpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VcpuList(Vec<u32>);
+
+fn parse_vcpus(s: &str) -> Result<VcpuList, String> {
+    inject::placement::parse_cpu_list(s)
+        .map(|v| VcpuList(v.into_iter().map(|c| c as u32).collect()))
+        .map_err(|_| format!("'{s}' is not a vCPU list (give e.g. 0, 1-3, 0,2)"))
+}
+
+/// A parsed `--placement` map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement(Vec<usize>);
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    inject::placement::parse_placement(s).map(Placement)
 }
 
 /// Parsed `--torture-weights`.
@@ -466,8 +524,11 @@ impl RunArgs {
 }
 
 impl RunCmd {
-    fn machine_config(&self) -> MachineConfig {
+    /// The run's configuration: the options given, a `--scenario`'s values
+    /// for those left out, the defaults for the rest.
+    fn machine_config(&self) -> Result<MachineConfig, Error> {
         let s = &self.scenario;
+        let sh = &s.shape;
         let mut config = self.common.machine_config();
         config.workload = s.workload;
         if let Some(Weights(w)) = &s.torture_weights {
@@ -481,32 +542,72 @@ impl RunCmd {
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
         config.duration = s.duration;
-        config.tasks_per_cpu = s.tasks_per_cpu;
         config.forced_migration = s.forced_migration;
         config.tick_hz = s.tick_hz;
         config.probe_period = s.probe_period.filter(|p| !p.is_zero());
+        // Default: every CPU of the process's mask (validated there).
+        let host_cpus = match &s.host_cpus {
+            Some(CpuList(cpus)) => cpus.clone(),
+            None => inject::placement::process_cpus().unwrap_or_default(),
+        };
         config.inject = InjectConfig {
-            // Default: every CPU of the process's mask (validated there).
-            host_cpus: Some(match &s.host_cpus {
-                Some(CpuList(cpus)) => cpus.clone(),
-                None => inject::placement::process_cpus().unwrap_or_default(),
-            }),
-            preempt: match s.preempt {
-                Some(PreemptArg::None) => PreemptMode::None,
-                Some(PreemptArg::Pause) => PreemptMode::Pause,
-                // Antagonist falls back to pause when SCHED_FIFO is refused.
-                Some(PreemptArg::Antagonist) | None => PreemptMode::Antagonist,
-            },
-            preempt_len: s.preempt_len,
-            preempt_every: s.preempt_every,
-            migrate_every: Some(s.migrate_every).filter(|d| !d.is_zero()),
+            host_cpus: Some(host_cpus.clone()),
+            preempt: PreemptMode::Antagonist,
             max_duty: f64::from(s.max_duty) / 100.0,
             trace: s.trace.clone(),
-            hotplug_every: Some(s.hotplug_every).filter(|d| !d.is_zero()),
-            hotplug_len: s.hotplug_len,
+            migrate_every: Some(Duration::from_millis(5)),
+            ..InjectConfig::default()
         };
+        if let Some(name) = sh.scenario {
+            Preset::new(name, &host_cpus, config.vcpus)?.apply(&mut config);
+        }
+        // Explicit options win over the scenario's values.
+        let inj = &mut config.inject;
+        match s.preempt {
+            Some(PreemptArg::None) => inj.preempt = PreemptMode::None,
+            Some(PreemptArg::Pause) => inj.preempt = PreemptMode::Pause,
+            // Antagonist falls back to pause when SCHED_FIFO is refused.
+            Some(PreemptArg::Antagonist) => inj.preempt = PreemptMode::Antagonist,
+            None => {}
+        }
+        if let Some(d) = s.preempt_len {
+            inj.preempt_len = d;
+        }
+        if let Some(d) = s.preempt_every {
+            inj.preempt_every = d;
+        }
+        if let Some(d) = s.migrate_every {
+            inj.migrate_every = Some(d).filter(|d| !d.is_zero());
+        }
+        if let Some(Placement(p)) = &sh.placement {
+            inj.placement = Some(p.clone());
+        }
+        if let Some(CpuList(c)) = &sh.preempt_host_cpus {
+            inj.preempt_host_cpus = Some(c.clone());
+        }
+        if let Some(VcpuList(v)) = &sh.preempt_vcpus {
+            inj.preempt_vcpus = Some(v.clone());
+        }
+        if let Some(n) = sh.issuers_per_cpu {
+            if s.workload == abi::Workload::Hogs {
+                return Err(ScenarioError::Unused(
+                    "--issuers-per-cpu (or --tasks-per-cpu): the hogs workload sends no IPI; its \
+                     tasks are --hogs-per-cpu",
+                )
+                .into());
+            }
+            config.issuers_per_cpu = n;
+        }
+        if let Some(m) = sh.hogs_per_cpu {
+            config.hogs_per_cpu = m;
+        }
+        if let Some(VcpuList(v)) = &sh.initiators {
+            config.initiators = Some(v.clone());
+        }
+        config.inject.hotplug_every = Some(s.hotplug_every).filter(|d| !d.is_zero());
+        config.inject.hotplug_len = s.hotplug_len;
         config.torture_onoff = Some(s.torture_onoff).filter(|d| !d.is_zero());
-        config
+        Ok(config)
     }
 }
 
@@ -550,6 +651,13 @@ mod tests {
             &["ipivirt", "boot", "--preempt", "pause"],
             &["ipivirt", "run", "--probe-period", "0"],
             &["ipivirt", "run", "--torture-weights", "single=1,single=2"],
+            &["ipivirt", "run", "--scenario", "bogus"],
+            &["ipivirt", "run", "--issuers-per-cpu", "0"],
+            &["ipivirt", "run", "--hogs-per-cpu", "65"],
+            &["ipivirt", "run", "--initiators", "x"],
+            &["ipivirt", "run", "--placement", "0-1"],
+            &["ipivirt", "run", "--preempt-host-cpus", ""],
+            &["ipivirt", "run", "--preempt-vcpus", "3-1"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -578,7 +686,7 @@ mod tests {
         let Some(Command::Run(run)) = c.command else {
             panic!()
         };
-        let m = run.machine_config();
+        let m = run.machine_config().unwrap();
         assert_eq!(m.inject.host_cpus, Some(vec![0, 2, 3]));
         assert_eq!(m.inject.preempt, PreemptMode::Pause);
         assert_eq!(m.inject.preempt_len, Duration::from_micros(1500));
@@ -587,10 +695,80 @@ mod tests {
         assert_eq!(m.workload, abi::Workload::Spin);
         assert_eq!(m.duration, Duration::from_millis(500));
         let c = Cli::try_parse_from(["ipivirt"]).unwrap();
-        let m = c.run.machine_config();
+        let m = c.run.machine_config().unwrap();
         assert_eq!(m.inject.preempt, PreemptMode::Antagonist);
         assert_eq!(m.inject.migrate_every, Some(Duration::from_millis(5)));
+        assert_eq!(m.inject.preempt_len, Duration::from_micros(200));
         assert_eq!(m.inject.max_duty, 0.5);
+        assert_eq!((m.issuers_per_cpu, m.hogs_per_cpu), (1, 1));
+        assert_eq!(
+            (m.initiators.as_ref(), m.scenario_name.as_ref()),
+            (None, None)
+        );
+    }
+
+    fn run_config(args: &[&str]) -> MachineConfig {
+        let c = Cli::try_parse_from(args).unwrap();
+        let Some(Command::Run(run)) = c.command else {
+            panic!()
+        };
+        run.machine_config().unwrap()
+    }
+
+    #[test]
+    fn test_cli_series_scenario_and_overrides() {
+        let m = run_config(&[
+            "ipivirt",
+            "run",
+            "--scenario",
+            "series",
+            "--host-cpus",
+            "0,1",
+        ]);
+        assert_eq!(m.scenario_name.as_deref(), Some("series"));
+        assert_eq!(m.inject.placement, Some(vec![0, 1, 1, 1]));
+        assert_eq!(m.inject.preempt_host_cpus, Some(vec![1]));
+        assert_eq!(m.initiators, Some(vec![0]));
+        assert_eq!(m.inject.preempt_len, Duration::from_millis(3));
+        assert_eq!(m.inject.preempt_every, Duration::from_millis(10));
+        assert_eq!(m.inject.migrate_every, None);
+        let m = run_config(&[
+            "ipivirt",
+            "run",
+            "--scenario",
+            "series",
+            "--host-cpus",
+            "0,1",
+            "--preempt-len",
+            "1ms",
+            "--placement",
+            "0,0,1,1",
+            "--initiators",
+            "0-1",
+            "--issuers-per-cpu",
+            "2",
+            "--hogs-per-cpu",
+            "0",
+            "--preempt",
+            "pause",
+            "--preempt-vcpus",
+            "3",
+        ]);
+        assert_eq!(m.inject.preempt_len, Duration::from_millis(1));
+        assert_eq!(m.inject.preempt_every, Duration::from_millis(10));
+        assert_eq!(m.inject.placement, Some(vec![0, 0, 1, 1]));
+        assert_eq!(m.initiators, Some(vec![0, 1]));
+        assert_eq!((m.issuers_per_cpu, m.hogs_per_cpu), (2, 0));
+        assert_eq!(m.inject.preempt, PreemptMode::Pause);
+        assert_eq!(m.inject.preempt_vcpus, Some(vec![3]));
+        let m = run_config(&["ipivirt", "run", "--tasks-per-cpu", "3"]);
+        assert_eq!(m.issuers_per_cpu, 3);
+        let c = Cli::try_parse_from(["ipivirt", "run", "--scenario", "series", "--host-cpus", "0"]);
+        let Some(Command::Run(run)) = c.unwrap().command else {
+            panic!()
+        };
+        let e = run.machine_config().unwrap_err();
+        assert!(e.to_string().contains("two host CPUs"), "{e}");
     }
 
     #[test]

@@ -98,6 +98,15 @@ pub struct InjectConfig {
     pub hotplug_every: Option<Duration>,
     /// Mean time a vCPU stays offline in one cycle.
     pub hotplug_len: Duration,
+    /// Explicit host CPU of each vCPU, by vCPU index (`--placement`;
+    /// `None`: spread round robin over `host_cpus`). Its CPUs must be in
+    /// `host_cpus` when that is given, and are the run's host CPUs when not.
+    pub placement: Option<Vec<usize>>,
+    /// The host CPUs preemption is injected on (`--preempt-host-cpus`;
+    /// `None`: every host CPU of the run): the others stay quiet.
+    pub preempt_host_cpus: Option<Vec<usize>>,
+    /// The vCPUs `pause` holds (`--preempt-vcpus`; `None`: every vCPU).
+    pub preempt_vcpus: Option<Vec<u32>>,
 }
 
 impl Default for InjectConfig {
@@ -112,6 +121,9 @@ impl Default for InjectConfig {
             trace: None,
             hotplug_every: None,
             hotplug_len: DEFAULT_HOTPLUG_LEN,
+            placement: None,
+            preempt_host_cpus: None,
+            preempt_vcpus: None,
         }
     }
 }
@@ -120,6 +132,7 @@ impl InjectConfig {
     /// Whether this config does anything at all.
     pub fn is_active(&self) -> bool {
         self.host_cpus.is_some()
+            || self.placement.is_some()
             || self.preempt != PreemptMode::None
             || self.migrate_every.is_some()
             || self.hotplug_every.is_some()
@@ -177,27 +190,140 @@ pub struct Plan {
     pub original_mask: Vec<usize>,
 }
 
+/// The host CPUs of a run and the initial slot of each vCPU, as
+/// [`check_targets`] derives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    /// The host CPUs used (slots index into this).
+    pub host_cpus: Vec<usize>,
+    /// Initial slot of each vCPU (`None`: no placement).
+    pub slots: Option<Vec<usize>>,
+}
+
+/// Checks the injection targets of `config` for `vcpus` vCPUs against the
+/// host CPUs this process may use (`allowed`): the host CPU list, the
+/// explicit placement (one host CPU per vCPU, each in `--host-cpus` when
+/// given), the host CPUs preemption is aimed at (host CPUs of the run) and
+/// the vCPUs `pause` holds (vCPUs of the run, `pause` only). Pure, so the
+/// scenario's validation refuses before anything boots exactly what
+/// [`Plan::new`] would.
+pub fn check_targets(
+    config: &InjectConfig,
+    vcpus: u32,
+    allowed: &[usize],
+) -> Result<Targets, InjectError> {
+    let host_cpus = match (&config.host_cpus, &config.placement) {
+        (Some(cpus), _) => {
+            if cpus.is_empty() {
+                return Err(InjectError::Invalid("--host-cpus is empty".into()));
+            }
+            placement::check_allowed(&placement::list_text(cpus), cpus, allowed)?;
+            cpus.clone()
+        }
+        (None, Some(p)) => {
+            let set: std::collections::BTreeSet<usize> = p.iter().copied().collect();
+            set.into_iter().collect()
+        }
+        (None, None) => allowed.to_vec(),
+    };
+    let slots = match &config.placement {
+        Some(p) => {
+            if p.len() != vcpus as usize {
+                return Err(InjectError::Invalid(format!(
+                    "--placement {} names {} host CPU(s) for {vcpus} vCPU(s): give exactly one                      host CPU per vCPU, vCPU 0 first",
+                    placement::list_text(p),
+                    p.len()
+                )));
+            }
+            placement::check_allowed(&placement::list_text(p), p, allowed).map_err(|e| {
+                InjectError::Invalid(format!(
+                    "--placement {}: {}",
+                    placement::list_text(p),
+                    e.to_string().replace("--host-cpus ", "")
+                ))
+            })?;
+            let mut slots = Vec::with_capacity(p.len());
+            for (v, cpu) in p.iter().enumerate() {
+                let slot = host_cpus.iter().position(|c| c == cpu).ok_or_else(|| {
+                    InjectError::Invalid(format!(
+                        "--placement puts vCPU {v} on host CPU {cpu}, which is not in --host-cpus {}",
+                        placement::list_text(&host_cpus)
+                    ))
+                })?;
+                slots.push(slot);
+            }
+            Some(slots)
+        }
+        None => config
+            .host_cpus
+            .as_ref()
+            .map(|_| placement::spread(vcpus, host_cpus.len())),
+    };
+    if let Some(p) = &config.preempt_host_cpus {
+        if config.preempt == PreemptMode::None {
+            return Err(InjectError::Invalid(
+                "--preempt-host-cpus aims preemption, and --preempt none injects none: this run                  would ignore it"
+                    .into(),
+            ));
+        }
+        if p.is_empty() {
+            return Err(InjectError::Invalid("--preempt-host-cpus is empty".into()));
+        }
+        if slots.is_none() && config.preempt == PreemptMode::Pause {
+            return Err(InjectError::Invalid(
+                "--preempt-host-cpus with --preempt pause needs a placement (--host-cpus or \
+                 --placement): unplaced vCPUs are on no host CPU in particular"
+                    .into(),
+            ));
+        }
+        let used: Vec<usize> = match &slots {
+            Some(s) => s.iter().map(|&i| host_cpus[i]).collect(),
+            None => host_cpus.clone(),
+        };
+        let stray: Vec<usize> = p.iter().copied().filter(|c| !used.contains(c)).collect();
+        if !stray.is_empty() {
+            return Err(InjectError::Invalid(format!(
+                "--preempt-host-cpus {}: host CPU(s) {stray:?} run no vCPU of this run (its vCPUs                  are on host CPUs {})",
+                placement::list_text(p),
+                placement::list_text(&{
+                    let mut u = used.clone();
+                    u.sort_unstable();
+                    u.dedup();
+                    u
+                })
+            )));
+        }
+    }
+    if let Some(p) = &config.preempt_vcpus {
+        if config.preempt != PreemptMode::Pause {
+            return Err(InjectError::Invalid(format!(
+                "--preempt-vcpus applies to --preempt pause only (an antagonist preempts whatever                  runs on its host CPU: aim it with --preempt-host-cpus); this run uses --preempt {}",
+                config.preempt.name()
+            )));
+        }
+        if p.is_empty() {
+            return Err(InjectError::Invalid("--preempt-vcpus is empty".into()));
+        }
+        let stray: Vec<u32> = p.iter().copied().filter(|&v| v >= vcpus).collect();
+        if !stray.is_empty() {
+            return Err(InjectError::Invalid(format!(
+                "--preempt-vcpus {}: vCPU(s) {stray:?} do not exist (this run has vCPUs 0..={})",
+                placement::list_text(p),
+                vcpus.saturating_sub(1)
+            )));
+        }
+    }
+    Ok(Targets { host_cpus, slots })
+}
+
 impl Plan {
     /// Validates `config` for `vcpus` vCPUs on this host. Probes SCHED_FIFO
     /// for `antagonist` and falls back to `pause` (with a reason) if refused.
     pub fn new(config: &InjectConfig, vcpus: u32) -> Result<Plan, InjectError> {
         let original_mask = placement::process_cpus()
             .map_err(|e| InjectError::Host(format!("sched_getaffinity: {e}")))?;
-        let host_cpus = match &config.host_cpus {
-            Some(cpus) => {
-                if cpus.is_empty() {
-                    return Err(InjectError::Invalid("--host-cpus is empty".into()));
-                }
-                let text = cpus
-                    .iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                placement::check_allowed(&text, cpus, &original_mask)?;
-                cpus.clone()
-            }
-            None => original_mask.clone(),
-        };
+        let targets = check_targets(config, vcpus, &original_mask)?;
+        let host_cpus = targets.host_cpus;
         if !(config.max_duty > 0.0 && config.max_duty <= DUTY_LIMIT) {
             return Err(InjectError::Invalid(format!(
                 "max duty {} must be in (0, {DUTY_LIMIT}]",
@@ -249,10 +375,7 @@ impl Plan {
             },
             other => (other, None),
         };
-        let placement = config
-            .host_cpus
-            .as_ref()
-            .map(|_| placement::spread(vcpus, host_cpus.len()));
+        let placement = targets.slots;
         let mut config = config.clone();
         config.migrate_every = config.migrate_every.filter(|d| !d.is_zero());
         config.hotplug_every = config.hotplug_every.filter(|d| !d.is_zero());

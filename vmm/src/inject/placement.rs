@@ -44,6 +44,30 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, PlacementError> {
     Ok(cpus.into_iter().collect())
 }
 
+/// A list as the command line spells it (`0,1,1,1`).
+pub fn list_text<T: ToString>(items: &[T]) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Parses a vCPU -> host CPU map such as `0,1,1,1` (one host CPU per
+/// vCPU, in vCPU order; order and repeats kept, unlike a CPU list).
+pub fn parse_placement(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<usize>()
+                .ok()
+                .filter(|&c| c < libc::CPU_SETSIZE as usize)
+                .ok_or_else(|| {
+                    format!(
+                        "--placement '{text}' is not a vCPU -> host CPU map: give one host CPU \
+                         number per vCPU, vCPU 0 first (e.g. 0,1,1,1)"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Checks `cpus` against the CPUs `allowed` for this process.
 pub fn check_allowed(list: &str, cpus: &[usize], allowed: &[usize]) -> Result<(), PlacementError> {
     let bad: Vec<usize> = cpus
@@ -204,6 +228,16 @@ mod tests {
         for bad in ["", "a", "1-0", "0,,1", "-1", "99999"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn test_parse_placement_keeps_order_and_repeats() {
+        assert_eq!(parse_placement("0,1,1,1").unwrap(), [0, 1, 1, 1]);
+        assert_eq!(parse_placement(" 1 , 0").unwrap(), [1, 0]);
+        for bad in ["", "a", "0,,1", "-1", "0-1", "99999"] {
+            assert!(parse_placement(bad).is_err(), "{bad}");
+        }
+        assert_eq!(list_text(&[0, 1, 1]), "0,1,1");
     }
 
     #[test]

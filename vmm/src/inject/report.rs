@@ -78,8 +78,15 @@ pub struct HostReport {
     pub elapsed: Duration,
     /// The timeline, sorted by time.
     pub timeline: Vec<Event>,
+    /// When injection started: the time base of `timeline` and `phases`.
+    pub started: Option<std::time::Instant>,
+    /// The guest's design phases, on the timeline's time base.
+    pub phases: Vec<super::trace::PhaseSlice>,
     /// Per-vCPU figures.
     pub vcpus: Vec<VcpuHostFigures>,
+    /// The guest registered KVM's steal-time area (every run with a
+    /// workload where KVM offers it), so `vcpus[].steal_ns` is measured.
+    pub steal_time: bool,
     /// Why the `--trace` file could not be written (None: written, or
     /// none asked for). The run's results stand.
     pub trace_error: Option<String>,

@@ -194,10 +194,18 @@ impl Injector {
             finished: None,
         };
         let c = &plan.config;
+        // `pause` holds only the vCPUs named by --preempt-vcpus, and only
+        // host CPUs named by --preempt-host-cpus see any preemption.
+        let aimed_vcpu = |v: u32| c.preempt_vcpus.as_ref().map_or(true, |l| l.contains(&v));
+        let aimed_slot = |slot: usize| {
+            c.preempt_host_cpus
+                .as_ref()
+                .map_or(true, |l| l.contains(&plan.host_cpus[slot]))
+        };
         let targets = |slot: usize| -> Vec<u32> {
             (0u32..)
                 .zip(&start_slots)
-                .filter(|(_, &s)| s == slot)
+                .filter(|(v, &s)| s == slot && aimed_vcpu(*v))
                 .map(|(v, _)| v)
                 .collect()
         };
@@ -230,7 +238,7 @@ impl Injector {
             match plan.mode {
                 PreemptMode::None => {}
                 PreemptMode::Antagonist => {
-                    for stream in streams(false) {
+                    for stream in streams(false).into_iter().filter(|s| aimed_slot(s.slot())) {
                         let s = shared.clone();
                         let slot = stream.slot();
                         let max_duty = c.max_duty;
@@ -244,6 +252,7 @@ impl Injector {
                     // Host CPUs without a vCPU have nothing to pause.
                     let streams: Vec<_> = streams(true)
                         .into_iter()
+                        .filter(|s| aimed_slot(s.slot()))
                         .filter(|s| !targets(s.slot()).is_empty() || plan.placement.is_none())
                         .collect();
                     let streams = if plan.placement.is_none() {
@@ -251,7 +260,9 @@ impl Injector {
                         vec![schedule::PreemptStream::new(
                             seed,
                             0,
-                            (0..kickers.len() as u32).collect(),
+                            (0..kickers.len() as u32)
+                                .filter(|&v| aimed_vcpu(v))
+                                .collect(),
                             c.preempt_len,
                             c.preempt_every,
                             c.max_duty,
@@ -315,6 +326,7 @@ impl Injector {
             fallback: self.plan.fallback.clone(),
             host_cpus: self.plan.host_cpus.clone(),
             elapsed: self.shared.t0.elapsed(),
+            started: Some(self.shared.t0),
             ..HostReport::default()
         };
         for t in self.threads.drain(..) {

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What was injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,62 @@ pub struct Event {
     pub duration: Duration,
 }
 
+/// One design phase as the guest marked it ([`abi::Port::Phase`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseSlice {
+    /// The design's name.
+    pub design: String,
+    /// Its slot (the order the designs ran in).
+    pub slot: u32,
+    /// From the start of injection.
+    pub at: Duration,
+    /// Until the phase ended (or the run did).
+    pub duration: Duration,
+}
+
+impl PhaseSlice {
+    /// The slices of `marks` (slot, ended, when), on the time base `t0`:
+    /// a start without an end lasts until `run_end`; an end without a
+    /// start, or a slot outside `designs`, is ignored (the guest's word).
+    pub fn from_marks(
+        marks: &[(u32, bool, Instant)],
+        designs: &[abi::Design],
+        t0: Instant,
+        run_end: Instant,
+    ) -> Vec<PhaseSlice> {
+        let mut out: Vec<PhaseSlice> = Vec::new();
+        let mut open: Option<(u32, Instant)> = None;
+        let close = |out: &mut Vec<PhaseSlice>, slot: u32, start: Instant, end: Instant| {
+            if let Some(d) = designs.get(slot as usize) {
+                out.push(PhaseSlice {
+                    design: d.name().to_string(),
+                    slot,
+                    at: start.saturating_duration_since(t0),
+                    duration: end.saturating_duration_since(start),
+                });
+            }
+        };
+        for &(slot, end, at) in marks {
+            match (open, end) {
+                (Some((s, start)), true) if s == slot => {
+                    close(&mut out, s, start, at);
+                    open = None;
+                }
+                (Some((s, start)), false) => {
+                    close(&mut out, s, start, at);
+                    open = Some((slot, at));
+                }
+                (None, false) => open = Some((slot, at)),
+                _ => {}
+            }
+        }
+        if let Some((s, start)) = open {
+            close(&mut out, s, start, run_end.max(start));
+        }
+        out
+    }
+}
+
 /// Sorts the events by time (ties: kind, then host CPU), in place.
 pub fn sort(events: &mut [Event]) {
     events.sort_by_key(|e| (e.at, e.kind as u8, e.host_cpu));
@@ -59,8 +115,10 @@ pub fn sort(events: &mut [Event]) {
 /// event that would overlap the one before it) adds `k * LANE_STRIDE`.
 const VCPU_TRACK: u64 = 1000;
 const MIGRATE_TRACK: u64 = 1_000_000;
-const HOTPLUG_TRACK: u64 = 2_000_000;
+const HOTPLUG_TRACK: u64 = 3_000_000;
 const LANE_STRIDE: u64 = 10_000_000;
+/// The guest's design phases (one track: phases never overlap).
+const PHASE_TRACK: u64 = 2_000_000;
 
 /// Writes `events` as Chrome trace-event JSON: one track per host CPU for
 /// antagonists, one per vCPU for its pauses and another for its
@@ -69,6 +127,7 @@ const LANE_STRIDE: u64 = 10_000_000;
 pub fn write_chrome_json(
     out: &mut dyn Write,
     events: &[Event],
+    phases: &[PhaseSlice],
     host_cpus: &[usize],
     vcpus: u32,
 ) -> std::io::Result<()> {
@@ -106,6 +165,19 @@ pub fn write_chrome_json(
             out,
             HOTPLUG_TRACK + u64::from(v),
             &format!("vCPU {v} hotplug"),
+        )?;
+    }
+    if !phases.is_empty() {
+        meta(out, PHASE_TRACK, "design phases (guest)")?;
+    }
+    for p in phases {
+        write!(
+            out,
+            ",\n{{\"ph\":\"X\",\"pid\":{PID},\"tid\":{PHASE_TRACK},\"name\":\"{}\",\"cat\":\"phase\",\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"slot\":{}}}}}",
+            p.design,
+            us(p.at),
+            us(p.duration),
+            p.slot
         )?;
     }
     // The end of the last slice on each lane of each track.
@@ -173,16 +245,53 @@ pub fn write_chrome_json(
 pub fn write_file(
     path: &Path,
     events: &[Event],
+    phases: &[PhaseSlice],
     host_cpus: &[usize],
     vcpus: u32,
 ) -> std::io::Result<()> {
     let target = crate::output::check("--trace", path).map_err(std::io::Error::other)?;
-    crate::output::write_with(&target, |w| write_chrome_json(w, events, host_cpus, vcpus))
+    crate::output::write_with(&target, |w| {
+        write_chrome_json(w, events, phases, host_cpus, vcpus)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_phase_slices_from_marks() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let designs = [abi::Design::Upstream, abi::Design::TaskLocal];
+        // Slot 0 ends; slot 1 never does; an end without a start and a
+        // slot beyond the designs are the guest's noise.
+        let marks = [
+            (1, true, ms(1)),
+            (0, false, ms(2)),
+            (0, true, ms(5)),
+            (7, false, ms(6)),
+            (1, false, ms(8)),
+        ];
+        let p = PhaseSlice::from_marks(&marks, &designs, t0, ms(20));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            (p[0].design.as_str(), p[0].at, p[0].duration),
+            ("upstream", ms(2) - t0, Duration::from_millis(3))
+        );
+        assert_eq!(
+            (p[1].slot, p[1].at, p[1].duration),
+            (1, ms(8) - t0, Duration::from_millis(12))
+        );
+        let mut out = Vec::new();
+        write_chrome_json(&mut out, &[], &p, &[0], 1).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\"name\":\"task-local\",\"cat\":\"phase\""),
+            "{text}"
+        );
+        assert!(text.contains("design phases (guest)"), "{text}");
+    }
 
     #[test]
     fn test_write_chrome_json_shape() {
@@ -207,7 +316,7 @@ mod tests {
         sort(&mut events);
         assert_eq!(events[0].kind, EventKind::Antagonist);
         let mut out = Vec::new();
-        write_chrome_json(&mut out, &events, &[0, 1], 3).unwrap();
+        write_chrome_json(&mut out, &events, &[], &[0, 1], 3).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("{\"displayTimeUnit\""), "{text}");
         assert!(text.contains("\"ph\":\"X\",\"pid\":1,\"tid\":1,\"name\":\"antagonist\""));
@@ -224,10 +333,10 @@ mod tests {
             duration: Duration::from_millis(5),
         }];
         let mut out = Vec::new();
-        write_chrome_json(&mut out, &hp, &[0], 3).unwrap();
+        write_chrome_json(&mut out, &hp, &[], &[0], 3).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.contains(r#""tid":2000002,"name":"offline","cat":"hotplug""#),
+            text.contains(r#""tid":3000002,"name":"offline","cat":"hotplug""#),
             "{text}"
         );
         assert!(text.contains(r#""name":"vCPU 2 hotplug""#), "{text}");
@@ -246,7 +355,7 @@ mod tests {
         // 0-100 and 50-150 overlap; 100-120 fits after the first.
         let events = [pause(0, 100), pause(50, 100), pause(100, 20)];
         let mut out = Vec::new();
-        write_chrome_json(&mut out, &events, &[0], 3).unwrap();
+        write_chrome_json(&mut out, &events, &[], &[0], 3).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let tids: Vec<u64> = v["traceEvents"]
             .as_array()

@@ -36,9 +36,8 @@ pub const HYPERCALL_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a kicked probe vCPU thread gets to leave KVM_RUN.
 const KICK_GRACE: Duration = Duration::from_millis(500);
 
-/// KVM's paravirtual CPUID leaf (KVM_CPUID_FEATURES) and its feature bits.
-const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
-const KVM_FEATURE_STEAL_TIME: u32 = 5;
+/// KVM's paravirtual feature bits the probe reports (steal time's is in
+/// [`crate::vm`], which every run uses).
 const KVM_FEATURE_PV_TLB_FLUSH: u32 = 9;
 const KVM_FEATURE_PV_SEND_IPI: u32 = 11;
 const KVM_FEATURE_PV_SCHED_YIELD: u32 = 13;
@@ -151,11 +150,7 @@ pub fn probe_at(path: &std::path::Path) -> Result<HostPv, crate::Error> {
 pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
     let start = Instant::now();
     let cpuid = crate::vm::supported_cpuid(kvm).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-    let features = cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == KVM_CPUID_FEATURES)
-        .map_or(0, |e| e.eax);
+    let features = crate::vm::kvm_pv_features(&cpuid);
     let has = |bit: u32| features & (1 << bit) != 0;
     let amd = cpuid
         .as_slice()
@@ -198,7 +193,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostPv, ProbeError> {
         Hypercall::Failed(why) => (false, why),
     };
     Ok(HostPv {
-        steal_time: steal_time && has(KVM_FEATURE_STEAL_TIME),
+        steal_time: steal_time && has(crate::vm::KVM_FEATURE_STEAL_TIME),
         kvm_hypercalls,
         hypercall_note,
         cpuid_send_ipi: has(KVM_FEATURE_PV_SEND_IPI),

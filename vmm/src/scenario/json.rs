@@ -100,8 +100,15 @@ pub struct ScenarioInfo {
     pub workload: String,
     /// Measured time per design, in seconds.
     pub duration_s: f64,
-    /// Workload tasks per vCPU.
+    /// IPI-issuing tasks per initiator vCPU: `shape.issuers_per_cpu`
+    /// under its first name (report fields are never renamed).
     pub tasks_per_cpu: u32,
+    /// The named scenario the run was made from (`series`; null: none).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The workload's shape and the injection's targets.
+    #[serde(default)]
+    pub shape: ShapeInfo,
     /// The seed.
     pub seed: u64,
     /// Host-side preemption.
@@ -315,6 +322,38 @@ pub struct DesignSummary {
     /// CPU hotplug during the phase (all zero without hotplug).
     #[serde(default)]
     pub hotplug: crate::results::HotplugReport,
+    /// The workload tasks the phase really spawned, by kind.
+    #[serde(default)]
+    pub shape: ShapeCounts,
+}
+
+/// The workload tasks one phase spawned (`designs[].shape`), as the guest
+/// counted them: what `--issuers-per-cpu`, `--hogs-per-cpu` and
+/// `--initiators` became.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeCounts {
+    /// IPI-issuing tasks.
+    pub issuers: u32,
+    /// CPU-bound tasks that send no IPI.
+    pub hogs: u32,
+}
+
+/// The workload's shape and injection targets as asked (`scenario.shape`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeInfo {
+    /// IPI-issuing tasks per initiator vCPU.
+    pub issuers_per_cpu: u32,
+    /// CPU-bound tasks per vCPU that send no IPI.
+    pub hogs_per_cpu: u32,
+    /// The initiator vCPUs (null: every vCPU).
+    pub initiators: Option<Vec<u32>>,
+    /// The explicit vCPU -> host CPU placement (null: spread round robin
+    /// over `host_cpus`).
+    pub placement: Option<Vec<usize>>,
+    /// The host CPUs injection preempts (null: every host CPU used).
+    pub preempt_host_cpus: Option<Vec<usize>>,
+    /// The vCPUs `pause` holds (null: every vCPU).
+    pub preempt_vcpus: Option<Vec<u32>>,
 }
 
 /// One recorded invariant violation.
@@ -393,6 +432,10 @@ impl DesignSummary {
             task_create_mean_ns: (d.tasks_created > 0)
                 .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
             hotplug: d.hotplug,
+            shape: ShapeCounts {
+                issuers: d.shape.issuers,
+                hogs: d.shape.hogs,
+            },
             violation_log: d
                 .violation_log
                 .iter()

@@ -39,14 +39,16 @@ use crate::{ConsoleMode, Error};
 mod guest;
 mod host;
 mod json;
+mod preset;
 mod status;
 mod validate;
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
     cycles_to_ns, violation_name, DesignSummary, HostInfo, HotplugInfo, Latency, Platform,
-    PreemptInfo, PvInfo, ScenarioInfo, Violation,
+    PreemptInfo, PvInfo, ScenarioInfo, ShapeCounts, ShapeInfo, Violation,
 };
+pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
 pub use validate::{ScenarioError, MAX_TASKS_PER_CPU, MIN_DURATION, MIN_TIMEOUT};
 
@@ -144,9 +146,44 @@ impl Scenario {
         self
     }
 
-    /// Workload tasks per vCPU.
-    pub fn tasks_per_cpu(mut self, n: u32) -> Self {
-        self.config.tasks_per_cpu = n;
+    /// IPI-issuing tasks on each initiator vCPU (`shootdown`, `torture`;
+    /// default 1).
+    pub fn issuers_per_cpu(mut self, n: u32) -> Self {
+        self.config.issuers_per_cpu = n;
+        self
+    }
+
+    /// CPU-bound tasks that send no IPI on every vCPU (`shootdown`,
+    /// `torture`, and the `hogs` workload's tasks; default 1): what a
+    /// preemptible wait lets run and a pinned one holds off.
+    pub fn hogs_per_cpu(mut self, n: u32) -> Self {
+        self.config.hogs_per_cpu = n;
+        self
+    }
+
+    /// The vCPUs that run the issuers (default: every vCPU). A set pins
+    /// each issuer to its vCPU, so the other vCPUs are only targets.
+    pub fn initiators(mut self, vcpus: &[u32]) -> Self {
+        self.config.initiators = Some(vcpus.to_vec());
+        self
+    }
+
+    /// The host CPU of each vCPU, vCPU 0 first (default: spread round robin
+    /// over the host CPUs).
+    pub fn placement(mut self, host_cpus: &[usize]) -> Self {
+        self.config.inject.placement = Some(host_cpus.to_vec());
+        self
+    }
+
+    /// The host CPUs preemption is injected on (default: all of the run's).
+    pub fn preempt_host_cpus(mut self, host_cpus: &[usize]) -> Self {
+        self.config.inject.preempt_host_cpus = Some(host_cpus.to_vec());
+        self
+    }
+
+    /// The vCPUs `pause` holds (default: every vCPU; `pause` only).
+    pub fn preempt_vcpus(mut self, vcpus: &[u32]) -> Self {
+        self.config.inject.preempt_vcpus = Some(vcpus.to_vec());
         self
     }
 
@@ -321,7 +358,7 @@ impl Report {
         let g = &boot.guest;
         let h = &boot.host;
         let probe = boot.pv_probe.as_ref();
-        let steal_time = probe.map_or(config.workload == Workload::Spin, |p| p.steal_time);
+        let steal_time = probe.map_or(h.steal_time, |p| p.steal_time);
         let used_pv = config.all_pv() & abi::pv::ALL;
         let mechanisms = probe
             .map(|p| {
@@ -343,7 +380,7 @@ impl Report {
         } else {
             config.inject.preempt
         };
-        let steal_ns = crate::report::Measured::of(config).steal_time.then(|| {
+        let steal_ns = crate::report::Measured::of(config, h).steal_time.then(|| {
             let mut ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
             ns.resize(config.vcpus as usize, 0);
             ns
@@ -406,7 +443,7 @@ impl Report {
                 affinity_restored: h.active.then_some(h.affinity_restored),
                 fallback: h.fallback.clone(),
                 injector_errors: h.errors.clone(),
-                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config)),
+                vcpus: host::vcpu_rows(&h.vcpus, khz, crate::report::Measured::of(config, h)),
             },
             guest: GuestInfo::new(g, khz),
             designs: g

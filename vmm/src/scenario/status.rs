@@ -53,7 +53,16 @@ impl ScenarioInfo {
             },
             workload: super::workload_name(config.workload).to_string(),
             duration_s: config.duration.as_secs_f64(),
-            tasks_per_cpu: config.tasks_per_cpu,
+            tasks_per_cpu: config.issuers_per_cpu,
+            name: config.scenario_name.clone(),
+            shape: super::ShapeInfo {
+                issuers_per_cpu: config.issuers_per_cpu,
+                hogs_per_cpu: config.hogs_per_cpu,
+                initiators: config.initiators.clone(),
+                placement: config.inject.placement.clone(),
+                preempt_host_cpus: config.inject.preempt_host_cpus.clone(),
+                preempt_vcpus: config.inject.preempt_vcpus.clone(),
+            },
             seed: config.seed,
             preempt: PreemptInfo {
                 mode: mode.name().to_string(),

@@ -19,7 +19,8 @@ pub const MIN_DURATION: Duration = Duration::from_millis(10);
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Allowance for boot and calibration on top of the workload's length.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(1);
-/// Workload tasks per vCPU (the guest's task table bounds it).
+/// Workload tasks per vCPU, issuers and hogs together (the guest's task
+/// table bounds it).
 pub const MAX_TASKS_PER_CPU: u32 = 64;
 
 /// Why a scenario is refused.
@@ -42,9 +43,29 @@ pub enum ScenarioError {
         /// The value given.
         value: f64,
     },
-    /// Task count out of range.
-    #[error("--tasks-per-cpu {0} is out of range: give 1..={MAX_TASKS_PER_CPU}")]
+    /// Issuer count out of range.
+    #[error("--issuers-per-cpu {0} is out of range: give 1..={MAX_TASKS_PER_CPU}")]
     Tasks(u32),
+    /// Issuers and hogs together above the per-vCPU bound.
+    #[error(
+        "--issuers-per-cpu {issuers} and --hogs-per-cpu {hogs} make {total} tasks per vCPU: give \
+         at most {MAX_TASKS_PER_CPU} together",
+        total = issuers + hogs
+    )]
+    TooManyTasks {
+        /// Issuers per vCPU.
+        issuers: u32,
+        /// Hogs per vCPU.
+        hogs: u32,
+    },
+    /// A bad initiator set.
+    #[error("--initiators {list}: {why}")]
+    Initiators {
+        /// The set as given.
+        list: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A per-design workload with no design.
     #[error("no design to run: name at least one")]
     NoDesigns,
@@ -94,6 +115,9 @@ pub enum ScenarioError {
         /// The duration.
         duration: Duration,
     },
+    /// A named scenario that cannot be laid out here.
+    #[error("{0}")]
+    Preset(String),
     /// An option the scenario would silently ignore.
     #[error("{0}")]
     Unused(&'static str),
@@ -136,9 +160,7 @@ impl Scenario {
         probability("guest-preempt-prob", c.guest_preempt_prob)?;
         probability("alloc-fail-prob", c.alloc_fail_prob)?;
         probability("forced-migration", c.forced_migration)?;
-        if !(1..=MAX_TASKS_PER_CPU).contains(&c.tasks_per_cpu) {
-            return Err(ScenarioError::Tasks(c.tasks_per_cpu).into());
-        }
+        self.validate_shape()?;
         let per_design = matches!(
             c.workload,
             Workload::Ping | Workload::Shootdown | Workload::Torture
@@ -249,6 +271,59 @@ impl Scenario {
         Ok(())
     }
 
+    /// The workload's shape: issuer and hog counts, the initiator set, and
+    /// the injection's targets (placement, preempted host CPUs and vCPUs:
+    /// [`crate::inject::check_targets`], as the injector applies them).
+    fn validate_shape(&self) -> Result<(), Error> {
+        let c = self.config();
+        if !(1..=MAX_TASKS_PER_CPU).contains(&c.issuers_per_cpu) {
+            return Err(ScenarioError::Tasks(c.issuers_per_cpu).into());
+        }
+        if c.issuers_per_cpu.saturating_add(c.hogs_per_cpu) > MAX_TASKS_PER_CPU {
+            return Err(ScenarioError::TooManyTasks {
+                issuers: c.issuers_per_cpu,
+                hogs: c.hogs_per_cpu,
+            }
+            .into());
+        }
+        if c.workload == Workload::Hogs && c.hogs_per_cpu == 0 {
+            return Err(ScenarioError::Unused(
+                "--workload hogs runs --hogs-per-cpu hogs on each vCPU: give 1 or more",
+            )
+            .into());
+        }
+        if let Some(set) = &c.initiators {
+            let list = crate::inject::placement::list_text(set);
+            let bad = |why: String| ScenarioError::Initiators {
+                list: list.clone(),
+                why,
+            };
+            if !matches!(c.workload, Workload::Shootdown | Workload::Torture) {
+                return Err(bad(format!(
+                    "the {} workload has no initiators (shootdown and torture do): this run \
+                     would ignore it",
+                    super::workload_name(c.workload)
+                ))
+                .into());
+            }
+            if set.is_empty() {
+                return Err(bad("name at least one vCPU".into()).into());
+            }
+            let stray: Vec<u32> = set.iter().copied().filter(|&v| v >= c.vcpus).collect();
+            if !stray.is_empty() {
+                return Err(bad(format!(
+                    "vCPU(s) {stray:?} do not exist (this run has vCPUs 0..={})",
+                    c.vcpus - 1
+                ))
+                .into());
+            }
+        }
+        if let Ok(allowed) = crate::inject::placement::process_cpus() {
+            crate::inject::check_targets(&c.inject, c.vcpus, &allowed)?;
+        }
+        Ok(())
+    }
+
     /// Refuses an `--svg` plot of a workload with nothing to plot.
     pub fn check_plot(&self) -> Result<(), Error> {
         let w = self.config().workload;
@@ -279,6 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn test_validate_refuses_bad_targets() {
+        let cpu = crate::inject::placement::process_cpus().unwrap()[0];
+        let placed = |p: &[usize]| base().host_cpus(&[cpu]).placement(p);
+        placed(&[cpu, cpu]).validate().unwrap();
+        assert!(refused(placed(&[cpu])).contains("1 host CPU(s) for 2 vCPU(s)"));
+        assert!(refused(placed(&[cpu, cpu, cpu])).contains("for 2 vCPU(s)"));
+        let far = libc::CPU_SETSIZE as usize - 1;
+        assert!(refused(placed(&[cpu, far])).contains("affinity mask"));
+        let pause = || base().host_cpus(&[cpu]).preempt(PreemptMode::Pause);
+        assert!(refused(pause().preempt_host_cpus(&[far])).contains("run no vCPU"));
+        pause().preempt_host_cpus(&[cpu]).validate().unwrap();
+        assert!(refused(pause().preempt_vcpus(&[2])).contains("[2] do not exist"));
+        pause().preempt_vcpus(&[1]).validate().unwrap();
+        let antagonist = base().preempt(PreemptMode::Antagonist).preempt_vcpus(&[1]);
+        assert!(refused(antagonist).contains("pause only"));
+        let none = base().preempt(PreemptMode::None).preempt_host_cpus(&[cpu]);
+        assert!(refused(none).contains("injects none"));
+    }
+
+    #[test]
     fn test_validate_accepts_the_defaults() {
         Scenario::new().validate().unwrap();
         base().validate().unwrap();
@@ -306,8 +401,16 @@ mod tests {
             .validate()
             .unwrap();
         for n in [0, 65, 1000] {
-            assert!(refused(base().tasks_per_cpu(n)).contains("--tasks-per-cpu"));
+            assert!(refused(base().issuers_per_cpu(n)).contains("--issuers-per-cpu"));
         }
+        assert!(refused(base().issuers_per_cpu(40).hogs_per_cpu(40)).contains("at most 64"));
+        base().hogs_per_cpu(0).validate().unwrap();
+        assert!(refused(base().workload(Workload::Hogs).hogs_per_cpu(0)).contains("1 or more"));
+        assert!(refused(base().initiators(&[2])).contains("[2] do not exist"));
+        assert!(refused(base().initiators(&[])).contains("at least one"));
+        let ping = base().workload(Workload::Ping).initiators(&[0]);
+        assert!(refused(ping).contains("no initiators"));
+        base().initiators(&[1]).validate().unwrap();
         assert!(refused(base().designs(&[])).contains("no design"));
         assert!(refused(base().designs(&[Design::Stack, Design::Stack])).contains("appears twice"));
         assert!(refused(base().timeout(Duration::ZERO)).contains("too short"));
