@@ -344,7 +344,7 @@ fn test_cli_designs_table_and_bad_design_name() {
     );
 
     let (_, stderr) = common::ipivirt_exits(&["run", "--designs", "upstream,fast"], 2);
-    assert!(stderr.contains("unknown design 'fast': valid designs are upstream, task-local, stack, alloc-in-path, unsafe-percpu"), "{stderr}");
+    assert!(stderr.contains("unknown design 'fast': valid designs are upstream, task-local, stack, alloc-in-path, unsafe-percpu, free-csd-offline, no-dying-flush"), "{stderr}");
 }
 
 #[test]

@@ -72,6 +72,13 @@ pub struct Control {
     /// Non-zero: the VMM saw the host offer the PVM native mode (its
     /// `/dev/kvm` comes from the `kvm_pvm` module).
     pub host_pvm: u32,
+    /// Non-zero: the guest acts on the VMM's CPU hotplug requests
+    /// (`--hotplug-every`).
+    pub hotplug: u32,
+    /// Torture's own onoff mode (scftorture's `onoff_interval`): every this
+    /// many microseconds a guest task takes a random vCPU offline and brings
+    /// it back half an interval later (0: off).
+    pub onoff_interval_us: u32,
     /// The workload's shape beside the issuers: hogs and initiators.
     pub shape: Shape,
     /// How long a design's phase may take past its end to quiesce (every
@@ -91,7 +98,7 @@ pub struct Control {
     /// Padding; zero.
     pub reserved_u32: u32,
     /// Room for later scenario fields; zero.
-    pub reserved: [u64; 21],
+    pub reserved: [u64; 20],
 }
 
 // SAFETY: #[repr(C)] of u32/u64 fields and u8/u32/u64 arrays, laid out

@@ -21,13 +21,23 @@ crate::wire_enum! {
         AllocInPath = 3 => "alloc-in-path",
         /// Wrong on purpose: the per-CPU mask with a preemptible wait.
         UnsafePercpu = 4 => "unsafe-percpu",
+        /// Wrong on purpose (CPU hotplug): task-local, but a CPU going
+        /// offline frees (poisons) its per-CPU csds while a migrated waiter
+        /// may still poll them.
+        FreeCsdOffline = 5 => "free-csd-offline",
+        /// Wrong on purpose (CPU hotplug): task-local, but a CPU going
+        /// offline drops its call queue instead of running it.
+        NoDyingFlush = 6 => "no-dying-flush",
     }
 }
 
 impl Design {
     /// Whether the design must never violate the invariants.
     pub const fn expected_safe(self) -> bool {
-        !matches!(self, Design::UnsafePercpu)
+        !matches!(
+            self,
+            Design::UnsafePercpu | Design::FreeCsdOffline | Design::NoDyingFlush
+        )
     }
 }
 
@@ -49,6 +59,12 @@ crate::wire_enum! {
         /// flush-defer: a deferred target was about to run another cross-call
         /// callback with its deferred work still pending.
         DeferredLate = 7 => "deferred-late",
+        /// CPU hotplug: a waiter polled a csd its CPU had freed when it went
+        /// offline (`free-csd-offline`).
+        CsdFreed = 8 => "csd-freed",
+        /// CPU hotplug: a csd queued to a CPU was still locked after that
+        /// CPU's dying flush (`no-dying-flush`): its callback never ran.
+        DroppedOffline = 9 => "dropped-offline",
     }
 }
 
@@ -71,6 +87,36 @@ pub mod violation {
     pub const LOST: u32 = ViolationKind::Lost.wire();
     /// [`ViolationKind::DeferredLate`].
     pub const DEFERRED_LATE: u32 = ViolationKind::DeferredLate.wire();
+    /// [`ViolationKind::CsdFreed`].
+    pub const CSD_FREED: u32 = ViolationKind::CsdFreed.wire();
+    /// [`ViolationKind::DroppedOffline`].
+    pub const DROPPED_OFFLINE: u32 = ViolationKind::DroppedOffline.wire();
+    /// The highest kind.
+    pub const LAST: u32 = DROPPED_OFFLINE;
+}
+
+/// What CPU hotplug did during one design's phase
+/// ([`DesignResults::hotplug`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HotplugCounts {
+    /// vCPUs the guest took offline.
+    pub offlines: u64,
+    /// vCPUs it brought back online.
+    pub onlines: u64,
+    /// Requests refused (the boot vCPU, or fewer than two would stay online).
+    pub refused: u64,
+    /// Tasks moved off dying vCPUs.
+    pub tasks_moved: u64,
+    /// Targets left out of a call's mask because they were offline.
+    pub skipped_targets: u64,
+    /// `smp_call_function_single()` calls that failed because the target
+    /// was offline (the error the caller counted).
+    pub single_offline_errors: u64,
+    /// Callbacks a dying vCPU ran in its flush (queued before it left).
+    pub flushed_callbacks: u64,
+    /// csds a dying vCPU dropped unrun (`no-dying-flush` only).
+    pub dropped_csds: u64,
 }
 
 /// One recorded invariant violation.
@@ -160,6 +206,8 @@ pub struct DesignResults {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: [ViolationRecord; 8],
+    /// CPU hotplug during the phase.
+    pub hotplug: HotplugCounts,
     /// The tasks the phase's workload spawned, by kind.
     pub shape: ShapeCounts,
     /// How the phase ended: quiesced, or stalled (and with what).
@@ -298,6 +346,8 @@ unsafe impl Pod for StalledTask {}
 unsafe impl Pod for PhaseEnd {}
 // SAFETY: u64s only.
 unsafe impl Pod for MemoryResults {}
+// SAFETY: repr(C) of u64s: no padding.
+unsafe impl Pod for HotplugCounts {}
 const _: () = assert!(
     size_of::<DesignResults>()
         == 8 + 16 * 8
@@ -305,6 +355,7 @@ const _: () = assert!(
             + 10 * 8
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
+            + size_of::<HotplugCounts>()
             + size_of::<ShapeCounts>()
             + size_of::<PhaseEnd>()
             + size_of::<MemoryResults>()
@@ -334,19 +385,22 @@ mod tests {
 
     #[test]
     fn test_design_roundtrip_and_names() {
-        check_set::<Design>(5, "Upstream");
+        check_set::<Design>(7, "Upstream");
         for (code, d) in Design::ALL.into_iter().enumerate() {
             assert_eq!(d as usize, code, "codes are the ALL indexes");
         }
         assert_eq!(
-            Design::try_from(5),
+            Design::try_from(7),
             Err(UnknownValue {
                 set: "design",
-                value: 5
+                value: 7
             })
         );
         assert_eq!(Design::TaskLocal.name(), "task-local");
         assert_eq!("alloc-in-path".parse(), Ok(Design::AllocInPath));
         assert!(!Design::UnsafePercpu.expected_safe() && Design::Stack.expected_safe());
+        assert!(!Design::FreeCsdOffline.expected_safe() && !Design::NoDyingFlush.expected_safe());
+        assert_eq!("no-dying-flush".parse(), Ok(Design::NoDyingFlush));
+        assert_eq!(violation::LAST, 9);
     }
 }

@@ -16,6 +16,11 @@ pub mod vector {
     pub const CALL_FUNCTION: u8 = 0xf2;
     /// Raw IPI ping-pong of the `floor` measurement (no cross-call layer).
     pub const FLOOR: u8 = 0xf3;
+    /// CPU hotplug: look at this vCPU's hotplug request
+    /// ([`PvVcpuState::hotplug_request`](crate::PvVcpuState::hotplug_request)); the VMM sends it (KVM_SIGNAL_MSI)
+    /// after writing a request, so that an idle or offline vCPU, which has
+    /// no tick to poll in, wakes up and sees it.
+    pub const HOTPLUG: u8 = 0xf4;
     /// flush-defer: the VMM sends it (KVM_SIGNAL_MSI) to a vCPU it resumes
     /// whose `preempted` state a caller marked with
     /// [`pv::STATE_FLUSH`](crate::pv::STATE_FLUSH): the highest vector in

@@ -49,8 +49,8 @@ pub use control::{
     DEFAULT_QUIESCE_BOUND_US,
 };
 pub use design::{
-    phase_status, task_state, violation, Design, DesignResults, MemoryResults, PhaseEnd,
-    ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
+    phase_status, task_state, violation, Design, DesignResults, HotplugCounts, MemoryResults,
+    PhaseEnd, ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
 };
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
@@ -60,7 +60,7 @@ pub use preempt_off::{PreemptOffCause, PreemptOffCpu, PreemptOffResults, ProbeSp
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
-    SharedPage, TaskProgress, VcpuResults, VcpuStatus,
+    SharedPage, TaskProgress, VcpuHotplug, VcpuResults, VcpuStatus,
 };
 pub use wire::{UnknownName, UnknownValue, WireEnum};
 pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};

@@ -100,9 +100,22 @@ pub struct PvVcpuState {
     pub arg: u64,
     /// Request: the targets of `OP_SEND_IPI`, bit `i` = vCPU `i`.
     pub bitmap: [u64; MAX_VCPUS / 64],
+    /// CPU hotplug request, the VMM's: `seq << 1 | offline` (0: none
+    /// yet); the latest request wins. The guest polls it in its tick and
+    /// on the [`HOTPLUG`](crate::vector::HOTPLUG) interrupt.
+    pub hotplug_request: u32,
+    /// The guest's: the last `hotplug_request` value it acted on (or
+    /// refused, with [`HOTPLUG_REFUSED`] set).
+    pub hotplug_done: u32,
     /// Zero.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
+
+/// [`PvVcpuState::hotplug_request`]: take the vCPU offline (clear: online).
+pub const HOTPLUG_OFFLINE: u32 = 1;
+/// [`PvVcpuState::hotplug_done`]: the guest refused the request (the boot
+/// vCPU, or fewer than two vCPUs would stay online).
+pub const HOTPLUG_REFUSED: u32 = 1 << 31;
 
 // SAFETY: repr(C) of u32 pairs and u64s, no padding (size assert).
 unsafe impl Pod for PvVcpuState {}

@@ -273,6 +273,29 @@ pub struct VcpuStatus {
     pub halt_rollbacks: u32,
     /// Room for later counters; zero.
     pub reserved: [u64; 2],
+    /// CPU hotplug of this vCPU over the whole run.
+    pub hotplug: VcpuHotplug,
+}
+
+/// One vCPU's CPU hotplug counters ([`VcpuStatus::hotplug`]), written by
+/// the BSP at the end like the other counters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VcpuHotplug {
+    /// Times it went offline (dying flush done, halted).
+    pub offlines: u32,
+    /// Times it came back online.
+    pub onlines: u32,
+    /// Cross-call IPIs sent to it while it was offline (0 unless the model
+    /// is broken; counted by the senders).
+    pub ipis_offline: u32,
+    /// Tasks moved off it when it went offline.
+    pub tasks_moved: u32,
+    /// Context switches since it first came back online (it runs tasks
+    /// again; 0 if it never came back).
+    pub switches_since_online: u64,
+    /// Time spent offline, TSC cycles.
+    pub offline_cycles: u64,
 }
 
 /// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].
@@ -309,7 +332,8 @@ pub struct SharedPage {
 
 const _: () = assert!(size_of::<PanicRecord>() == 664);
 const _: () = assert!(size_of::<Results>() == 4056);
-const _: () = assert!(size_of::<VcpuStatus>() == 128);
+const _: () = assert!(size_of::<VcpuStatus>() == 160);
+const _: () = assert!(size_of::<VcpuHotplug>() == 32);
 
 // SAFETY: each is #[repr(C)] of u32/u64 fields and u8/u64 arrays, laid out
 // without padding (the size asserts above pin the layout).
@@ -322,6 +346,8 @@ unsafe impl Pod for ExceptionRecord {}
 unsafe impl Pod for TaskProgress {}
 // SAFETY: as above.
 unsafe impl Pod for VcpuStatus {}
+// SAFETY: as above (four u32 then two u64).
+unsafe impl Pod for VcpuHotplug {}
 // SAFETY: as above; a struct of Pod members with no padding between them.
 unsafe impl Pod for SharedPage {}
 
@@ -381,6 +407,12 @@ impl VcpuStatus {
             "vcpus[].state",
             self.state.into(),
             "OFFLINE or ONLINE",
+        )?;
+        check(
+            self.hotplug.onlines <= self.hotplug.offlines,
+            "vcpus[].hotplug.onlines",
+            self.hotplug.onlines.into(),
+            "at most vcpus[].hotplug.offlines (a vCPU comes back only after it left)",
         )
     }
 }
@@ -420,5 +452,11 @@ mod tests {
         assert!(v.validate().is_ok());
         v.state = 7;
         assert_eq!(v.validate().unwrap_err().found, 7);
+        v.state = vcpu_state::ONLINE;
+        v.hotplug.offlines = 2;
+        v.hotplug.onlines = 2;
+        assert!(v.validate().is_ok());
+        v.hotplug.onlines = 3;
+        assert_eq!(v.validate().unwrap_err().field, "vcpus[].hotplug.onlines");
     }
 }

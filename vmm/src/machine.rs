@@ -86,6 +86,9 @@ pub struct MachineConfig {
     /// Relative weights of the torture primitives (index: [`abi::torture`];
     /// all zero: equal).
     pub torture_weights: [u8; abi::torture::COUNT],
+    /// Torture's own CPU hotplug (`--torture-onoff`): every this long a
+    /// guest task takes a random vCPU offline and back (None: off).
+    pub torture_onoff: Option<Duration>,
     /// [`abi::pv`] features for the whole run.
     pub pv: u32,
     /// [`abi::pv`] features of each design phase (index as `designs`;
@@ -173,6 +176,7 @@ impl MachineConfig {
             quiesce_bound: Duration::from_micros(abi::DEFAULT_QUIESCE_BOUND_US),
             csd_watchdog: Duration::from_micros(u64::from(abi::DEFAULT_CSD_WATCHDOG_US)),
             torture_weights: [0; abi::torture::COUNT],
+            torture_onoff: None,
             inject: InjectConfig::default(),
             pv: 0,
             design_pv: Vec::new(),
@@ -485,6 +489,13 @@ impl Machine {
             .unwrap_or(u32::MAX)
             .max(1);
         control.torture_weights = config.torture_weights;
+        control.hotplug = u32::from(
+            plan.as_ref()
+                .is_some_and(|p| p.config.hotplug_every.is_some()),
+        );
+        control.onoff_interval_us = config.torture_onoff.map_or(0, |d| {
+            u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+        });
         if config.workload == Workload::Spin {
             control.pv_flags |= pv::STEAL_TIME;
         }
@@ -519,6 +530,16 @@ impl Machine {
                 Error::Scenario("guest RAM does not cover the PV state area".into())
             })?;
             host.set_native(native_possible);
+            Some(Arc::new(host))
+        } else {
+            None
+        };
+        // CPU hotplug requests go through the PV state area too, with a PV
+        // host of their own (the hypercall port stays as --pv leaves it).
+        let hotplug_host = if control.hotplug != 0 {
+            let host = PvHost::new(&mem, vm_fd.clone(), config.vcpus).ok_or_else(|| {
+                Error::Scenario("guest RAM does not cover the PV state area".into())
+            })?;
             Some(Arc::new(host))
         } else {
             None
@@ -597,7 +618,7 @@ impl Machine {
             let (locks, busy) = inject::lock::claim(&plan.host_cpus);
             machine.cpu_locks = locks;
             machine.warnings.extend(busy);
-            match Injector::start(plan, config.seed, &kickers, pv_host.clone()) {
+            match Injector::start(plan, config.seed, &kickers, pv_host.clone(), hotplug_host) {
                 Ok(injector) => machine.injector = Some(injector),
                 Err(e) => {
                     machine.stop();

@@ -452,6 +452,31 @@ pub fn designs_text(r: &BootReport) -> String {
             }
         }),
     );
+    if designs
+        .iter()
+        .any(|d| d.hotplug.offlines + d.hotplug.refused > 0)
+    {
+        row(
+            &mut rows,
+            "hotplug off/on",
+            per(&|d| format!("{}/{}", d.hotplug.offlines, d.hotplug.onlines)),
+        );
+        row(
+            &mut rows,
+            "hotplug skipped/enxio",
+            per(&|d| {
+                format!(
+                    "{}/{}",
+                    d.hotplug.skipped_targets, d.hotplug.single_offline_errors
+                )
+            }),
+        );
+        row(
+            &mut rows,
+            "dying flushed/dropped",
+            per(&|d| format!("{}/{}", d.hotplug.flushed_callbacks, d.hotplug.dropped_csds)),
+        );
+    }
     if designs.iter().any(|d| d.pv != 0) {
         rows.extend(pv_rows(designs, khz));
     }

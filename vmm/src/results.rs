@@ -330,6 +330,66 @@ pub struct VcpuCounters {
     pub ipis_sent: u64,
     /// IPIs received.
     pub ipis_received: u64,
+    /// CPU hotplug of this vCPU (all zero without hotplug).
+    #[serde(default)]
+    pub hotplug: VcpuHotplugCounts,
+}
+
+/// One vCPU's CPU hotplug counters over the run (JSON
+/// `guest.vcpus[].hotplug`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VcpuHotplugCounts {
+    /// Times it went offline.
+    pub offlines: u32,
+    /// Times it came back online.
+    pub onlines: u32,
+    /// Cross-call IPIs sent to it while it was offline (0 unless the model
+    /// broke; counted by the senders).
+    pub ipis_offline: u32,
+    /// Tasks moved off it when it went offline.
+    pub tasks_moved: u32,
+    /// Context switches since it first came back online (0: it never
+    /// came back, or ran nothing since).
+    pub switches_since_online: u64,
+    /// Time it spent offline, TSC cycles.
+    pub offline_cycles: u64,
+}
+
+/// What CPU hotplug did during one design's phase (JSON
+/// `designs[].hotplug`; see [`abi::HotplugCounts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HotplugReport {
+    /// vCPUs the guest took offline.
+    pub offlines: u64,
+    /// vCPUs it brought back.
+    pub onlines: u64,
+    /// Requests it refused.
+    pub refused: u64,
+    /// Tasks moved off dying vCPUs.
+    pub tasks_moved: u64,
+    /// Call targets left out because they were offline.
+    pub skipped_targets: u64,
+    /// `smp_call_function_single()` calls refused: target offline.
+    pub single_offline_errors: u64,
+    /// Callbacks dying vCPUs ran in their flush.
+    pub flushed_callbacks: u64,
+    /// csds dying vCPUs dropped unrun (no-dying-flush).
+    pub dropped_csds: u64,
+}
+
+impl From<abi::HotplugCounts> for HotplugReport {
+    fn from(h: abi::HotplugCounts) -> Self {
+        HotplugReport {
+            offlines: h.offlines,
+            onlines: h.onlines,
+            refused: h.refused,
+            tasks_moved: h.tasks_moved,
+            skipped_targets: h.skipped_targets,
+            single_offline_errors: h.single_offline_errors,
+            flushed_callbacks: h.flushed_callbacks,
+            dropped_csds: h.dropped_csds,
+        }
+    }
 }
 
 /// The PV figures of one design phase.
@@ -407,6 +467,8 @@ pub struct DesignReport {
     pub sched_latency: Histogram,
     /// The first violations.
     pub violation_log: Vec<ViolationRecord>,
+    /// CPU hotplug during the phase.
+    pub hotplug: HotplugReport,
     /// The issuers and hogs the phase spawned.
     pub shape: abi::ShapeCounts,
     /// How the phase ended.
@@ -673,7 +735,7 @@ fn design_report(
     let log = d.violation_log[..logged].to_vec();
     if log
         .iter()
-        .any(|v| !(abi::violation::NOT_RUN..=abi::violation::DEFERRED_LATE).contains(&v.kind))
+        .any(|v| !(abi::violation::NOT_RUN..=abi::violation::LAST).contains(&v.kind))
     {
         return Err(FieldError {
             found: index as u64,
@@ -726,6 +788,7 @@ fn design_report(
         preempt_off,
         probe_arrival: d.probe_split.arrival,
         probe_dispatch: d.probe_split.dispatch,
+        hotplug: d.hotplug.into(),
     })
 }
 
@@ -886,6 +949,14 @@ pub fn guest_report(
                 ticks: s.ticks,
                 ipis_sent: s.ipis_sent,
                 ipis_received: s.ipis_received,
+                hotplug: VcpuHotplugCounts {
+                    offlines: s.hotplug.offlines,
+                    onlines: s.hotplug.onlines,
+                    ipis_offline: s.hotplug.ipis_offline,
+                    tasks_moved: s.hotplug.tasks_moved,
+                    switches_since_online: s.hotplug.switches_since_online,
+                    offline_cycles: s.hotplug.offline_cycles,
+                },
             })
             .collect(),
         probe_per_vcpu,

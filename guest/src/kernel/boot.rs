@@ -20,7 +20,7 @@ use abi::{
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
-use crate::kernel::{apic, arch, heap, hooks, percpu, pv, sched, shared, trap};
+use crate::kernel::{apic, arch, heap, hooks, hotplug, percpu, pv, sched, shared, trap};
 
 /// What runs on top of the kernel: the layers above hand it to
 /// [`entry_point!`], which is how the kernel reaches them without importing
@@ -216,6 +216,7 @@ fn bsp_main(program: &Program) -> ! {
     sched::configure(&control);
     guest_lib::cpumask::set_nr_cpu_ids(control.nr_vcpus);
     pv::configure(&control);
+    hotplug::configure(&control);
     init_cpu(0, &control);
     // SAFETY: BSP-only field.
     unsafe { (*results).mode = running_mode() };
@@ -287,6 +288,7 @@ fn write_counters(nr: u32) {
             (*s).ipis_sent = pc.ipis_sent.get();
             (*s).ipis_received = pc.ipis_received.get();
             (*s).halt_rollbacks = pc.halt_rollbacks.get() as u32;
+            (*s).hotplug = hotplug::vcpu_record(c, pc.context_switches.get());
             // The spin workload writes its own (workload-only) figure.
             if pv::steal_registered() && (*s).steal_ns == 0 {
                 (*s).steal_ns = pv::steal_ns(c);

@@ -10,6 +10,7 @@ pub mod console;
 pub mod fmt;
 pub mod heap;
 pub mod hooks;
+pub mod hotplug;
 mod mem;
 mod panic;
 pub mod percpu;

@@ -22,6 +22,7 @@ use abi::vector;
 
 use crate::kernel::apic;
 use crate::kernel::arch;
+use crate::kernel::hotplug;
 use crate::kernel::percpu;
 use guest_lib::rng::Prob16;
 
@@ -412,12 +413,24 @@ fn free_task(t: TaskRef) {
     FREED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Queues a runnable task on `cpu` and makes that CPU look at it.
+/// Queues a runnable task on `cpu` and makes that CPU look at it. A CPU
+/// whose run queue hotplug closed (it is going offline) takes nothing: the
+/// task goes to an online CPU instead.
 fn enqueue(t: TaskRef, cpu: u32) {
-    t.get().cpu.store(cpu, Ordering::Relaxed);
-    t.get().state.store(RUNNABLE, Ordering::Release);
-    let target = percpu::of(cpu);
-    target.rq.lock().push(t);
+    let mut cpu = cpu;
+    let target = loop {
+        let target = percpu::of(cpu);
+        let mut rq = target.rq.lock();
+        if hotplug::rq_closed(cpu) {
+            drop(rq);
+            cpu = hotplug::fallback_cpu(cpu);
+            continue;
+        }
+        t.get().cpu.store(cpu, Ordering::Relaxed);
+        t.get().state.store(RUNNABLE, Ordering::Release);
+        rq.push(t);
+        break target;
+    };
     // Release: the queue push before the flag the target reads.
     target.need_resched.store(true, Ordering::Release);
     if cpu != percpu::cpu_id() {
@@ -470,11 +483,16 @@ fn idle_body(_: usize) {
 }
 
 /// The idle loop: run queued work, else halt with only the timers
-/// sleepers need (tickless idle).
+/// sleepers need (tickless idle). A CPU going offline does it here
+/// ([`hotplug::cpu_die`]).
 pub fn idle_loop() -> ! {
     loop {
         arch::irq_disable();
         let pc = percpu::this();
+        if hotplug::going_down(pc.id.get()) {
+            hotplug::cpu_die();
+            continue;
+        }
         if pc.need_resched.load(Ordering::Acquire) || pc.rq.lock().len() > 0 {
             schedule();
             continue;
@@ -596,12 +614,24 @@ pub fn schedule() {
     let prev = TaskRef(NonNull::new(pc.current.get()).expect("a current task"));
     let p = prev.get();
     let is_idle = prev.ptr() == pc.idle.get();
+    // Going offline: only idle runs here; a running task moves away.
+    let dying = hotplug::going_down(pc.id.get());
+    if dying
+        && !is_idle
+        && p.state.load(Ordering::Relaxed) == RUNNING
+        && p.migrate_to.load(Ordering::Relaxed) == NO_CPU
+    {
+        p.migrate_to
+            .store(hotplug::fallback_cpu(pc.id.get()), Ordering::Relaxed);
+    }
     let prev_continues = !is_idle
         && p.state.load(Ordering::Relaxed) == RUNNING
         && p.migrate_to.load(Ordering::Relaxed) == NO_CPU;
     let next = {
         let mut rq = pc.rq.lock();
-        if let Some(t) = rq.high.pop_front() {
+        if dying {
+            TaskRef(NonNull::new(pc.idle.get()).expect("an idle task"))
+        } else if let Some(t) = rq.high.pop_front() {
             t
         } else if prev_continues && p.class == Class::High {
             prev
@@ -736,7 +766,8 @@ pub fn rearm_timer() {
         let rq = pc.rq.lock();
         (rq.earliest_wake(), rq.len() > 0)
     };
-    let running_task = pc.current.get() != pc.idle.get();
+    // A hotplug request that must wait for another CPU keeps the tick on.
+    let running_task = pc.current.get() != pc.idle.get() || hotplug::wants_tick(pc.id.get());
     let tick = if running_task || busy {
         if pc.next_tick.get() == 0 {
             pc.next_tick
@@ -759,6 +790,7 @@ pub fn rearm_timer() {
 pub fn on_tick() {
     let entered = arch::rdtsc();
     (hooks().drain)();
+    hotplug::poll();
     let pc = percpu::this();
     let now = arch::rdtsc();
     {
@@ -827,6 +859,78 @@ fn balance(pc: &percpu::PerCpu, nr: u32) {
     if let Some(t) = stolen {
         pc.migrations_in.fetch_add(1, Ordering::Relaxed);
         enqueue(t, here);
+    }
+}
+
+/// CPU hotplug, on the dying CPU: closes its run queue (enqueues go
+/// elsewhere from now on) and moves every queued and sleeping task to the
+/// online CPUs, round robin. Returns how many moved.
+pub fn evacuate(cpu: u32) -> u32 {
+    let (runnable, sleepers) = {
+        let mut rq = percpu::of(cpu).rq.lock();
+        hotplug::set_rq_closed(cpu, true);
+        let mut runnable: Vec<TaskRef> = rq.high.drain(..).collect();
+        runnable.extend(rq.normal.drain(..));
+        (runnable, core::mem::take(&mut rq.sleepers))
+    };
+    let mut dst = cpu;
+    let mut moved = 0;
+    for t in runnable {
+        dst = hotplug::fallback_cpu(dst);
+        percpu::of(dst)
+            .migrations_in
+            .fetch_add(1, Ordering::Relaxed);
+        enqueue(t, dst);
+        moved += 1;
+    }
+    for t in sleepers {
+        dst = hotplug::fallback_cpu(dst);
+        loop {
+            let target = percpu::of(dst);
+            let mut rq = target.rq.lock();
+            if hotplug::rq_closed(dst) {
+                drop(rq);
+                dst = hotplug::fallback_cpu(dst);
+                continue;
+            }
+            t.get().cpu.store(dst, Ordering::Relaxed);
+            rq.sleepers.push(t);
+            break;
+        }
+        // Its timer must now cover the sleeper's wake-up.
+        percpu::of(dst).need_resched.store(true, Ordering::Release);
+        apic::send_ipi(dst, vector::RESCHEDULE);
+        moved += 1;
+    }
+    moved
+}
+
+/// CPU hotplug, on a CPU coming back: reopens its run queue.
+pub fn reopen(cpu: u32) {
+    let _rq = percpu::of(cpu).rq.lock();
+    hotplug::set_rq_closed(cpu, false);
+}
+
+/// CPU hotplug, on a CPU back online: pulls one movable normal task from
+/// every busier online CPU (an idle CPU has no tick, so the periodic
+/// balancer would never run here).
+pub fn pull_work(cpu: u32) {
+    let nr = PARAMS.nr_cpus.load(Ordering::Relaxed);
+    for other in (0..nr).filter(|&c| c != cpu && hotplug::cpu_online(c)) {
+        let mine = percpu::of(cpu).rq.lock().normal.len();
+        let stolen = {
+            let mut theirs = percpu::of(other).rq.lock();
+            if theirs.normal.len() > mine + 1 {
+                let idx = theirs.normal.iter().rposition(|t| !t.get().pinned);
+                idx.and_then(|i| theirs.normal.remove(i))
+            } else {
+                None
+            }
+        };
+        if let Some(t) = stolen {
+            percpu::this().migrations_in.fetch_add(1, Ordering::Relaxed);
+            enqueue(t, cpu);
+        }
     }
 }
 

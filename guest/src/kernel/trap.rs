@@ -12,7 +12,7 @@ use crate::kernel::arch::entry::trap_stubs;
 use crate::kernel::arch::{self, DescriptorTablePointer, TrapFrame};
 use crate::kernel::percpu::{self, selector, IST_CRITICAL, IST_EXCEPTION, IST_INTERRUPT};
 use crate::kernel::sync::BootCell;
-use crate::kernel::{apic, sched, shared, syscall, trace};
+use crate::kernel::{apic, hotplug, sched, shared, syscall, trace};
 
 /// One IDT gate.
 #[derive(Clone, Copy)]
@@ -95,7 +95,14 @@ static HANDLERS: [BootCell<Option<Handler>>; 256] = [const { BootCell::new(None)
 /// As [`BootCell::set`]: the BSP, at boot, before the vector can arrive.
 pub unsafe fn set_handler(vector: u8, handler: Handler) {
     assert!(
-        vector >= 32 && ![vector::TIMER, vector::RESCHEDULE, vector::SPURIOUS].contains(&vector),
+        vector >= 32
+            && ![
+                vector::TIMER,
+                vector::RESCHEDULE,
+                vector::HOTPLUG,
+                vector::SPURIOUS
+            ]
+            .contains(&vector),
         "an exception or kernel vector cannot be taken over"
     );
     // SAFETY: delegated to the caller.
@@ -127,6 +134,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             percpu::this().ipis_received.inc();
             sched::on_resched_ipi();
         }
+        v if v == u64::from(vector::HOTPLUG) => hotplug::on_hotplug_irq(),
         v if v == u64::from(vector::SPURIOUS) => {}
         v => match HANDLERS[v as usize & 0xff].get() {
             Some(handler) => handler(),

@@ -8,8 +8,10 @@ use core::ptr::addr_of_mut;
 use abi::{layout, VcpuResults};
 use guest_lib::cpumask::CpuMask;
 
+use core::sync::atomic::Ordering;
+
 use crate::kernel::{arch, percpu};
-use crate::xcall::checker;
+use crate::xcall::{self, checker, TargetOffline};
 
 /// The callback of the shootdown and ping calls: tell the checker it ran
 /// here (a TLB flush would go here; the guest runs on a fixed identity map).
@@ -29,20 +31,36 @@ pub fn record_latency(cycles: u64) {
 }
 
 /// Runs a cross call with interrupts on (a waiter must service incoming
-/// calls), bracketed by the checker; returns the checker's token.
+/// calls), bracketed by the checker; returns the checker's token. `call`
+/// returns the targets the call left out because they were offline.
 /// System-call context: interrupts off on entry and on return.
-pub fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize)) -> usize {
+pub fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize) -> CpuMask) -> usize {
     let token = checker::begin(targets, wait);
     let start = arch::rdtsc();
     // SAFETY: the kernel is fully set up; cross calls run with interrupts on.
     unsafe { arch::irq_enable() };
-    call(token);
+    let skipped = call(token);
     arch::irq_disable();
+    checker::skip(token, &skipped);
     checker::end(token);
     if wait {
         record_latency(arch::rdtsc() - start);
     }
     token
+}
+
+/// What a single call's result means for the checker: a refused call
+/// (target offline, Linux's -ENXIO) is counted, and its target is not
+/// expected to run it.
+pub fn single_outcome(r: Result<(), TargetOffline>, target: u32) -> CpuMask {
+    let mut skipped = CpuMask::new();
+    if r.is_err() {
+        xcall::HOTPLUG
+            .single_offline_errors
+            .fetch_add(1, Ordering::Relaxed);
+        skipped.set(target);
+    }
+    skipped
 }
 
 /// Native think time between calls: a user-mode spin of `cycles`.

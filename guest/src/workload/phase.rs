@@ -6,14 +6,14 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::{
-    layout, phase_status, Control, Design, DesignResults, MemoryResults, PhaseEnd, StalledTask,
-    TestHook, VcpuResults, Workload, MAX_DESIGNS, NO_WAIT, STALL_RECORDS,
+    layout, phase_status, Control, Design, DesignResults, HotplugCounts, MemoryResults, PhaseEnd,
+    StalledTask, TestHook, VcpuResults, Workload, MAX_DESIGNS, NO_WAIT, STALL_RECORDS,
 };
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
-use crate::kernel::{arch, heap, shared, trace};
+use crate::kernel::{arch, heap, hotplug, shared, trace};
 use crate::xcall::{self, checker, designs, pv, tasks};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
@@ -156,6 +156,8 @@ pub fn run_timed(control: &Control, workload: Workload) {
     let mut sp = Spawner::default();
     spawn_probes(nr, &mut sp);
     assert!(sp.created == u64::from(nr), "cannot create the probe tasks");
+    // CPU hotplug requests take effect from here on.
+    hotplug::set_enabled(true);
     let mut churned = 0;
     match workload {
         Workload::Hogs => hogs::run(control, end),
@@ -207,6 +209,9 @@ fn spawn_phase_tasks(workload: Workload, control: &Control, sp: &mut Spawner) {
 pub fn run_designs(control: &Control, workload: Workload) {
     let heap_baseline = heap::used();
     let run_start = arch::rdtsc();
+    // CPU hotplug requests take effect from here on (between phases too:
+    // the next phase's tasks go to the CPUs online then).
+    hotplug::set_enabled(true);
     let designs = control
         .designs
         .iter()
@@ -333,6 +338,9 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
             control.test_hook_vcpu % nr,
             true,
         );
+    }
+    if workload == Workload::Torture && control.onoff_interval_us != 0 {
+        torture::spawn_onoff(control, &mut sp);
     }
     let start = arch::rdtsc();
     let end = start + control.duration_us * cycles_per_us;
@@ -472,6 +480,18 @@ fn write_design_results(
     d.preempted_wait_cycles = l(&p.preempted_wait_cycles);
     d.preempted_seen_kvm = l(&p.seen_kvm);
     d.preempted_seen_ipivirt = l(&p.seen_ipivirt);
+    let h = &hotplug::STATS;
+    let xh = &xcall::HOTPLUG;
+    d.hotplug = HotplugCounts {
+        offlines: l(&h.offlines),
+        onlines: l(&h.onlines),
+        refused: l(&h.refused),
+        tasks_moved: l(&h.tasks_moved),
+        skipped_targets: l(&xh.skipped_targets),
+        single_offline_errors: l(&xh.single_offline_errors),
+        flushed_callbacks: l(&xh.flushed_callbacks),
+        dropped_csds: l(&xh.dropped_csds),
+    };
     d.valid = 1;
 }
 

@@ -11,7 +11,7 @@ use crate::kernel::percpu;
 use crate::kernel::sched::{Body, Class};
 use crate::xcall;
 
-use super::calls::{checked_call, exit, flush_callback, sys, think};
+use super::calls::{checked_call, exit, flush_callback, single_outcome, sys, think};
 use super::phase::{end_tsc, Spawner};
 
 /// Spawns the phase's tasks: one per vCPU, whatever the shape (the ping
@@ -38,7 +38,10 @@ pub fn sys_ping(_: &mut TrapFrame) -> u64 {
     let mut targets = CpuMask::new();
     targets.set(target);
     checked_call(&targets, true, |token| {
-        xcall::smp_call_function_single(target, flush_callback, token, true)
+        single_outcome(
+            xcall::smp_call_function_single(target, flush_callback, token, true),
+            target,
+        )
     });
     end_tsc()
 }

@@ -12,7 +12,7 @@ use guest_lib::rng::xorshift64;
 use crate::kernel::arch::{self, TrapFrame};
 use crate::xcall;
 
-use super::calls::{checked_call, exit, flush_callback, sys, think};
+use super::calls::{checked_call, exit, flush_callback, single_outcome, sys, think};
 use super::phase::{end_tsc, spawn_user_tasks, Spawner};
 
 /// Spawns the phase's tasks.
@@ -54,7 +54,10 @@ pub fn sys_async_call(frame: &mut TrapFrame) -> u64 {
     let mut targets = CpuMask::new();
     targets.set(target);
     checked_call(&targets, false, |token| {
-        xcall::smp_call_function_single(target, flush_callback, token, false)
+        single_outcome(
+            xcall::smp_call_function_single(target, flush_callback, token, false),
+            target,
+        )
     });
     end_tsc()
 }

@@ -19,10 +19,11 @@ use guest_lib::cpumask::{nr_cpu_ids, CpuMask};
 use guest_lib::rng::{weighted_pick, xorshift64};
 
 use crate::kernel::arch::{self, TrapFrame};
-use crate::kernel::{apic, percpu};
+use crate::kernel::sched::{self, Body, Class};
+use crate::kernel::{apic, hotplug, percpu};
 use crate::xcall::{self, checker};
 
-use super::calls::{exit, record_latency, sys, think};
+use super::calls::{exit, record_latency, single_outcome, sys, think};
 use super::phase::{end_tsc, spawn_user_tasks, Spawner};
 
 /// Per-primitive invocations.
@@ -81,6 +82,31 @@ pub fn spawn(control: &Control, sp: &mut Spawner) {
     spawn_user_tasks(control, sp, "torturer", torturer);
 }
 
+/// Torture's onoff mode (scftorture's `onoff_interval`): a kernel task on
+/// the boot vCPU that, every interval, takes a random other vCPU offline
+/// and brings it back half an interval later, until the phase ends.
+pub fn spawn_onoff(control: &Control, sp: &mut Spawner) {
+    let arg = (control.onoff_interval_us as usize) << 32 | (control.seed as u32 as usize);
+    sp.spawn("onoff", Class::Normal, Body::Kernel(onoff, arg), 0, true);
+}
+
+fn onoff(arg: usize) {
+    let interval = (arg >> 32) as u64;
+    let mut x = (arg as u64 & 0xffff_ffff) | 1;
+    let nr = nr_cpu_ids();
+    if nr < 3 {
+        return; // two must stay online: nothing to take down
+    }
+    while arch::rdtsc() < end_tsc() {
+        sched::sleep_us(interval);
+        x = xorshift64(x);
+        let cpu = 1 + (x % u64::from(nr - 1)) as u32;
+        hotplug::request(cpu, true);
+        sched::sleep_us(interval / 2);
+        hotplug::request(cpu, false);
+    }
+}
+
 /// The TORTURE system call: one primitive, drawn by weight (rdi seeds the
 /// draws). Returns the phase's end.
 pub fn sys_torture(frame: &mut TrapFrame) -> u64 {
@@ -100,7 +126,11 @@ fn one(seed: u64) {
     let nr = nr_cpu_ids();
     INVOCATIONS[prim].fetch_add(1, Ordering::Relaxed);
     if prim == torture::RESCHED {
-        apic::send_ipi((next() % u64::from(nr)) as u32, vector::RESCHEDULE);
+        // Linux warns on a reschedule IPI to an offline CPU: skip those.
+        let cpu = (next() % u64::from(nr)) as u32;
+        if hotplug::cpu_online(cpu) {
+            apic::send_ipi(cpu, vector::RESCHEDULE);
+        }
         return;
     }
     let wait = matches!(
@@ -147,10 +177,11 @@ fn one(seed: u64) {
     let start = arch::rdtsc();
     // SAFETY: the kernel is set up; cross calls run with interrupts on.
     unsafe { arch::irq_enable() };
-    match prim {
-        torture::SINGLE | torture::SINGLE_WAIT | torture::SINGLE_RPC => {
-            xcall::smp_call_function_single(single, callback, info, wait)
-        }
+    let skipped = match prim {
+        torture::SINGLE | torture::SINGLE_WAIT | torture::SINGLE_RPC => single_outcome(
+            xcall::smp_call_function_single(single, callback, info, wait),
+            single,
+        ),
         torture::MANY | torture::MANY_WAIT => {
             // "many" excludes the caller, as smp_call_function_many does;
             // the checker's targets must then exclude it too: run it
@@ -158,9 +189,11 @@ fn one(seed: u64) {
             xcall::smp_call_function_many_cond(&targets, callback, info, wait, true, cond)
         }
         _ => xcall::on_each_cpu_cond_mask(&targets, callback, info, wait, cond),
-    }
+    };
     arch::irq_disable();
+    checker::skip(token, &skipped);
     if prim == torture::SINGLE_RPC
+        && !skipped.test(single)
         && token != 0
         && checker::reply(token) != Some(rpc_reply(token, single))
     {

@@ -161,6 +161,31 @@ pub fn record_csd_reinit(target: u32) {
     record(violation::CSD_REINIT, target, 0);
 }
 
+/// A waiter read a csd of a cfd its CPU freed going offline (hotplug).
+pub fn record_csd_freed(target: u32) {
+    record(violation::CSD_FREED, target, 0);
+}
+
+/// A csd queued to `target` stayed locked past its dying flush (hotplug).
+pub fn record_dropped(target: u32) {
+    record(violation::DROPPED_OFFLINE, target, 0);
+}
+
+/// The caller of `token` learnt that the CPUs of `skipped` were offline and
+/// left out of its call (or, for a refused single call, its target): they
+/// are no longer expected to run it.
+pub fn skip(token: usize, skipped: &CpuMask) {
+    let Some(r) = token.checked_sub(1).and_then(|i| TABLE.get(i)) else {
+        return;
+    };
+    for i in 0..nr_words() {
+        let gone = r.targets[i].fetch_and(!skipped.words[i], Ordering::AcqRel) & skipped.words[i];
+        for _ in 0..gone.count_ones() {
+            release(r);
+        }
+    }
+}
+
 /// The recorded violations of the phase.
 pub fn log() -> [ViolationRecord; 8] {
     let mut out = [ViolationRecord {

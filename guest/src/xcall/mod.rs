@@ -16,6 +16,17 @@
 //! csds are allocated once per CPU (on its first cross call) and never
 //! freed, so a waiter that migrated can still poll the csds it queued.
 //!
+//! CPU hotplug (`kernel::hotplug`): senders sample the online mask while
+//! pinned, inside a per-CPU sender bracket; offline targets are left out of
+//! masks and `smp_call_function_single()` to one fails ([`TargetOffline`]).
+//! A dying CPU waits until every bracket that was open when it left the
+//! online mask has closed (so nothing can be queued to it any more: what
+//! Linux gets from stop_machine), then runs its queue (the dying flush).
+//! Two broken variants break exactly that and are caught by the checks in
+//! the waits: `free-csd-offline` (the dying CPU retires its cfd: a migrated
+//! waiter still polling it reads freed memory) and `no-dying-flush` (the
+//! queue is dropped: a csd queued to the dead CPU stays locked).
+//!
 //! This layer plugs into the kernel at boot ([`init`]): the CALL_FUNCTION
 //! and FLUSH_DEFER interrupt handlers, and the task hooks that give every
 //! task its IPI wait mask and drain flush-defer's deferred work.
@@ -29,7 +40,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use abi::preempt_off::cause as poff;
 use abi::{vector, Control, Design, MAX_VCPUS};
@@ -38,6 +49,7 @@ use guest_lib::rng::Prob16;
 
 use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
+use crate::kernel::hotplug::{self, HotplugHooks};
 use crate::kernel::pv as kernel_pv;
 use crate::kernel::sched::{self, TaskHooks};
 use crate::kernel::{apic, arch, percpu, trace, trap};
@@ -54,6 +66,10 @@ pub fn init(control: &Control) {
             on_create: designs::task_created,
             on_free: designs::task_freed,
             drain: || pv::run_deferred(false),
+        });
+        hotplug::set_hooks(HotplugHooks {
+            dying: cpu_dying,
+            online: cpu_coming_online,
         });
     }
     let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
@@ -73,6 +89,12 @@ pub fn init(control: &Control) {
 fn on_call_function_ipi() {
     apic::eoi();
     percpu::this().ipis_received.inc();
+    if hotplug::is_offline(percpu::cpu_id()) {
+        // An offline CPU takes no calls: a late IPI sent before it went
+        // down finds nothing its flush did not run (one sent after is
+        // counted at its sender).
+        return;
+    }
     handle_ipi();
 }
 
@@ -86,6 +108,12 @@ fn on_flush_defer() {
 const CSD_FLAG_LOCK: u32 = 0x01;
 /// A waiter spins on this csd: unlock only after the callback ran.
 const CSD_TYPE_SYNC: u32 = 0x10;
+/// What `free-csd-offline` fills a retired cfd's idle csds with (the slab
+/// poison byte; the lock bit set, so a reader spins rather than reuses it).
+const CSD_POISON: u32 = 0x6b6b_6b6b;
+/// Set by `no-dying-flush` on each csd it drops (still locked): the
+/// checker's shadow mark, so that its waiter can tell (and recover).
+const CSD_FLAG_DROPPED: u32 = 0x100;
 
 /// A cross-call callback: `func(info)`.
 pub type CallFn = fn(usize);
@@ -100,6 +128,11 @@ pub struct Csd {
     flags: AtomicU32,
     func: UnsafeCell<CallFn>,
     info: UnsafeCell<usize>,
+    /// The CPU it was last queued to (Linux's CSD_LOCK_WAIT_DEBUG `dst`).
+    dst: AtomicU32,
+    /// That CPU's hotplug generation when it was queued: once the CPU's
+    /// generation moves on, its dying flush has run (and unlocked) it.
+    gen: AtomicU32,
 }
 
 // SAFETY: `func`, `info` and `next` are written only by the csd's single
@@ -116,6 +149,8 @@ impl Csd {
             flags: AtomicU32::new(0),
             func: UnsafeCell::new(nop),
             info: UnsafeCell::new(0),
+            dst: AtomicU32::new(u32::MAX),
+            gen: AtomicU32::new(0),
         }
     }
 
@@ -147,6 +182,10 @@ pub struct Cfd {
     cpumask_ipi: UnsafeCell<CpuMask>,
     /// flush-defer's scratch mask (`__pv_cpu_mask`; owner only, pinned).
     flushmask: UnsafeCell<CpuMask>,
+    /// `free-csd-offline` only: its CPU went offline and "freed" it (the
+    /// shadow state a memory checker keeps; the memory itself is leaked so
+    /// the broken variant cannot crash the guest).
+    freed: AtomicBool,
 }
 
 // SAFETY: `csd` entries are Sync; `cpumask` is atomic; `cpumask_ipi` and
@@ -165,6 +204,7 @@ pub fn cfd_of(cpu: u32) -> &'static Cfd {
             cpumask: SharedMask::new(),
             cpumask_ipi: UnsafeCell::new(CpuMask::new()),
             flushmask: UnsafeCell::new(CpuMask::new()),
+            freed: AtomicBool::new(false),
         });
         p = Box::into_raw(cfd);
         // Release: the initialised cfd before its pointer.
@@ -207,6 +247,46 @@ pub struct SmpParams {
     pub yield_gap_cycles: AtomicU64,
 }
 
+/// CPU hotplug on the call paths, per phase.
+pub struct HotplugStats {
+    /// Targets left out of a mask because they were offline.
+    pub skipped_targets: AtomicU64,
+    /// `smp_call_function_single()` calls refused (target offline); the
+    /// callers count them here.
+    pub single_offline_errors: AtomicU64,
+    /// Callbacks dying CPUs ran in their flush.
+    pub flushed_callbacks: AtomicU64,
+    /// csds dying CPUs dropped (`no-dying-flush`).
+    pub dropped_csds: AtomicU64,
+}
+
+/// The hotplug counters of the current phase.
+pub static HOTPLUG: HotplugStats = HotplugStats {
+    skipped_targets: AtomicU64::new(0),
+    single_offline_errors: AtomicU64::new(0),
+    flushed_callbacks: AtomicU64::new(0),
+    dropped_csds: AtomicU64::new(0),
+};
+
+/// Per CPU: odd while that CPU is between sampling the online mask and its
+/// last queue push (pinned), the window a dying CPU waits out.
+static SEND_SEQ: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+
+fn sender_enter(this: u32) {
+    // SeqCst, like the dying CPU's clear of the online mask and its read of
+    // this counter: either it sees the bracket open, or we see it offline.
+    SEND_SEQ[this as usize].fetch_add(1, Ordering::SeqCst);
+}
+
+fn sender_exit(this: u32) {
+    // Release: our queue pushes before the dying CPU sees the bracket shut.
+    SEND_SEQ[this as usize].fetch_add(1, Ordering::Release);
+}
+
+/// `smp_call_function_single()` to an offline CPU (Linux: -ENXIO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetOffline;
+
 /// The settings.
 pub static PARAMS: SmpParams = SmpParams {
     design: AtomicU32::new(0),
@@ -235,9 +315,35 @@ fn reset_stats() {
         &STATS.waits_preempted,
         &STATS.waits_migrated,
         &STATS.watchdog_fires,
+        &HOTPLUG.skipped_targets,
+        &HOTPLUG.single_offline_errors,
+        &HOTPLUG.flushed_callbacks,
+        &HOTPLUG.dropped_csds,
     ] {
         c.store(0, Ordering::Relaxed);
     }
+    hotplug::reset_stats();
+}
+
+/// Whether `csd`, locked, was queued to a CPU that has gone offline since
+/// (its dying flush should have unlocked it): `no-dying-flush`'s bug. The
+/// generation is read first (Acquire), then the lock again, so a csd the
+/// flush did unlock is never taken for a dropped one.
+fn dropped(csd: &Csd) -> bool {
+    if csd.flags.load(Ordering::Acquire) & CSD_FLAG_DROPPED != 0 {
+        return true;
+    }
+    let dst = csd.dst.load(Ordering::Relaxed);
+    (dst as usize) < MAX_VCPUS
+        && hotplug::generation(dst) != csd.gen.load(Ordering::Relaxed)
+        && csd.locked()
+}
+
+/// A dropped csd: recorded, then unlocked here so that the run goes on (a
+/// real kernel would hang in this wait).
+fn recover_dropped(csd: &Csd) {
+    checker::record_dropped(csd.dst.load(Ordering::Relaxed));
+    csd_unlock(csd);
 }
 
 /// Waits until `csd` is unlocked, then locks it (single writer: we are
@@ -246,6 +352,10 @@ fn csd_lock(csd: &Csd) {
     if csd.locked() {
         let tag = trace::cause(poff::CSD_LOCK);
         while csd.locked() {
+            if dropped(csd) {
+                recover_dropped(csd);
+                break;
+            }
             arch::pause();
         }
         trace::cause(tag);
@@ -275,6 +385,11 @@ fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool 
         csd.flags
             .store(CSD_FLAG_LOCK | CSD_TYPE_SYNC, Ordering::Relaxed);
     }
+    // Inside the sender bracket: the target is online and cannot finish
+    // dying before this push is done, so this is its generation then.
+    csd.dst.store(target, Ordering::Relaxed);
+    csd.gen
+        .store(hotplug::generation(target), Ordering::Relaxed);
     let head = &QUEUES[target as usize];
     let me = csd as *const Csd as *mut Csd;
     let mut old = head.load(Ordering::Relaxed);
@@ -290,13 +405,20 @@ fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool 
 }
 
 fn send_call_ipi(target: u32) {
+    hotplug::note_call_ipi_to(target);
     apic::send_ipi(target, vector::CALL_FUNCTION);
 }
 
 /// The CALL_FUNCTION IPI: drains this CPU's queue, synchronous entries
 /// first. Runs with interrupts off.
 pub fn handle_ipi() {
+    run_queue();
+}
+
+/// [`handle_ipi`]; returns how many callbacks it ran.
+fn run_queue() -> u64 {
     let me = percpu::cpu_id() as usize;
+    let mut ran = 0;
     IN_CALLBACK[me].store(true, Ordering::Relaxed);
     // flush-defer: deferred work before any other callback.
     pv::run_deferred(false);
@@ -323,6 +445,7 @@ pub fn handle_ipi() {
                 *link = *csd.next.get();
                 (*csd.func.get())(*csd.info.get());
                 csd_unlock(csd);
+                ran += 1;
             } else {
                 link = csd.next.get();
             }
@@ -335,17 +458,113 @@ pub fn handle_ipi() {
             let (func, info) = (*csd.func.get(), *csd.info.get());
             csd_unlock(csd);
             func(info);
+            ran += 1;
         }
     }
     IN_CALLBACK[me].store(false, Ordering::Relaxed);
+    ran
 }
+
+/// The hotplug dying hook, on the dying CPU (interrupts off, out of the
+/// online mask already): Linux's `smpcfd_dying_cpu()` flush, preceded by
+/// what stop_machine gives Linux for free: every sender bracket open when
+/// this CPU left the mask has closed, so nothing can be queued here later.
+/// While it waits it keeps running its queue (a sender may be spinning in
+/// `csd_lock` for a csd queued here).
+fn cpu_dying(me: u32) {
+    let design = design();
+    // WRONG ON PURPOSE in no-dying-flush: the queue is dropped, not run.
+    let flush = |me: u32| {
+        if design == Design::NoDyingFlush {
+            drop_queue(me);
+            0
+        } else {
+            run_queue()
+        }
+    };
+    let mut flushed = 0;
+    for c in 0..nr_cpu_ids() {
+        if c == me {
+            continue;
+        }
+        let seq = SEND_SEQ[c as usize].load(Ordering::SeqCst);
+        if seq & 1 == 1 {
+            while SEND_SEQ[c as usize].load(Ordering::Acquire) == seq {
+                flushed += flush(me);
+                arch::pause();
+            }
+        }
+    }
+    fence(Ordering::Acquire);
+    while !QUEUES[me as usize].load(Ordering::Acquire).is_null() {
+        flushed += flush(me);
+    }
+    HOTPLUG
+        .flushed_callbacks
+        .fetch_add(flushed, Ordering::Relaxed);
+    if design == Design::FreeCsdOffline {
+        // WRONG ON PURPOSE: the pre-series kernel freed the per-CPU csds of
+        // a CPU going down. Retire the cfd (the next call here allocates a
+        // new one), poison its idle csds, and leave it to waiters that
+        // migrated away from here with calls still outstanding.
+        let old = CFD[me as usize].swap(ptr::null_mut(), Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: cfds are never really freed (leaked), so the pointer
+            // stays valid; only atomics are written.
+            let cfd = unsafe { &*old };
+            cfd.freed.store(true, Ordering::Release);
+            for csd in cfd.csd.iter() {
+                let _ =
+                    csd.flags
+                        .compare_exchange(0, CSD_POISON, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `no-dying-flush`: takes the queue and drops every csd in it unrun, each
+/// left locked with the checker's dropped mark.
+fn drop_queue(me: u32) {
+    let mut head = QUEUES[me as usize].swap(ptr::null_mut(), Ordering::Acquire);
+    let mut n = 0;
+    while !head.is_null() {
+        // SAFETY: the drained list's csds are locked and ours until marked:
+        // the link is read before the mark lets a waiter take the csd back.
+        unsafe {
+            let csd = &*head;
+            head = *csd.next.get();
+            csd.flags.fetch_or(CSD_FLAG_DROPPED, Ordering::Release);
+        }
+        n += 1;
+    }
+    HOTPLUG.dropped_csds.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The hotplug online hook: nothing to do in the safe designs (csds were
+/// never freed); kept as the place Linux's `smpcfd_prepare_cpu()` is.
+fn cpu_coming_online(_me: u32) {}
 
 /// Spins until `csd` is unlocked. If `preemptible`, the spin may be
 /// preempted (and moved to another CPU), and yields with the guest-side
 /// forced-preemption probability. A wait past the watchdog threshold is
 /// counted and the IPI resent once (CSD_LOCK_WAIT_DEBUG).
 pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
-    if !csd.locked() {
+    lock_wait(csd, target, preemptible, None);
+}
+
+/// A freed cfd read by a waiter (`free-csd-offline`): recorded; true if so
+/// (the wait must not trust that memory any further).
+fn freed(owner: Option<&Cfd>, target: u32) -> bool {
+    if owner.is_some_and(|c| c.freed.load(Ordering::Acquire)) {
+        checker::record_csd_freed(target);
+        return true;
+    }
+    false
+}
+
+/// [`csd_lock_wait`] for a csd of `owner`'s cfd (None: a csd on the stack).
+fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
+    if freed(owner, target) || !csd.locked() {
         return;
     }
     // For the stall report: what this task waits on.
@@ -362,6 +581,13 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
     let yield_gap = PARAMS.yield_gap_cycles.load(Ordering::Relaxed);
     while csd.locked() {
         arch::pause();
+        if freed(owner, target) {
+            break;
+        }
+        if dropped(csd) {
+            recover_dropped(csd);
+            break;
+        }
         if watch_pv {
             watch.spin(target, yield_gap);
         }
@@ -388,7 +614,16 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
                     preempted
                 );
             }
-            send_call_ipi(target);
+            // A sender like any other: inside the bracket, to an online
+            // target only (an offline one's flush unlocked all it had).
+            sched::preempt_disable();
+            let this = percpu::cpu_id();
+            sender_enter(this);
+            if hotplug::cpu_online(target) {
+                send_call_ipi(target);
+            }
+            sender_exit(this);
+            sched::preempt_enable();
         }
     }
     if watch_pv {
@@ -439,7 +674,7 @@ pub fn wait_all(set: &WaitSet<'_>, cfd: &Cfd, preemptible: bool) {
     let (switches, cpu0) = (task.switches.load(Ordering::Relaxed), percpu::cpu_id());
     let mut from = 0;
     while let Some(c) = set.next(from) {
-        csd_lock_wait(&cfd.csd[c as usize], c, preemptible);
+        lock_wait(&cfd.csd[c as usize], c, preemptible, Some(cfd));
         from = c + 1;
     }
     if preemptible {
@@ -456,7 +691,9 @@ pub fn wait_all(set: &WaitSet<'_>, cfd: &Cfd, preemptible: bool) {
 /// `targets` (and this one if `run_local`) for which `cond` holds; with
 /// `wait`, returns only after all of them ran it. Must be called with
 /// interrupts enabled (a waiter services incoming calls) and not pinned:
-/// it pins itself where it must (invariant 8).
+/// it pins itself where it must (invariant 8). Returns the targets left
+/// out because they were offline (the caller's checker must not expect
+/// them).
 pub fn smp_call_function_many_cond(
     targets: &CpuMask,
     func: CallFn,
@@ -464,8 +701,8 @@ pub fn smp_call_function_many_cond(
     wait: bool,
     run_local: bool,
     cond: Option<CondFn>,
-) {
-    call_many(targets, func, info, wait, run_local, cond, false);
+) -> CpuMask {
+    call_many(targets, func, info, wait, run_local, cond, false)
 }
 
 /// [`smp_call_function_many_cond`]; with `pinned_wait` the wait stays
@@ -478,16 +715,31 @@ fn call_many(
     run_local: bool,
     cond: Option<CondFn>,
     pinned_wait: bool,
-) {
+) -> CpuMask {
     assert!(arch::irqs_enabled(), "cross calls need interrupts on");
     // Acquire the csds, queue and send under one pin (invariant 1).
     sched::preempt_disable();
     let tag = trace::cause(poff::SEND);
     let this = percpu::cpu_id();
+    sender_enter(this);
     let cfd = cfd_of(this);
     let run_local = run_local && targets.test(this) && cond.is_none_or(|c| c(this, info));
     let mut remote = *targets;
     remote.words[this as usize / 64] &= !(1 << (this % 64));
+    // The online mask, sampled pinned inside the bracket: offline targets
+    // are left out (Linux's cpumask_and with cpu_online_mask).
+    let online = hotplug::online();
+    let mut skipped = CpuMask::new();
+    for i in 0..nr_words() {
+        skipped.words[i] = remote.words[i] & !online.words[i];
+        remote.words[i] &= online.words[i];
+    }
+    let nr_skipped = skipped.weight();
+    if nr_skipped > 0 {
+        HOTPLUG
+            .skipped_targets
+            .fetch_add(u64::from(nr_skipped), Ordering::Relaxed);
+    }
     cfd.cpumask.store(&remote);
     // SAFETY: owner-only scratch mask, and we are pinned.
     let ipi = unsafe { &mut *cfd.cpumask_ipi.get() };
@@ -501,6 +753,7 @@ fn call_many(
         match *nr_ipi {
             0 => {}
             _ if pv_send => {
+                for_each_cpu(nr_words(), |i| ipi.words[i], hotplug::note_call_ipi_to);
                 pv::send_ipi_mask(ipi, vector::CALL_FUNCTION);
                 percpu::this().ipis_sent.add(u64::from(*nr_ipi));
             }
@@ -537,6 +790,7 @@ fn call_many(
     );
     send(ipi, &mut nr_ipi, last);
     trace::cause(tag);
+    sender_exit(this);
     if run_local {
         let irq = arch::irq_save();
         // flush-defer: work deferred to this CPU before its own callback.
@@ -560,18 +814,20 @@ fn call_many(
         sched::preempt_enable();
     }
     STATS.calls.fetch_add(1, Ordering::Relaxed);
+    skipped
 }
 
 /// `on_each_cpu_cond_mask()`: [`smp_call_function_many_cond`] including
-/// this CPU, with no outer pin of its own.
+/// this CPU, with no outer pin of its own. Returns the offline targets
+/// left out.
 pub fn on_each_cpu_cond_mask(
     targets: &CpuMask,
     func: CallFn,
     info: usize,
     wait: bool,
     cond: Option<CondFn>,
-) {
-    smp_call_function_many_cond(targets, func, info, wait, true, cond);
+) -> CpuMask {
+    smp_call_function_many_cond(targets, func, info, wait, true, cond)
 }
 
 /// flush-defer's shootdown, as Linux's `kvm_flush_tlb_multi()`: pinned,
@@ -579,7 +835,8 @@ pub fn on_each_cpu_cond_mask(
 /// target (it runs `func` when it resumes: see [`pv::try_defer`]), then
 /// call the rest and wait, still pinned. `func` must be the workload's
 /// flush callback (the deferred runs call the checker's flush record).
-pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) {
+/// Returns the offline targets left out.
+pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) -> CpuMask {
     sched::preempt_disable();
     let this = percpu::cpu_id();
     let cfd = cfd_of(this);
@@ -590,21 +847,28 @@ pub fn flush_tlb_multi(targets: &CpuMask, func: CallFn, token: usize) {
         nr_words(),
         |i| targets.words[i],
         |c| {
-            if c != this && pv::try_defer(c, token) {
+            if c != this && hotplug::cpu_online(c) && pv::try_defer(c, token) {
                 flushmask.clear(c);
             }
         },
     );
     // (call_many copies the mask before it touches the cfd.)
-    call_many(flushmask, func, token, true, true, None, true);
+    let skipped = call_many(flushmask, func, token, true, true, None, true);
     sched::preempt_enable();
+    skipped
 }
 
 /// `smp_call_function_single()`: runs `func(info)` on `target`. With
 /// `wait`, the csd lives on the caller's stack and the call returns after
 /// the callback ran; the wait is preemptible except in the upstream
-/// design. Without `wait`, this CPU's `csd_data` is used.
-pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bool) {
+/// design. Without `wait`, this CPU's `csd_data` is used. A target that is
+/// offline (sampled pinned) is an error, as Linux's -ENXIO: nothing ran.
+pub fn smp_call_function_single(
+    target: u32,
+    func: CallFn,
+    info: usize,
+    wait: bool,
+) -> Result<(), TargetOffline> {
     sched::preempt_disable();
     let this = percpu::cpu_id();
     if target == this {
@@ -613,14 +877,24 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
         func(info);
         arch::irq_restore(irq);
         sched::preempt_enable();
-    } else if wait {
-        let tag = trace::cause(poff::SEND);
+        STATS.calls.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    sender_enter(this);
+    if !hotplug::cpu_online(target) {
+        sender_exit(this);
+        sched::preempt_enable();
+        return Err(TargetOffline);
+    }
+    let tag = trace::cause(poff::SEND);
+    if wait {
         let csd = Csd::new();
         csd_lock(&csd);
         if queue(target, &csd, func, info, true) {
             send_call_ipi(target);
         }
         trace::cause(tag);
+        sender_exit(this);
         if designs::single_wait_pinned(design()) {
             csd_lock_wait(&csd, target, false);
             sched::preempt_enable();
@@ -630,16 +904,17 @@ pub fn smp_call_function_single(target: u32, func: CallFn, info: usize, wait: bo
             csd_lock_wait(&csd, target, true);
         }
     } else {
-        let tag = trace::cause(poff::SEND);
         let csd = &CSD_DATA[this as usize];
         csd_lock(csd);
         if queue(target, csd, func, info, false) {
             send_call_ipi(target);
         }
         trace::cause(tag);
+        sender_exit(this);
         sched::preempt_enable();
     }
     STATS.calls.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// One csd per CPU for [`drain_barrier`] (the BSP's only).

@@ -184,14 +184,30 @@ struct ScenarioArgs {
     /// Write the injected events as Chrome trace-event JSON (Perfetto).
     #[arg(long, value_name = "PATH")]
     trace: Option<PathBuf>,
+    /// CPU hotplug from the host: mean gap between cycles in which a random
+    /// vCPU (never vCPU 0; two always stay online) is asked to go offline
+    /// and, --hotplug-len later, back online (seeded jitter); 0 disables.
+    /// Needs 3 or more vCPUs.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration)]
+    hotplug_every: Duration,
+    /// Mean time a vCPU stays offline in one hotplug cycle (seeded jitter).
+    #[arg(long, value_name = "DUR", default_value = "10ms", value_parser = parse_duration)]
+    hotplug_len: Duration,
+    /// Torture's own CPU hotplug (scftorture's onoff_interval): every DUR a
+    /// guest task takes a random vCPU offline and brings it back DUR/2
+    /// later; 0 disables. --workload torture only.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration)]
+    torture_onoff: Duration,
     /// What the guest runs after boot: none (boot only), idle (the
     /// scheduler and its probe), spin, hogs, churn, ping, shootdown, floor
     /// (the raw IPI round trip), torture (docs/usage.md has the table).
     #[arg(long, value_parser = wire_parser::<abi::Workload>(), default_value = "shootdown")]
     workload: abi::Workload,
     /// Wait-mask designs to compare (ping, shootdown, torture), comma-separated:
-    /// upstream, task-local, stack, alloc-in-path, unsafe-percpu (the last
-    /// one is wrong on purpose and runs only when named). A design can carry
+    /// upstream, task-local, stack, alloc-in-path, unsafe-percpu,
+    /// free-csd-offline, no-dying-flush (the last three are wrong on purpose
+    /// and run only when named; the last two break CPU hotplug, so they
+    /// need --hotplug-every or --torture-onoff to show). A design can carry
     /// PV features of its own: `task-local+sched-yield`, `upstream+pv` (pv:
     /// those of --pv). At most 8 columns.
     #[arg(long, value_name = "LIST", default_value = "upstream,task-local,stack,alloc-in-path", value_parser = parse_designs)]
@@ -633,6 +649,9 @@ impl RunCmd {
         if let Some(VcpuList(v)) = &sh.initiators {
             config.initiators = Some(v.clone());
         }
+        config.inject.hotplug_every = Some(s.hotplug_every).filter(|d| !d.is_zero());
+        config.inject.hotplug_len = s.hotplug_len;
+        config.torture_onoff = Some(s.torture_onoff).filter(|d| !d.is_zero());
         Ok(config)
     }
 }

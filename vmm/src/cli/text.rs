@@ -84,6 +84,12 @@ pub fn host_block(h: &HostReport, tsc_khz: u64, vcpus: u32, measured: Measured) 
             h.elapsed.as_secs_f64(),
             if h.affinity_restored { "yes" } else { "NO" }
         );
+        if h.hotplug_events > 0 {
+            out += &format!(
+                "host: hotplug_events {} (vCPU offline then online; the guest had acted on {} by the online request, refused {})\n",
+                h.hotplug_events, h.hotplug_acked, h.hotplug_refused
+            );
+        }
         if h.preemptions_skipped > 0 {
             out += &format!(
                 "host: {} planned preemptions dropped, long overdue after a stall of the VMM (not replayed)\n",

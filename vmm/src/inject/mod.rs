@@ -18,6 +18,7 @@
 //! outlives it when it is killed (Ctrl-C).
 
 pub mod antagonist;
+pub mod hotplug;
 pub mod kvmstats;
 pub mod lock;
 pub mod migrate;
@@ -39,6 +40,9 @@ pub(crate) use runner::{Shared, ThreadOutcome};
 /// a stall of the VMM, replaying every missed one would be a storm the
 /// scenario never asked for.
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `--hotplug-len`'s default: how long a vCPU stays offline per cycle.
+pub const DEFAULT_HOTPLUG_LEN: Duration = Duration::from_millis(10);
 
 /// The highest duty cycle a scenario may ask for.
 pub const DUTY_LIMIT: f64 = 0.9;
@@ -90,6 +94,10 @@ pub struct InjectConfig {
     pub max_duty: f64,
     /// Chrome trace-event JSON of the injected events.
     pub trace: Option<PathBuf>,
+    /// Mean gap between CPU hotplug cycles (`None`: no hotplug).
+    pub hotplug_every: Option<Duration>,
+    /// Mean time a vCPU stays offline in one cycle.
+    pub hotplug_len: Duration,
     /// Explicit host CPU of each vCPU, by vCPU index (`--placement`;
     /// `None`: spread round robin over `host_cpus`). Its CPUs must be in
     /// `host_cpus` when that is given, and are the run's host CPUs when not.
@@ -111,6 +119,8 @@ impl Default for InjectConfig {
             migrate_every: None,
             max_duty: DEFAULT_MAX_DUTY,
             trace: None,
+            hotplug_every: None,
+            hotplug_len: DEFAULT_HOTPLUG_LEN,
             placement: None,
             preempt_host_cpus: None,
             preempt_vcpus: None,
@@ -125,6 +135,7 @@ impl InjectConfig {
             || self.placement.is_some()
             || self.preempt != PreemptMode::None
             || self.migrate_every.is_some()
+            || self.hotplug_every.is_some()
     }
 }
 
@@ -334,6 +345,24 @@ impl Plan {
                 });
             }
         }
+        if let Some(every) = config.hotplug_every.filter(|d| !d.is_zero()) {
+            if vcpus < 3 {
+                return Err(InjectError::Invalid(format!(
+                    "--hotplug-every needs 3 or more vCPUs (this run has {vcpus}): the boot vCPU \
+                     and one other always stay online"
+                )));
+            }
+            if config.hotplug_len.is_zero() {
+                return Err(InjectError::Invalid(
+                    "--hotplug-len must be above zero".into(),
+                ));
+            }
+            if every < Duration::from_millis(1) {
+                return Err(InjectError::Invalid(format!(
+                    "--hotplug-every {every:?} is below 1ms: a vCPU takes longer than that to go down"
+                )));
+            }
+        }
         let (mode, fallback) = match config.preempt {
             PreemptMode::Antagonist => match placement::fifo_permitted() {
                 Ok(()) => (PreemptMode::Antagonist, None),
@@ -349,6 +378,7 @@ impl Plan {
         let placement = targets.slots;
         let mut config = config.clone();
         config.migrate_every = config.migrate_every.filter(|d| !d.is_zero());
+        config.hotplug_every = config.hotplug_every.filter(|d| !d.is_zero());
         let mut fallback = fallback;
         if config.migrate_every.is_some() && (host_cpus.len() < 2 || placement.is_none()) {
             let why = "migration needs two or more host CPUs (and a placement): none injected";
@@ -410,6 +440,28 @@ mod tests {
                 placement::PlacementError::NotAllowed { .. }
             ))
         ));
+    }
+
+    #[test]
+    fn test_plan_hotplug_rules() {
+        let mut c = InjectConfig {
+            hotplug_every: Some(Duration::from_millis(20)),
+            ..InjectConfig::default()
+        };
+        assert!(c.is_active());
+        let e = Plan::new(&c, 2).unwrap_err();
+        assert!(e.to_string().contains("3 or more vCPUs"), "{e}");
+        assert!(Plan::new(&c, 3).is_ok());
+        c.hotplug_len = Duration::ZERO;
+        assert!(Plan::new(&c, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("--hotplug-len"));
+        c.hotplug_len = DEFAULT_HOTPLUG_LEN;
+        c.hotplug_every = Some(Duration::from_micros(10));
+        assert!(Plan::new(&c, 4).is_err());
+        c.hotplug_every = Some(Duration::ZERO);
+        assert_eq!(Plan::new(&c, 2).unwrap().config.hotplug_every, None);
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub struct HostReport {
     /// Planned moves folded into later ones because the migrator was late
     /// (a storm faster than sched_setaffinity): the VMM never falls behind.
     pub migrations_coalesced: u64,
+    /// CPU hotplug cycles requested (offline, then online).
+    pub hotplug_events: u64,
+    /// Of those, cycles whose offline request the guest had acted on when
+    /// the online request went out.
+    pub hotplug_acked: u64,
+    /// Of those, cycles the guest refused.
+    pub hotplug_refused: u64,
     /// Planned preemptions dropped because they were long overdue when
     /// the injector got to them (the VMM was stalled): not replayed.
     pub preemptions_skipped: u64,

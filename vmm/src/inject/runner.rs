@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::trace::{self, Event, EventKind};
 use super::{
-    antagonist, migrate, pause, placement, schedule, HostReport, InjectError, Plan, PreemptMode,
-    VcpuHostFigures, TIMELINE_LIMIT,
+    antagonist, hotplug, migrate, pause, placement, schedule, HostReport, InjectError, Plan,
+    PreemptMode, VcpuHostFigures, TIMELINE_LIMIT,
 };
 use crate::pv::PvHost;
 use crate::vcpu::Kicker;
@@ -114,6 +114,10 @@ pub(crate) struct ThreadOutcome {
     /// Planned preemptions skipped because they were long overdue (the
     /// VMM was stalled): never replayed as a burst.
     pub(crate) skipped: u64,
+    /// Hotplug cycles whose offline request the guest had acted on by the
+    /// time it was asked back, and those it refused.
+    pub(crate) hotplug_acked: u64,
+    pub(crate) hotplug_refused: u64,
     pub(crate) errors: Vec<String>,
 }
 
@@ -143,12 +147,15 @@ const TID_WAIT: Duration = Duration::from_secs(5);
 impl Injector {
     /// Starts the injectors of `plan` for the vCPUs behind `kickers`.
     /// With `pv`, antagonists publish the vCPUs they preempt in the PV state
-    /// (pauses are published by the vCPU threads themselves).
+    /// (pauses are published by the vCPU threads themselves). `hotplug` is
+    /// the PV state the hotplug injector writes its requests into (needed
+    /// when the plan has `hotplug_every`).
     pub fn start(
         plan: Plan,
         seed: u64,
         kickers: &[Arc<Kicker>],
         pv: Option<Arc<PvHost>>,
+        hotplug: Option<Arc<PvHost>>,
     ) -> Result<Injector, InjectError> {
         let deadline = Instant::now() + TID_WAIT;
         let mut tids = Vec::with_capacity(kickers.len());
@@ -282,6 +289,18 @@ impl Injector {
                     Box::new(move || migrate::run(&s, stream, &t, max_duty)),
                 )?);
             }
+            if let Some(every) = c.hotplug_every {
+                let host = hotplug.clone().ok_or_else(|| {
+                    InjectError::Host("hotplug injection without access to the PV state".into())
+                })?;
+                let stream =
+                    schedule::HotplugStream::new(seed, kickers.len() as u32, every, c.hotplug_len);
+                let s = shared.clone();
+                injector.threads.push(spawn(
+                    "inj-hotplug".into(),
+                    Box::new(move || hotplug::run(&s, stream, host)),
+                )?);
+            }
             Ok(())
         })();
         match result {
@@ -317,6 +336,8 @@ impl Injector {
                     report.timeline_dropped += o.dropped;
                     report.migrations_coalesced += o.coalesced;
                     report.preemptions_skipped += o.skipped;
+                    report.hotplug_acked += o.hotplug_acked;
+                    report.hotplug_refused += o.hotplug_refused;
                     report.errors.extend(o.errors);
                 }
                 Err(_) => report.errors.push("an injector thread panicked".into()),
@@ -331,6 +352,7 @@ impl Injector {
                     report.preempt_ns_injected += e.duration.as_nanos() as u64;
                 }
                 EventKind::Migrate => report.migrations_injected += 1,
+                EventKind::Hotplug => report.hotplug_events += 1,
             }
         }
         // Events beyond the timeline limit were still injected.

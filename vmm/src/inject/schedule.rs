@@ -41,6 +41,79 @@ impl Rng {
 /// Stream ids, so that preemption and migration draws never share a stream.
 const PREEMPT_STREAM: u64 = 0x5052_4545_0000_0000;
 const MIGRATE_STREAM: u64 = 0x4d49_4752_0000_0000;
+const HOTPLUG_STREAM: u64 = 0x484f_5450_0000_0000;
+
+/// One planned CPU hotplug cycle: `vcpu` is asked to go offline at `at`
+/// and to come back `len` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedHotplug {
+    /// Offset from the start of injection.
+    pub at: Duration,
+    /// The vCPU (never 0, the boot vCPU).
+    pub vcpu: u32,
+    /// How long it stays offline.
+    pub len: Duration,
+}
+
+/// The hotplug cycles of a run, as an endless iterator: start-to-start gaps
+/// `every` +-50%, offline lengths `len` +-50%; the vCPU is drawn among
+/// those not already offline, never vCPU 0, and at least two vCPUs stay
+/// online (a slot where none may go is skipped). Empty below 3 vCPUs.
+#[derive(Debug, Clone)]
+pub struct HotplugStream {
+    rng: Rng,
+    every: Duration,
+    len: Duration,
+    next_at: Duration,
+    /// When each vCPU is back online (ZERO: online).
+    back_at: Vec<Duration>,
+}
+
+impl HotplugStream {
+    /// The stream for `vcpus` vCPUs.
+    pub fn new(seed: u64, vcpus: u32, every: Duration, len: Duration) -> Self {
+        let mut rng = Rng::new(seed, HOTPLUG_STREAM);
+        let next_at = rng.jittered(every);
+        HotplugStream {
+            rng,
+            every,
+            len,
+            next_at,
+            back_at: vec![Duration::ZERO; vcpus as usize],
+        }
+    }
+}
+
+impl Iterator for HotplugStream {
+    type Item = PlannedHotplug;
+
+    fn next(&mut self) -> Option<PlannedHotplug> {
+        let n = self.back_at.len();
+        if n < 3 || self.every.is_zero() {
+            return None;
+        }
+        // A slot with no vCPU allowed to go is skipped; some later slot
+        // always has one (every offline period ends).
+        loop {
+            let at = self.next_at;
+            self.next_at += self
+                .rng
+                .jittered(self.every)
+                .max(Duration::from_micros(100));
+            let offline = self.back_at.iter().filter(|&&b| b > at).count();
+            let free: Vec<u32> = (1..n as u32)
+                .filter(|&v| self.back_at[v as usize] <= at)
+                .collect();
+            if free.is_empty() || offline + 2 >= n {
+                continue;
+            }
+            let vcpu = free[self.rng.below(free.len() as u64) as usize];
+            let len = self.rng.jittered(self.len).max(Duration::from_micros(100));
+            self.back_at[vcpu as usize] = at + len;
+            return Some(PlannedHotplug { at, vcpu, len });
+        }
+    }
+}
 
 /// One planned preemption on one host CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,5 +389,32 @@ mod tests {
         assert!(MigrateStream::new(1, vec![0, 1], 2, Duration::ZERO)
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn test_hotplug_stream_rules() {
+        let cycles: Vec<_> =
+            HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
+                .take(200)
+                .collect();
+        assert_eq!(cycles.len(), 200);
+        for (i, c) in cycles.iter().enumerate() {
+            assert!(c.vcpu >= 1 && c.vcpu < 4, "never the boot vCPU: {c:?}");
+            // At most 2 of 4 offline at once (two stay online).
+            let overlapping = cycles[..i].iter().filter(|p| p.at + p.len > c.at).count();
+            assert!(overlapping < 2, "{c:?} with {overlapping} offline");
+            assert!(cycles[..i]
+                .iter()
+                .all(|p| p.vcpu != c.vcpu || p.at + p.len <= c.at));
+        }
+        let again: Vec<_> =
+            HotplugStream::new(7, 4, Duration::from_millis(20), Duration::from_millis(30))
+                .take(200)
+                .collect();
+        assert_eq!(cycles, again, "seeded");
+        assert_eq!(
+            HotplugStream::new(7, 2, Duration::from_millis(1), Duration::from_millis(1)).next(),
+            None
+        );
     }
 }

@@ -14,6 +14,8 @@ pub enum EventKind {
     Pause,
     /// A vCPU thread was moved to another host CPU.
     Migrate,
+    /// A vCPU was asked to go offline, and (at the slice's end) back online.
+    Hotplug,
 }
 
 impl EventKind {
@@ -23,6 +25,7 @@ impl EventKind {
             EventKind::Antagonist => "antagonist",
             EventKind::Pause => "pause",
             EventKind::Migrate => "migrate",
+            EventKind::Hotplug => "offline",
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn sort(events: &mut [Event]) {
 /// event that would overlap the one before it) adds `k * LANE_STRIDE`.
 const VCPU_TRACK: u64 = 1000;
 const MIGRATE_TRACK: u64 = 1_000_000;
+const HOTPLUG_TRACK: u64 = 3_000_000;
 const LANE_STRIDE: u64 = 10_000_000;
 /// The guest's design phases (one track: phases never overlap).
 const PHASE_TRACK: u64 = 2_000_000;
@@ -149,6 +153,18 @@ pub fn write_chrome_json(
             out,
             MIGRATE_TRACK + u64::from(v),
             &format!("vCPU {v} migrations"),
+        )?;
+    }
+    for v in events
+        .iter()
+        .filter(|e| e.kind == EventKind::Hotplug)
+        .filter_map(|e| e.vcpus.first().copied())
+        .collect::<std::collections::BTreeSet<u32>>()
+    {
+        meta(
+            out,
+            HOTPLUG_TRACK + u64::from(v),
+            &format!("vCPU {v} hotplug"),
         )?;
     }
     if !phases.is_empty() {
@@ -192,6 +208,11 @@ pub fn write_chrome_json(
                 MIGRATE_TRACK + first,
                 "migrate",
                 format!("vCPU {first} migrations"),
+            ),
+            EventKind::Hotplug => (
+                HOTPLUG_TRACK + first,
+                "hotplug",
+                format!("vCPU {first} hotplug"),
             ),
         };
         let ends = lanes.entry(track).or_default();
@@ -303,6 +324,22 @@ mod tests {
         assert!(text.contains("\"vcpus\":[0,2]"));
         assert!(text.contains("\"tid\":1000001,\"name\":\"migrate\""));
         assert!(text.trim_end().ends_with("]}"));
+        let hp = [Event {
+            at: Duration::from_millis(1),
+            kind: EventKind::Hotplug,
+            vcpus: vec![2],
+            host_cpu: 0,
+            from_cpu: None,
+            duration: Duration::from_millis(5),
+        }];
+        let mut out = Vec::new();
+        write_chrome_json(&mut out, &hp, &[], &[0], 3).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""tid":3000002,"name":"offline","cat":"hotplug""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""name":"vCPU 2 hotplug""#), "{text}");
     }
 
     #[test]

@@ -242,6 +242,32 @@ impl PvHost {
         Ok(())
     }
 
+    /// CPU hotplug: asks `vcpu` to go offline (or back online) by writing
+    /// its request word, then sends it the HOTPLUG interrupt. Returns the
+    /// request value (what the guest echoes in `hotplug_done`).
+    pub fn hotplug_request(&self, vcpu: u32, offline: bool) -> Result<u32, HypercallError> {
+        if vcpu >= self.nr_vcpus {
+            return Err(HypercallError::NoSuchVcpu(vcpu.into()));
+        }
+        let w = self.u32_at(vcpu, offset_of!(PvVcpuState, hotplug_request));
+        let seq = (w.load(Ordering::Relaxed) >> 1).wrapping_add(1).max(1);
+        let value = seq << 1 | if offline { pv::HOTPLUG_OFFLINE } else { 0 };
+        // Release: nothing else to publish, but the guest reads it Acquire.
+        w.store(value, Ordering::Release);
+        self.signal(vcpu, vector::HOTPLUG)?;
+        Ok(value)
+    }
+
+    /// The last hotplug request `vcpu` acted on (with
+    /// [`pv::HOTPLUG_REFUSED`] if it refused it); untrusted, for counting.
+    pub fn hotplug_done(&self, vcpu: u32) -> u32 {
+        if vcpu >= self.nr_vcpus {
+            return 0;
+        }
+        self.u32_at(vcpu, offset_of!(PvVcpuState, hotplug_done))
+            .load(Ordering::Acquire)
+    }
+
     /// Sends `vector` to `vcpu` through the in-kernel APIC (x2APIC id =
     /// vCPU index; 32-bit ids in the MSI address as KVM_CAP_X2APIC_API
     /// allows).

@@ -174,6 +174,21 @@ pub struct ScenarioInfo {
     pub alloc_fail_prob: f64,
     /// Forced guest task migration probability per tick.
     pub forced_migration: f64,
+    /// CPU hotplug asked for (all zero: none).
+    #[serde(default)]
+    pub hotplug: HotplugInfo,
+}
+
+/// The scenario's CPU hotplug (`--hotplug-every`, `--hotplug-len`,
+/// `--torture-onoff`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HotplugInfo {
+    /// Mean gap between the host's hotplug cycles, in us (0: none).
+    pub every_us: u64,
+    /// Mean time a vCPU stays offline per cycle, in us.
+    pub len_us: u64,
+    /// Torture's onoff interval, in us (0: off).
+    pub torture_onoff_us: u64,
 }
 
 /// The guest's calibration.
@@ -266,6 +281,17 @@ pub struct HostInfo {
     /// VMM was stalled): never replayed.
     #[serde(default)]
     pub preemptions_skipped: u64,
+    /// CPU hotplug cycles the host requested (`--hotplug-every`): a vCPU
+    /// asked offline, then back online.
+    #[serde(default)]
+    pub hotplug_events: u64,
+    /// Of those, cycles whose offline request the guest had acted on when
+    /// it was asked back.
+    #[serde(default)]
+    pub hotplug_acked: u64,
+    /// Of those, cycles the guest refused.
+    #[serde(default)]
+    pub hotplug_refused: u64,
     /// Stalls of the VMM itself (SIGSTOP, an overloaded host).
     #[serde(default)]
     pub vmm_stalls: crate::stall::StallInfo,
@@ -350,6 +376,9 @@ pub struct DesignSummary {
     /// Mean time to create one, in ns (null: none created).
     #[serde(default)]
     pub task_create_mean_ns: Option<u64>,
+    /// CPU hotplug during the phase (all zero without hotplug).
+    #[serde(default)]
+    pub hotplug: crate::results::HotplugReport,
     /// The workload tasks the phase really spawned, by kind.
     #[serde(default)]
     pub shape: ShapeCounts,
@@ -626,7 +655,10 @@ pub struct ShapeInfo {
 pub struct Violation {
     /// `not-run` (the caller returned before a target ran the callback),
     /// `ran-twice`, `ran-after-return`, `wrong-cpu`, `csd-reinit` or
-    /// `lost` (an asynchronous call never ran by the end of the phase).
+    /// `lost` (an asynchronous call never ran by the end of the phase),
+    /// `deferred-late`, `csd-freed` (a waiter read a csd freed by a CPU
+    /// going offline) or `dropped-offline` (a csd stayed locked past its
+    /// CPU's dying flush).
     pub kind: String,
     /// The target CPU concerned.
     pub cpu: u32,
@@ -647,6 +679,8 @@ pub fn violation_name(kind: u32) -> &'static str {
         CSD_REINIT => "csd-reinit",
         LOST => "lost",
         DEFERRED_LATE => "deferred-late",
+        CSD_FREED => "csd-freed",
+        DROPPED_OFFLINE => "dropped-offline",
         _ => "unknown",
     }
 }
@@ -694,6 +728,7 @@ impl DesignSummary {
             preempt_off: PreemptOff::new(&d.preempt_off, khz),
             probe_arrival_ns: Latency::from_histogram(&d.probe_arrival, khz),
             probe_dispatch_ns: Latency::from_histogram(&d.probe_dispatch, khz),
+            hotplug: d.hotplug,
             shape: ShapeCounts {
                 issuers: d.shape.issuers,
                 hogs: d.shape.hogs,

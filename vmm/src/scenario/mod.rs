@@ -45,9 +45,9 @@ mod validate;
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
-    cycles_to_ns, violation_name, DesignSummary, HostInfo, Latency, Platform, PreemptInfo,
-    PreemptOff, PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeCounts, ShapeInfo,
-    Violation,
+    cycles_to_ns, violation_name, DesignSummary, HostInfo, HotplugInfo, Latency, Platform,
+    PreemptInfo, PreemptOff, PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeCounts,
+    ShapeInfo, Violation,
 };
 pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
@@ -209,6 +209,14 @@ impl Scenario {
     /// Mean gap between vCPU thread migrations (`None` or zero: none).
     pub fn migrate_every(mut self, d: Option<Duration>) -> Self {
         self.config.inject.migrate_every = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// CPU hotplug from the host: a vCPU offline every `every` (`None` or
+    /// zero: none) for `len` each (docs/hotplug.md).
+    pub fn hotplug(mut self, every: Option<Duration>, len: Duration) -> Self {
+        self.config.inject.hotplug_every = every.filter(|d| !d.is_zero());
+        self.config.inject.hotplug_len = len;
         self
     }
 
@@ -442,6 +450,9 @@ impl Report {
                 migrations_coalesced: h.migrations_coalesced,
                 trace_error: h.trace_error.clone(),
                 preemptions_skipped: h.preemptions_skipped,
+                hotplug_events: h.hotplug_events,
+                hotplug_acked: h.hotplug_acked,
+                hotplug_refused: h.hotplug_refused,
                 vmm_stalls: boot.vmm_stalls.into(),
                 warnings: h.warnings.clone(),
                 preempt_ns_injected: h.preempt_ns_injected,

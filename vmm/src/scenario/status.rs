@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PreemptInfo, ScenarioInfo};
+use super::{HotplugInfo, PreemptInfo, ScenarioInfo};
 use crate::inject::{HostReport, PreemptMode};
 use crate::machine::MachineConfig;
 use crate::Error;
@@ -78,6 +78,14 @@ impl ScenarioInfo {
             designs,
             alloc_fail_prob: config.alloc_fail_prob,
             forced_migration: config.forced_migration,
+            hotplug: HotplugInfo {
+                every_us: config
+                    .inject
+                    .hotplug_every
+                    .map_or(0, |d| d.as_micros() as u64),
+                len_us: config.inject.hotplug_len.as_micros() as u64,
+                torture_onoff_us: config.torture_onoff.map_or(0, |d| d.as_micros() as u64),
+            },
         }
     }
 }

@@ -193,6 +193,27 @@ impl Scenario {
             )
             .into());
         }
+        if c.torture_onoff.is_some() && c.workload != Workload::Torture {
+            return Err(ScenarioError::Unused(
+                "--torture-onoff applies to --workload torture only: this run would ignore it",
+            )
+            .into());
+        }
+        if c.torture_onoff
+            .is_some_and(|d| d < std::time::Duration::from_millis(1))
+        {
+            return Err(ScenarioError::Unused(
+                "--torture-onoff must be 1ms or more (0 is off): a vCPU takes longer than that to go down",
+            )
+            .into());
+        }
+        if (c.torture_onoff.is_some() || c.inject.hotplug_every.is_some()) && c.vcpus < 3 {
+            return Err(ScenarioError::Unused(
+                "CPU hotplug (--hotplug-every, --torture-onoff) needs 3 or more vCPUs: the boot vCPU \
+                 and one other always stay online",
+            )
+            .into());
+        }
         // Task-local's mask is allocated at every task creation above 64
         // vCPUs (whatever design runs); below, only alloc-in-path allocates.
         if c.alloc_fail_prob > 0.0

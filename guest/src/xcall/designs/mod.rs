@@ -121,6 +121,9 @@ pub fn wait(cfd: &'static Cfd) {
         Design::Stack => stack::wait(cfd),
         Design::AllocInPath => alloc_in_path::wait(cfd),
         Design::UnsafePercpu => unsafe_percpu::wait(cfd),
+        // The hotplug variants wait as the series does: their bug is in
+        // the dying CPU's hook (xcall::cpu_dying).
+        Design::FreeCsdOffline | Design::NoDyingFlush => task_local::wait(cfd),
     }
 }
 
@@ -150,7 +153,9 @@ pub fn bytes_per_task(design: Design) -> u64 {
     let allocated =
         STATS.hook_tasks.load(Ordering::Relaxed) - STATS.hook_failures.load(Ordering::Relaxed);
     match design {
-        Design::TaskLocal if allocated > 0 => STATS.hook_bytes.load(Ordering::Relaxed) / allocated,
+        d if task_local::uses_task_mask(d) && allocated > 0 => {
+            STATS.hook_bytes.load(Ordering::Relaxed) / allocated
+        }
         _ => 0,
     }
 }

@@ -34,6 +34,15 @@ pub fn heap_bytes() -> usize {
     }
 }
 
+/// Whether `design` waits on the task's own mask (task-local and the two
+/// hotplug variants built on it).
+pub fn uses_task_mask(design: abi::Design) -> bool {
+    matches!(
+        design,
+        abi::Design::TaskLocal | abi::Design::FreeCsdOffline | abi::Design::NoDyingFlush
+    )
+}
+
 /// Task creation hook: allocates the mask when it does not fit the field,
 /// whatever design runs. An error means the task must not be created (an
 /// injected or real allocation failure; counted).
