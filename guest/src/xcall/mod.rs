@@ -935,9 +935,12 @@ pub fn drain_barrier(give_up: u64) -> (u32, u32) {
     for _round in 0..2 {
         sched::preempt_disable();
         let this = percpu::cpu_id();
+        // As every sender: online targets only, inside the sender bracket
+        // (an offline CPU's dying flush ran all it had queued).
+        sender_enter(this);
         for c in 0..nr {
             let csd = &BARRIER_CSD[c as usize];
-            if c == this || stuck.test(c) || csd.locked() {
+            if c == this || stuck.test(c) || !hotplug::cpu_online(c) || csd.locked() {
                 continue;
             }
             csd_lock(csd);
@@ -945,6 +948,7 @@ pub fn drain_barrier(give_up: u64) -> (u32, u32) {
                 send_call_ipi(c);
             }
         }
+        sender_exit(this);
         let irq = arch::irq_save();
         handle_ipi();
         arch::irq_restore(irq);
