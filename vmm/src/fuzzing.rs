@@ -26,7 +26,7 @@ const VCPU_RESULTS_SIZE: usize = std::mem::size_of::<VcpuResults>();
 /// The shared page and per-vCPU results of a well-behaved finished run of
 /// `vcpus` vCPUs, as bytes (what [`results::parse_and_validate`] accepts).
 pub fn valid_run(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
-    let mut page = SharedPage::zeroed();
+    let mut page = crate::memory::boxed_zeroed::<SharedPage>();
     page.control = abi::Control::new(vcpus);
     let r = &mut page.results;
     r.magic = RESULTS_MAGIC;
@@ -261,7 +261,7 @@ mod tests {
         runner(4)
             .run(&strategy, |(which, vcpus, x, pick)| {
                 let (page_bytes, per_bytes) = valid_run(vcpus);
-                let mut page = SharedPage::read_from(&page_bytes).unwrap();
+                let mut page = crate::memory::boxed_from_bytes::<SharedPage>(&page_bytes).unwrap();
                 let mut per: Vec<VcpuResults> = per_bytes
                     .chunks_exact(VCPU_RESULTS_SIZE)
                     .map(|c| VcpuResults::read_from(c).unwrap())

@@ -176,6 +176,42 @@ pub fn write_control(mem: &GuestMemoryMmap, control: &Control) -> Result<(), Mem
     write_bytes(mem, "control block", SHARED_ADDR, control.as_bytes())
 }
 
+/// An all-zero `T` made on the heap, never on the stack: the shared page is
+/// megabytes, and a stack temporary overflows a 2 MiB test thread in a
+/// debug build.
+pub fn boxed_zeroed<T: Pod>() -> Box<T> {
+    let layout = std::alloc::Layout::new::<T>();
+    assert!(layout.size() > 0, "a Pod record is never zero-sized");
+    // SAFETY: the layout has a non-zero size (asserted); a null return is
+    // handled; the zeroed block is a valid `T` (Pod: every bit pattern is),
+    // allocated by the global allocator with `T`'s layout, as
+    // `Box::from_raw` requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(p)
+    }
+}
+
+/// A `T` copied from the front of `bytes` straight into a heap box (no
+/// stack copy); None if `bytes` is too short.
+pub fn boxed_from_bytes<T: Pod>(bytes: &[u8]) -> Option<Box<T>> {
+    let size = std::mem::size_of::<T>();
+    if bytes.len() < size {
+        return None;
+    }
+    let mut b = boxed_zeroed::<T>();
+    // SAFETY: the box holds `size` writable bytes, `bytes` has at least
+    // that many, the two do not overlap, and every bit pattern is a valid
+    // `T` (Pod).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut *b as *mut T).cast::<u8>(), size);
+    }
+    Some(b)
+}
+
 /// Copies the whole shared page out of guest memory. The copy is untrusted
 /// data: validate before use (see [`crate::results`]).
 pub fn read_shared(mem: &GuestMemoryMmap) -> Result<Box<SharedPage>, MemoryError> {
@@ -186,8 +222,7 @@ pub fn read_shared(mem: &GuestMemoryMmap) -> Result<Box<SharedPage>, MemoryError
             addr: SHARED_ADDR,
             source,
         })?;
-    let page = SharedPage::read_from(&bytes).expect("buffer has the size of SharedPage");
-    Ok(Box::new(page))
+    Ok(boxed_from_bytes(&bytes).expect("buffer has the size of SharedPage"))
 }
 
 /// Copies the per-vCPU results of `vcpus` vCPUs out (untrusted data).

@@ -1045,7 +1045,7 @@ pub fn vcpu_statuses(page: &SharedPage, vcpus: u32) -> Result<Vec<VcpuStatus>, F
 
 /// Parses a shared page from raw bytes (for fuzzing and tests).
 pub fn parse_page(bytes: &[u8]) -> Option<Box<SharedPage>> {
-    SharedPage::read_from(bytes).map(Box::new)
+    crate::memory::boxed_from_bytes(bytes)
 }
 
 /// Reads guest-written bytes as the VMM does at the end of a run: the
@@ -1104,7 +1104,7 @@ mod tests {
     use abi::{vcpu_state, ABI_VERSION, RESULTS_MAGIC};
 
     fn good_page(vcpus: u32) -> Box<SharedPage> {
-        let mut page = Box::new(SharedPage::zeroed());
+        let mut page = crate::memory::boxed_zeroed::<SharedPage>();
         page.results.magic = RESULTS_MAGIC;
         page.results.abi_version = ABI_VERSION;
         page.results.nr_online = vcpus;
@@ -1152,6 +1152,7 @@ mod tests {
             windows: 2,
             max: 4000,
         };
+        d.phase_end.status = abi::phase_status::QUIESCED;
         d
     }
 
