@@ -167,10 +167,7 @@ impl Scenario {
             )
             .into());
         }
-        let per_design = matches!(
-            c.workload,
-            Workload::Ping | Workload::Shootdown | Workload::Torture
-        );
+        let per_design = c.workload.per_design();
         if per_design {
             if c.designs.is_empty() {
                 return Err(ScenarioError::NoDesigns.into());
@@ -335,7 +332,7 @@ impl Scenario {
     /// Refuses an `--svg` plot of a workload with nothing to plot.
     pub fn check_plot(&self) -> Result<(), Error> {
         let w = self.config().workload;
-        if matches!(w, Workload::Ping | Workload::Shootdown | Workload::Torture) {
+        if w.per_design() {
             Ok(())
         } else {
             Err(ScenarioError::NothingToPlot(super::workload_name(w)).into())
