@@ -462,9 +462,9 @@ pub struct DesignReport {
     /// Phase length (cycles).
     pub phase_cycles: u64,
     /// Cross-call latency (cycles).
-    pub call_latency: Histogram,
+    pub call_latency: Box<Histogram>,
     /// Probe lateness during the phase (cycles).
-    pub sched_latency: Histogram,
+    pub sched_latency: Box<Histogram>,
     /// The first violations.
     pub violation_log: Vec<ViolationRecord>,
     /// CPU hotplug during the phase.
@@ -478,9 +478,9 @@ pub struct DesignReport {
     /// The preempt-off tracer's figures of the phase.
     pub preempt_off: PreemptOffReport,
     /// Probe lateness, due time to the timer interrupt that woke it (cycles).
-    pub probe_arrival: Histogram,
+    pub probe_arrival: Box<Histogram>,
     /// Probe lateness, that interrupt to the probe running (cycles).
-    pub probe_dispatch: Histogram,
+    pub probe_dispatch: Box<Histogram>,
 }
 
 /// The mask bytes of Linux's NR_CPUS=8192 (for the computed figures).
@@ -544,7 +544,7 @@ pub struct PreemptOffReport {
     /// kernel; dropped, not measured).
     pub unmatched: u64,
     /// Every vCPU's window maxima.
-    pub window_max: Histogram,
+    pub window_max: Box<Histogram>,
     /// Per cause ([`abi::preempt_off::cause`]): windows whose longest
     /// section it was, and the longest of those.
     pub causes: [abi::PreemptOffCause; abi::preempt_off::cause::COUNT],
@@ -618,7 +618,7 @@ fn preempt_off_report(
         window_cycles: p.window_cycles,
         sections: p.sections,
         unmatched: p.unmatched,
-        window_max: p.window_max,
+        window_max: Box::new(p.window_max),
         causes: p.causes,
         per_cpu,
     })
@@ -780,14 +780,14 @@ fn design_report(
             .unwrap_or(0),
         phase_cycles: d.phase_cycles,
         shape: d.shape,
-        call_latency: d.call_latency,
-        sched_latency: d.sched_latency,
+        call_latency: Box::new(d.call_latency),
+        sched_latency: Box::new(d.sched_latency),
         violation_log: log,
         phase_end,
         memory: d.memory,
         preempt_off,
-        probe_arrival: d.probe_split.arrival,
-        probe_dispatch: d.probe_split.dispatch,
+        probe_arrival: Box::new(d.probe_split.arrival),
+        probe_dispatch: Box::new(d.probe_split.dispatch),
         hotplug: d.hotplug.into(),
     })
 }

@@ -302,7 +302,7 @@ impl Report {
             .designs
             .iter()
             .zip(&labels)
-            .map(|(d, l)| (l.as_str(), &d.call_latency, &d.sched_latency))
+            .map(|(d, l)| (l.as_str(), &*d.call_latency, &*d.sched_latency))
             .collect();
         let poff: Vec<_> = raw
             .guest
@@ -310,7 +310,7 @@ impl Report {
             .iter()
             .zip(&labels)
             .filter(|(d, _)| d.preempt_off.enabled)
-            .map(|(d, l)| (l.as_str(), &d.preempt_off.window_max))
+            .map(|(d, l)| (l.as_str(), &*d.preempt_off.window_max))
             .collect();
         Some(cdf_svg_with(&title, &designs, &poff, self.tsc_khz))
     }
