@@ -67,7 +67,10 @@ pub fn calibrate(control: &Control) -> u32 {
         hz => hz,
     };
     let (icr, eoi) = apic::measure_write_costs();
-    let (pair, traced) = (trace::pair_cycles(false), trace::pair_cycles(true));
+    let (pair, traced) = (
+        trace::pair_cycles(false, emulated),
+        trace::pair_cycles(true, emulated),
+    );
     let r = shared::results();
     // SAFETY: BSP-only fields of the shared page.
     unsafe {
