@@ -847,18 +847,22 @@ fn balance(pc: &percpu::PerCpu, nr: u32) {
     let here = pc.id.get();
     let other = (here + 1 + (percpu::random() % u64::from(nr - 1)) as u32) % nr;
     let mine = pc.rq.lock().normal.len();
-    let stolen = {
-        let mut theirs = percpu::of(other).rq.lock();
-        if theirs.normal.len() > mine + 1 {
-            let idx = theirs.normal.iter().rposition(|t| !t.get().pinned);
-            idx.and_then(|i| theirs.normal.remove(i))
-        } else {
-            None
-        }
-    };
-    if let Some(t) = stolen {
+    if let Some(t) = steal_from(other, mine) {
         pc.migrations_in.fetch_add(1, Ordering::Relaxed);
         enqueue(t, here);
+    }
+}
+
+/// Takes the newest unpinned normal task from CPU `other`'s queue if it
+/// holds more than one beyond `mine` (the balancer's and a returning CPU's
+/// rule).
+fn steal_from(other: u32, mine: usize) -> Option<TaskRef> {
+    let mut theirs = percpu::of(other).rq.lock();
+    if theirs.normal.len() > mine + 1 {
+        let idx = theirs.normal.iter().rposition(|t| !t.get().pinned);
+        idx.and_then(|i| theirs.normal.remove(i))
+    } else {
+        None
     }
 }
 
@@ -918,16 +922,7 @@ pub fn pull_work(cpu: u32) {
     let nr = PARAMS.nr_cpus.load(Ordering::Relaxed);
     for other in (0..nr).filter(|&c| c != cpu && hotplug::cpu_online(c)) {
         let mine = percpu::of(cpu).rq.lock().normal.len();
-        let stolen = {
-            let mut theirs = percpu::of(other).rq.lock();
-            if theirs.normal.len() > mine + 1 {
-                let idx = theirs.normal.iter().rposition(|t| !t.get().pinned);
-                idx.and_then(|i| theirs.normal.remove(i))
-            } else {
-                None
-            }
-        };
-        if let Some(t) = stolen {
+        if let Some(t) = steal_from(other, mine) {
             percpu::this().migrations_in.fetch_add(1, Ordering::Relaxed);
             enqueue(t, cpu);
         }
