@@ -349,6 +349,13 @@ fn test_series_scenario_runs_and_its_report_names_it() {
             "{d}"
         );
         assert!(d["calls"].as_u64().unwrap() > 0, "{d}");
+        // The sender-side figure is the initiator's own.
+        let p = &d["preempt_off"];
+        assert_eq!(p["sender_cpus"], serde_json::json!([0]), "{p}");
+        assert_eq!(p["sender_p99_ns"], p["per_cpu"][0]["p99_ns"], "{p}");
+    }
+    for e in r["summary"].as_array().unwrap() {
+        assert!(e.get("sender_preempt_off_p99").is_some(), "{e}");
     }
     let placed: Vec<_> = r["host"]["vcpus"]
         .as_array()

@@ -159,7 +159,20 @@ fn p99(l: &Latency) -> Option<f64> {
 /// The ratios of the answer block against `upstream`, in print order.
 /// Adding one is one line here.
 pub const METRICS: &[Metric] = &[
-    // The series' figure: the P99 of every vCPU's window maxima.
+    // The series' figure: the sending vCPUs' P99 of their window maxima
+    // (the worst initiator's; one initiator in `--scenario series`).
+    Metric {
+        name: "sender_preempt_off_p99",
+        label: "sender preempt-off P99",
+        value: |d| {
+            d.preempt_off
+                .as_ref()
+                .and_then(|p| p.sender_p99_ns)
+                .map(|v| v as f64)
+        },
+        samples: None,
+    },
+    // The same over every vCPU's windows (targets and bystanders too).
     Metric {
         name: "preempt_off_p99",
         label: "preempt-off P99",
@@ -376,6 +389,50 @@ pub fn summarise(runs: &[&Report], designs: &[String]) -> Summary {
                 ));
             }
         }
+    }
+    // The preempt-off figures: phases in which no window ended, and
+    // sender P99s read from few windows (one line for all designs).
+    let mut thin_windows: Option<u64> = None;
+    for name in designs {
+        let measured: Vec<&crate::scenario::PreemptOff> = runs
+            .iter()
+            .filter_map(|r| r.designs[find(r, name)?].preempt_off.as_ref())
+            .collect();
+        let unmeasured: Vec<(f64, f64)> = runs
+            .iter()
+            .filter_map(|r| {
+                let d = &r.designs[find(r, name)?];
+                let p = d.preempt_off.as_ref()?;
+                (p.windows == 0).then_some((d.phase_ms, p.window_ms))
+            })
+            .collect();
+        if let Some(&(phase_ms, window_ms)) = unmeasured.first() {
+            let why = if phase_ms < window_ms {
+                format!("the phase is shorter than one {} ms window: shorten --window or lengthen --duration", sig3(window_ms))
+            } else {
+                "its non-preemptible sections outlasted the phase, and a section counts when it ends: lengthen --duration".to_string()
+            };
+            s.warnings.push(format!(
+                "{name}: no preempt-off window ended inside the phase in {} of {} runs ({why})",
+                unmeasured.len(),
+                runs.len()
+            ));
+        }
+        let fewest = measured
+            .iter()
+            .flat_map(|p| p.per_cpu.iter().filter(|c| p.sender_cpus.contains(&c.cpu)))
+            .map(|c| c.windows)
+            .filter(|&w| w > 0)
+            .min();
+        thin_windows = match (thin_windows, fewest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if let Some(w) = thin_windows.filter(|&w| w < MIN_SAMPLES) {
+        s.warnings.push(format!(
+            "the sender preempt-off P99 rests on as few as {w} windows of one vCPU (below {MIN_SAMPLES}, a P99 is the longest window or next to it): lengthen --duration or shorten --window"
+        ));
     }
     for name in designs.iter().filter(|d| *d != BASELINE) {
         let first = runs

@@ -536,8 +536,15 @@ pub struct PreemptOff {
     pub windows: u64,
     /// Median of every vCPU's window maxima.
     pub p50_ns: Option<u64>,
-    /// P99 of every vCPU's window maxima (the series' figure).
+    /// P99 of every vCPU's window maxima, all vCPUs.
     pub p99_ns: Option<u64>,
+    /// The vCPUs that ran IPI-issuing tasks (`--initiators`; every vCPU
+    /// by default).
+    pub sender_cpus: Vec<u32>,
+    /// The series' sender-side figure: the highest per-vCPU P99 among
+    /// `sender_cpus` (with one initiator, its P99; null: none of them
+    /// measured a window).
+    pub sender_p99_ns: Option<u64>,
     /// The longest section.
     pub max_ns: Option<u64>,
     /// Sections that ended in the phase.
@@ -576,19 +583,36 @@ pub struct PreemptOffCause {
 }
 
 impl PreemptOff {
-    /// The JSON figures of a validated tracer report (None: tracer off).
-    pub fn new(p: &crate::results::PreemptOffReport, khz: u64) -> Option<Self> {
+    /// The JSON figures of a validated tracer report (None: tracer off);
+    /// `initiators` the vCPUs that sent (None: every vCPU).
+    pub fn new(
+        p: &crate::results::PreemptOffReport,
+        khz: u64,
+        initiators: Option<&[u32]>,
+    ) -> Option<Self> {
         if !p.enabled {
             return None;
         }
         let ns = |c: u64| cycles_to_ns(c, khz);
         let measured = |n: u64, c: u64| (n > 0).then(|| ns(c));
         let h = &p.window_max;
+        let sender_cpus: Vec<u32> = match initiators {
+            Some(set) => set.to_vec(),
+            None => (0..p.per_cpu.len() as u32).collect(),
+        };
+        let sender_p99_ns = sender_cpus
+            .iter()
+            .filter_map(|&c| p.per_cpu.get(c as usize))
+            .filter(|c| c.windows > 0)
+            .map(|c| ns(c.p99))
+            .max();
         Some(PreemptOff {
             window_ms: ns(p.window_cycles) as f64 / 1e6,
             windows: h.count,
             p50_ns: measured(h.count, h.quantile_ppm(500_000)),
             p99_ns: measured(h.count, h.quantile_ppm(990_000)),
+            sender_cpus,
+            sender_p99_ns,
             max_ns: measured(h.count, h.max),
             sections: p.sections,
             unmatched: p.unmatched,
@@ -686,7 +710,8 @@ pub fn violation_name(kind: u32) -> &'static str {
 }
 
 impl DesignSummary {
-    pub(super) fn new(d: &DesignReport, khz: u64) -> Self {
+    /// `initiators`: the vCPUs that ran the issuers (None: every vCPU).
+    pub(super) fn new(d: &DesignReport, khz: u64, initiators: Option<&[u32]>) -> Self {
         let phase_ns = cycles_to_ns(d.phase_cycles, khz);
         let names = |bits: u32| {
             let mut v = Vec::new();
@@ -725,7 +750,7 @@ impl DesignSummary {
             tasks_created: d.tasks_created,
             task_create_mean_ns: (d.tasks_created > 0)
                 .then(|| cycles_to_ns(d.task_create_mean_cycles, khz)),
-            preempt_off: PreemptOff::new(&d.preempt_off, khz),
+            preempt_off: PreemptOff::new(&d.preempt_off, khz, initiators),
             probe_arrival_ns: Latency::from_histogram(&d.probe_arrival, khz),
             probe_dispatch_ns: Latency::from_histogram(&d.probe_dispatch, khz),
             hotplug: d.hotplug,

@@ -466,7 +466,7 @@ impl Report {
             designs: g
                 .designs
                 .iter()
-                .map(|d| DesignSummary::new(d, khz))
+                .map(|d| DesignSummary::new(d, khz, config.initiators.as_deref()))
                 .collect(),
             summary: Vec::new(),
             stats_warnings: Vec::new(),
