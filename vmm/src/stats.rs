@@ -410,7 +410,7 @@ pub fn summarise(runs: &[&Report], designs: &[String]) -> Summary {
             let why = if phase_ms < window_ms {
                 format!("the phase is shorter than one {} ms window: shorten --window or lengthen --duration", sig3(window_ms))
             } else {
-                "its non-preemptible sections outlasted the phase, and a section counts when it ends: lengthen --duration".to_string()
+                "no section ended a window before its tasks exited: lengthen --duration".to_string()
             };
             s.warnings.push(format!(
                 "{name}: no preempt-off window ended inside the phase in {} of {} runs ({why})",

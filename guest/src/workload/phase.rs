@@ -350,7 +350,6 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
     trace::begin_phase(window, control.preempt_trace_off == 0);
     probe::arm_pin(control, start, end);
     sched::sleep_until(end);
-    trace::end_phase();
     let cycles = arch::rdtsc() - start;
     let bound = control.quiesce_bound_us() * cycles_per_us;
     let t0 = arch::rdtsc();
@@ -371,7 +370,12 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
             reserved: 0,
         }; STALL_RECORDS],
     };
-    if wait_for_tasks(live_before, 2000, give_up) {
+    let quiesced = wait_for_tasks(live_before, 2000, give_up);
+    // The tracer's windows end once the phase's tasks did, before the
+    // drain barrier's own calls: a call pinned across the phase's clock
+    // (seconds, with hundreds of vCPUs per host CPU) still counts.
+    trace::end_phase();
+    if quiesced {
         // No caller is left: make every vCPU run what is queued to it.
         (e.undrained_vcpus, e.first_undrained) = xcall::drain_barrier(give_up);
     } else {
