@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use abi::preempt_off::cause as poff;
 use abi::MAX_VCPUS;
 use guest_lib::cpumask::{nr_cpu_ids, CpuMask, SharedMask};
+use guest_lib::llist::{Link, Node};
 
 use super::{checker, nop, CallFn};
 use crate::kernel::{arch, hotplug, percpu, trace};
@@ -25,9 +26,11 @@ pub(super) const CSD_POISON: u32 = 0x6b6b_6b6b;
 /// Set by `no-dying-flush` on each csd it drops (still locked): the
 /// checker's shadow mark, so that its waiter can tell (and recover).
 pub(super) const CSD_FLAG_DROPPED: u32 = 0x100;
+
 /// `call_single_data`.
 pub struct Csd {
-    pub(super) next: UnsafeCell<*mut Csd>,
+    /// Its link in a call queue.
+    next: Link<Csd>,
     pub(super) flags: AtomicU32,
     pub(super) func: UnsafeCell<CallFn>,
     pub(super) info: UnsafeCell<usize>,
@@ -44,11 +47,18 @@ pub struct Csd {
 // head (atomics) order those hand-overs.
 unsafe impl Sync for Csd {}
 
+// SAFETY: `next` is the csd's own link field, used only by the call queue.
+unsafe impl Node for Csd {
+    fn link(&self) -> &Link<Csd> {
+        &self.next
+    }
+}
+
 impl Csd {
     /// An unlocked csd.
     pub const fn new() -> Self {
         Csd {
-            next: UnsafeCell::new(ptr::null_mut()),
+            next: Link::new(),
             flags: AtomicU32::new(0),
             func: UnsafeCell::new(nop),
             info: UnsafeCell::new(0),
@@ -64,6 +74,7 @@ impl Csd {
         self.flags.load(Ordering::Acquire) & CSD_FLAG_LOCK != 0
     }
 }
+
 /// Per-CPU cfd, allocated on first use, never freed.
 pub(super) static CFD: [AtomicPtr<Cfd>; MAX_VCPUS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];

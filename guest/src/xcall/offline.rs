@@ -80,7 +80,7 @@ pub(super) fn cpu_dying(me: u32) {
         }
     }
     fence(Ordering::Acquire);
-    while !QUEUES[me as usize].load(Ordering::Acquire).is_null() {
+    while !QUEUES[me as usize].is_empty() {
         flushed += flush(me);
     }
     HOTPLUG

@@ -2,22 +2,22 @@
 //! empty, so an IPI goes out only when it goes from empty to non-empty)
 //! and the CALL_FUNCTION handler that runs it, synchronous entries first.
 
-use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use abi::{vector, MAX_VCPUS};
+use guest_lib::llist::Llist;
 
 use super::csd::{csd_unlock, Csd, CSD_FLAG_DROPPED, CSD_FLAG_LOCK, CSD_TYPE_SYNC};
 use super::offline::HOTPLUG;
 use super::{checker, pv, CallFn};
 use crate::kernel::{apic, hotplug, percpu};
 
-/// Per-CPU call queues (llist heads).
-pub(super) static QUEUES: [AtomicPtr<Csd>; MAX_VCPUS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; MAX_VCPUS];
+/// Per-CPU call queues (`call_single_queue`).
+pub(super) static QUEUES: [Llist<Csd>; MAX_VCPUS] = [const { Llist::new() }; MAX_VCPUS];
 /// Set while a CPU runs callbacks (for the csd-lock watchdog report).
 pub(super) static IN_CALLBACK: [AtomicBool; MAX_VCPUS] =
     [const { AtomicBool::new(false) }; MAX_VCPUS];
+
 /// Fills a locked csd and queues it on `target`; true if an IPI is needed.
 pub(super) fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool {
     if csd.flags.load(Ordering::Relaxed) & CSD_FLAG_LOCK == 0 {
@@ -39,18 +39,11 @@ pub(super) fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: boo
     csd.dst.store(target, Ordering::Relaxed);
     csd.gen
         .store(hotplug::generation(target), Ordering::Relaxed);
-    let head = &QUEUES[target as usize];
-    let me = csd as *const Csd as *mut Csd;
-    let mut old = head.load(Ordering::Relaxed);
-    loop {
-        // SAFETY: as above: our csd, not yet visible to the target.
-        unsafe { *csd.next.get() = old };
-        // Release: the csd's fields before the target can see the csd.
-        match head.compare_exchange_weak(old, me, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return old.is_null(),
-            Err(now) => old = now,
-        }
-    }
+    // SAFETY: the csd is locked by us and in no queue; it stays valid
+    // until the target unlocks it (per-CPU csds are never freed, a stack
+    // csd's frame waits for the unlock), and only the llist touches its
+    // link. The push is Release: the fields above before the target sees it.
+    unsafe { QUEUES[target as usize].push(csd) }
 }
 
 pub(super) fn send_call_ipi(target: u32) {
@@ -71,45 +64,28 @@ pub(super) fn run_queue() -> u64 {
     IN_CALLBACK[me].store(true, Ordering::Relaxed);
     // flush-defer: deferred work before any other callback.
     pv::run_deferred(false);
-    // Acquire: pairs with the Release push in `queue`.
-    let mut head = QUEUES[me].swap(ptr::null_mut(), Ordering::Acquire);
-    // SAFETY: every csd in the drained list is locked and ours until we
-    // unlock it; after csd_unlock we never touch it again (its owner may
-    // reuse it, or return from the stack frame holding it).
-    unsafe {
-        // llist order is newest first: reverse to queue order.
-        let mut prev = ptr::null_mut();
-        while !head.is_null() {
-            let next = *(*head).next.get();
-            *(*head).next.get() = prev;
-            prev = head;
-            head = next;
-        }
-        head = prev;
-        // First: synchronous callbacks, unlinked before they are unlocked.
-        let mut link: *mut *mut Csd = &mut head;
-        while !(*link).is_null() {
-            let csd = &**link;
-            if csd.flags.load(Ordering::Relaxed) & CSD_TYPE_SYNC != 0 {
-                *link = *csd.next.get();
-                (*csd.func.get())(*csd.info.get());
-                csd_unlock(csd);
-                ran += 1;
-            } else {
-                link = csd.next.get();
-            }
-        }
-        // Then asynchronous ones: copy, unlock, run.
-        let mut cur = head;
-        while !cur.is_null() {
-            let csd = &*cur;
-            cur = *csd.next.get();
-            let (func, info) = (*csd.func.get(), *csd.info.get());
+    // llist order is newest first: reverse to queue order.
+    let mut chain = QUEUES[me].take_all().reverse();
+    // Every csd handed out below is locked and ours until we unlock it;
+    // after csd_unlock we never touch it again (its owner may reuse it, or
+    // return from the stack frame holding it).
+    // First: synchronous callbacks, unlinked before they are unlocked.
+    ran += chain.take_where(
+        |csd| csd.flags.load(Ordering::Relaxed) & CSD_TYPE_SYNC != 0,
+        |csd| {
+            // SAFETY: a locked csd we drained: its writer filled func and
+            // info before the push and does not touch them until unlocked.
+            unsafe { (*csd.func.get())(*csd.info.get()) };
             csd_unlock(csd);
-            func(info);
-            ran += 1;
-        }
-    }
+        },
+    );
+    // Then asynchronous ones: copy, unlock, run.
+    ran += chain.for_each(|csd| {
+        // SAFETY: as for the synchronous ones, read before the unlock.
+        let (func, info) = unsafe { (*csd.func.get(), *csd.info.get()) };
+        csd_unlock(csd);
+        func(info);
+    });
     IN_CALLBACK[me].store(false, Ordering::Relaxed);
     ran
 }
@@ -117,17 +93,10 @@ pub(super) fn run_queue() -> u64 {
 /// `no-dying-flush`: takes the queue and drops every csd in it unrun, each
 /// left locked with the checker's dropped mark.
 pub(super) fn drop_queue(me: u32) {
-    let mut head = QUEUES[me as usize].swap(ptr::null_mut(), Ordering::Acquire);
-    let mut n = 0;
-    while !head.is_null() {
-        // SAFETY: the drained list's csds are locked and ours until marked:
-        // the link is read before the mark lets a waiter take the csd back.
-        unsafe {
-            let csd = &*head;
-            head = *csd.next.get();
-            csd.flags.fetch_or(CSD_FLAG_DROPPED, Ordering::Release);
-        }
-        n += 1;
-    }
+    // The drained csds are locked and ours until marked: the walk reads each
+    // link before the mark lets a waiter take its csd back.
+    let n = QUEUES[me as usize].take_all().for_each(|csd| {
+        csd.flags.fetch_or(CSD_FLAG_DROPPED, Ordering::Release);
+    });
     HOTPLUG.dropped_csds.fetch_add(n, Ordering::Relaxed);
 }
