@@ -7,4 +7,20 @@
 
 pub mod cpumask;
 pub mod llist;
+pub mod requests;
 pub mod rng;
+
+#[cfg(test)]
+mod test_support {
+    use std::sync::Mutex;
+
+    /// `nr_cpu_ids` is global, as in the guest: tests that set it serialise.
+    static NR: Mutex<()> = Mutex::new(());
+
+    /// Runs `f` with `nr_cpu_ids` set to `n`, alone among such tests.
+    pub fn with_cpus<R>(n: u32, f: impl FnOnce() -> R) -> R {
+        let _g = NR.lock().unwrap_or_else(|p| p.into_inner());
+        crate::cpumask::set_nr_cpu_ids(n);
+        f()
+    }
+}

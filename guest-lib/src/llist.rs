@@ -324,7 +324,10 @@ mod tests {
                 drains += 1;
             }
             chain.for_each(|i| {
-                assert!(i.busy.load(Ordering::Relaxed), "the push's write is visible");
+                assert!(
+                    i.busy.load(Ordering::Relaxed),
+                    "the push's write is visible"
+                );
                 i.seen.fetch_add(1, Ordering::Relaxed);
             });
             if finished && list.is_empty() {
