@@ -13,7 +13,8 @@ use abi::MAX_VCPUS;
 use guest_lib::cpumask::{nr_cpu_ids, CpuMask, SharedMask};
 use guest_lib::llist::{Link, Node};
 
-use super::{checker, nop, CallFn};
+use super::observer::observer;
+use super::{nop, CallFn};
 use crate::kernel::{arch, hotplug, percpu, trace};
 
 /// The csd is in use (set by its writer, cleared by the target).
@@ -139,7 +140,7 @@ pub(super) fn dropped(csd: &Csd) -> bool {
 /// A dropped csd: recorded, then unlocked here so that the run goes on (a
 /// real kernel would hang in this wait).
 pub(super) fn recover_dropped(csd: &Csd) {
-    checker::record_dropped(csd.dst.load(Ordering::Relaxed));
+    (observer().dropped)(csd.dst.load(Ordering::Relaxed));
     csd_unlock(csd);
 }
 

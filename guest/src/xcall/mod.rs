@@ -38,11 +38,12 @@
 //! handler that runs it), [`send`] (the calls: many, single, flush-defer's
 //! shootdown, the drain barrier), [`wait`] (the waits on csds and wait
 //! sets), [`offline`] (CPU hotplug on the call paths: the sender bracket,
-//! the dying flush).
+//! the dying flush), [`observer`] (what the core reports to the checker the
+//! workload layer installs).
 
-pub mod checker;
 mod csd;
 pub mod designs;
+mod observer;
 mod offline;
 pub mod pv;
 mod queue;
@@ -51,6 +52,7 @@ pub mod tasks;
 mod wait;
 
 pub use csd::Cfd;
+pub use observer::{set_observer, CallObserver};
 pub use offline::HOTPLUG;
 pub use queue::handle_ipi;
 pub use send::{

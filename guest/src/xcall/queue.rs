@@ -8,8 +8,9 @@ use abi::{vector, MAX_VCPUS};
 use guest_lib::llist::Llist;
 
 use super::csd::{csd_unlock, Csd, CSD_FLAG_DROPPED, CSD_FLAG_LOCK, CSD_TYPE_SYNC};
+use super::observer::observer;
 use super::offline::HOTPLUG;
-use super::{checker, pv, CallFn};
+use super::{pv, CallFn};
 use crate::kernel::{apic, hotplug, percpu};
 
 /// Per-CPU call queues (`call_single_queue`).
@@ -22,7 +23,7 @@ pub(super) static IN_CALLBACK: [AtomicBool; MAX_VCPUS] =
 pub(super) fn queue(target: u32, csd: &Csd, func: CallFn, info: usize, sync: bool) -> bool {
     if csd.flags.load(Ordering::Relaxed) & CSD_FLAG_LOCK == 0 {
         // Invariant 2: a csd is written only by the holder of its lock.
-        checker::record_csd_reinit(target);
+        (observer().csd_reinit)(target);
     }
     // SAFETY: we hold CSD_FLAG_LOCK and the csd is in no queue (the target
     // unlinks it before unlocking), so nobody else touches these fields.

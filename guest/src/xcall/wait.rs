@@ -8,9 +8,10 @@ use guest_lib::cpumask::{next_cpu, SharedMask};
 use guest_lib::rng::Prob16;
 
 use super::csd::{csd_lock, dropped, recover_dropped, Cfd, Csd};
+use super::observer::observer;
 use super::offline::{sender_enter, sender_exit};
 use super::queue::{send_call_ipi, IN_CALLBACK};
-use super::{checker, designs, pv, tasks, PARAMS, STATS};
+use super::{designs, pv, tasks, PARAMS, STATS};
 use crate::kernel::console::println;
 use crate::kernel::fmt::Dec;
 use crate::kernel::pv as kernel_pv;
@@ -28,7 +29,7 @@ pub fn csd_lock_wait(csd: &Csd, target: u32, preemptible: bool) {
 /// (the wait must not trust that memory any further).
 fn freed(owner: Option<&Cfd>, target: u32) -> bool {
     if owner.is_some_and(|c| c.freed.load(Ordering::Acquire)) {
-        checker::record_csd_freed(target);
+        (observer().csd_freed)(target);
         return true;
     }
     false

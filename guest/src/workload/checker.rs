@@ -4,6 +4,13 @@
 //! exactly once; no callback may run for a waiting request that already
 //! returned; asynchronous requests must all run by the end of the phase.
 //! Violations are counted per design and the first few recorded.
+//!
+//! The workloads call it around every checked call and in every callback;
+//! what only the cross-call core sees (a csd written unlocked, a freed or
+//! dropped csd, flush-defer's deferrals) reaches it as the core's
+//! observer, installed once at boot ([`install`]): the core never names
+//! the checker. The request bookkeeping itself is
+//! `guest_lib::requests`, unit-tested on the host.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -13,6 +20,7 @@ use guest_lib::requests::{RequestTable, Violation};
 
 use crate::kernel::arch;
 use crate::kernel::percpu;
+use crate::xcall::{self, CallObserver};
 
 /// Requests in flight at most (4096 cover every workload's calls in
 /// flight at 1024 vCPUs; a call beyond that is counted as unchecked).
@@ -21,6 +29,24 @@ const SLOTS: usize = 4096;
 /// The request table (the bookkeeping itself is in guest-lib, unit-tested
 /// on the host).
 static TABLE: RequestTable<SLOTS> = RequestTable::new();
+
+/// Installs the checker as the cross-call layer's observer.
+///
+/// # Safety
+/// As [`xcall::set_observer`]: the BSP, at boot, before any cross call.
+pub unsafe fn install() {
+    // SAFETY: delegated to the caller.
+    unsafe {
+        xcall::set_observer(CallObserver {
+            csd_reinit: record_csd_reinit,
+            csd_freed: record_csd_freed,
+            dropped: record_dropped,
+            defer,
+            undefer,
+            deferred_run: on_deferred_callback,
+        })
+    };
+}
 
 /// Test-only fault (TestHook::BrokenChecker): record nothing.
 pub static BROKEN: AtomicBool = AtomicBool::new(false);
@@ -112,17 +138,17 @@ pub fn reply(token: usize) -> Option<u64> {
 }
 
 /// A csd was written without its lock held (invariant 2).
-pub fn record_csd_reinit(target: u32) {
+fn record_csd_reinit(target: u32) {
     record(violation::CSD_REINIT, target, 0);
 }
 
 /// A waiter read a csd of a cfd its CPU freed going offline (hotplug).
-pub fn record_csd_freed(target: u32) {
+fn record_csd_freed(target: u32) {
     record(violation::CSD_FREED, target, 0);
 }
 
 /// A csd queued to `target` stayed locked past its dying flush (hotplug).
-pub fn record_dropped(target: u32) {
+fn record_dropped(target: u32) {
     record(violation::DROPPED_OFFLINE, target, 0);
 }
 
@@ -168,29 +194,29 @@ pub fn begin(targets: &CpuMask, wait: bool) -> usize {
 pub fn on_callback(token: usize) {
     // flush-defer: work deferred to this CPU must have run before any other
     // callback (the cross-call paths drain it first).
-    crate::xcall::pv::check_drained();
+    crate::xcall::pv::check_drained(record_deferred_late);
     run(token, false);
 }
 
 /// Records that this CPU ran the deferred callback of `token` (flush-defer:
 /// after the caller returned, by design).
-pub fn on_deferred_callback(token: usize) {
+fn on_deferred_callback(token: usize) {
     run(token, true);
 }
 
 /// flush-defer: the caller of `token` deferred `cpu` (it will run the
 /// callback when it resumes; the caller does not wait for it).
-pub fn defer(token: usize, cpu: u32) {
+fn defer(token: usize, cpu: u32) {
     TABLE.defer(token, cpu);
 }
 
 /// flush-defer: the deferral of `cpu` was taken back (it resumed first).
-pub fn undefer(token: usize, cpu: u32) {
+fn undefer(token: usize, cpu: u32) {
     TABLE.undefer(token, cpu);
 }
 
 /// flush-defer: `cpu` ran something else before the work deferred to it.
-pub fn record_deferred_late(cpu: u32, token: usize) {
+fn record_deferred_late(cpu: u32, token: usize) {
     record(violation::DEFERRED_LATE, cpu, TABLE.id(token));
 }
 
