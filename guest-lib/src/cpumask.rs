@@ -162,16 +162,7 @@ pub fn next_cpu(word: impl Fn(usize) -> u64, from: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    /// `nr_cpu_ids` is global, as in the guest: tests that set it serialise.
-    static NR: Mutex<()> = Mutex::new(());
-
-    fn with_cpus<R>(n: u32, f: impl FnOnce() -> R) -> R {
-        let _g = NR.lock().unwrap_or_else(|p| p.into_inner());
-        set_nr_cpu_ids(n);
-        f()
-    }
+    use crate::test_support::with_cpus;
 
     #[test]
     fn one_word_up_to_64_cpus_then_more() {

@@ -10,8 +10,9 @@ use guest_lib::cpumask::CpuMask;
 
 use core::sync::atomic::Ordering;
 
+use super::checker;
 use crate::kernel::{arch, percpu};
-use crate::xcall::{self, checker, TargetOffline};
+use crate::xcall::{self, TargetOffline};
 
 /// The callback of the shootdown and ping calls: tell the checker it ran
 /// here (a TLB flush would go here; the guest runs on a fixed identity map).

@@ -18,6 +18,7 @@
 
 mod calibrate;
 mod calls;
+mod checker;
 mod churn;
 pub mod floor;
 mod hogs;
@@ -36,7 +37,7 @@ use crate::kernel::arch::{self, TrapFrame};
 use crate::kernel::boot::{self, Program};
 use crate::kernel::sched::{self, Body, Class};
 use crate::kernel::{syscall as sys_table, trap};
-use crate::xcall::{self, checker};
+use crate::xcall;
 
 use calls::sys;
 
@@ -58,6 +59,7 @@ fn init(control: &Control) {
     // SAFETY: Program::init runs on the BSP at boot, before StartAps and
     // before any task or interrupt source exists.
     unsafe {
+        checker::install();
         trap::set_handler(vector::FLOOR, floor::on_ipi);
         sys_table::register(syscall::CALIBRATION, calibrate::sys_calibration);
         sys_table::register(syscall::WORKLOAD_END, sys_workload_end);

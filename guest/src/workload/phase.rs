@@ -10,11 +10,12 @@ use abi::{
     StalledTask, TestHook, VcpuResults, Workload, MAX_DESIGNS, NO_WAIT, STALL_RECORDS,
 };
 
+use super::checker;
 use crate::kernel::console::println;
 use crate::kernel::fmt::{Dec, Hex};
 use crate::kernel::sched::{self, Body, Class};
 use crate::kernel::{arch, heap, hotplug, shared, trace};
-use crate::xcall::{self, checker, designs, pv, tasks};
+use crate::xcall::{self, designs, pv, tasks};
 
 use super::{churn, hogs, ping, probe, shootdown, torture, END_TSC};
 

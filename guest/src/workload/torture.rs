@@ -18,10 +18,11 @@ use abi::{syscall, vector, Control};
 use guest_lib::cpumask::{nr_cpu_ids, CpuMask};
 use guest_lib::rng::{weighted_pick, xorshift64};
 
+use super::checker;
 use crate::kernel::arch::{self, TrapFrame};
 use crate::kernel::sched::{self, Body, Class};
 use crate::kernel::{apic, hotplug, percpu};
-use crate::xcall::{self, checker};
+use crate::xcall;
 
 use super::calls::{exit, record_latency, single_outcome, sys, think};
 use super::phase::{end_tsc, spawn_user_tasks, Spawner};

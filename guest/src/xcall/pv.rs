@@ -23,7 +23,7 @@ use crate::kernel::pv::{
     APIC_DM_FIXED, KVM_HC_SCHED_YIELD, KVM_HC_SEND_IPI, SEEN_IPIVIRT, SEEN_KVM,
 };
 use crate::kernel::{arch, percpu};
-use crate::xcall::checker;
+use crate::xcall::observer::observer;
 
 // ---------------------------------------------------------------------
 // Features in force and their counters.
@@ -289,7 +289,7 @@ pub fn try_defer(target: u32, token: usize) -> bool {
     }) else {
         return false;
     };
-    checker::defer(token, target);
+    (observer().defer)(token, target);
     loop {
         if cur & WANT != WANT {
             // Resumed: take the entry back, unless the target took it.
@@ -297,7 +297,7 @@ pub fn try_defer(target: u32, token: usize) -> bool {
                 .compare_exchange(entry | TENTATIVE, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                checker::undefer(token, target);
+                (observer().undefer)(token, target);
                 return false;
             }
             break;
@@ -350,16 +350,17 @@ pub fn run_deferred(on_resume: bool) {
         if !on_resume && e & TENTATIVE == 0 {
             STATS.deferred_not_first.fetch_add(1, Ordering::Relaxed);
         }
-        checker::on_deferred_callback(token);
+        (observer().deferred_run)(token);
         STATS.deferred_runs.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// The checker's side of flush-defer: before a cross-call callback runs on
 /// this CPU, no committed deferred work may be pending here (every path
-/// that runs callbacks drains it first). A pending entry is a DEFERRED_LATE
-/// violation: this CPU would run something else before its deferred work.
-pub fn check_drained() {
+/// that runs callbacks drains it first). Each pending entry goes to
+/// `late(this cpu, its token)`: a DEFERRED_LATE violation, this CPU would
+/// run something else before its deferred work.
+pub fn check_drained(late: fn(u32, usize)) {
     if !enabled(pv::FLUSH_DEFER) {
         return;
     }
@@ -367,7 +368,7 @@ pub fn check_drained() {
     for slot in DEFER[me as usize].iter() {
         let e = slot.load(Ordering::Acquire);
         if e != 0 && e & TENTATIVE == 0 {
-            checker::record_deferred_late(me, ((e & !TENTATIVE) - 1) as usize);
+            late(me, ((e & !TENTATIVE) - 1) as usize);
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn wait(cfd: &'static Cfd) {
         Design::AllocInPath => alloc_in_path::wait(cfd),
         Design::UnsafePercpu => unsafe_percpu::wait(cfd),
         // The hotplug variants wait as the series does: their bug is in
-        // the dying CPU's hook (xcall::cpu_dying).
+        // the dying CPU's hook (xcall::offline::cpu_dying).
         Design::FreeCsdOffline | Design::NoDyingFlush => task_local::wait(cfd),
     }
 }
