@@ -11,7 +11,7 @@ use super::parse::{ColumnPv, CpuList, Placement, VcpuList, Weights};
 use super::KVM_PATH_ENV;
 use crate::inject::{self, InjectConfig, PreemptMode};
 use crate::machine::{self, MachineConfig};
-use crate::scenario::{Preset, ScenarioError};
+use crate::scenario::Preset;
 use crate::{ConsoleMode, Error};
 
 /// The design columns of a run: those of `--designs`; with `--pv` path
@@ -127,8 +127,12 @@ impl RunCmd {
         match s.preempt {
             Some(PreemptArg::None) => inj.preempt = PreemptMode::None,
             Some(PreemptArg::Pause) => inj.preempt = PreemptMode::Pause,
-            // Antagonist falls back to pause when SCHED_FIFO is refused.
-            Some(PreemptArg::Antagonist) => inj.preempt = PreemptMode::Antagonist,
+            // Named, antagonist does not fall back to pause: without
+            // SCHED_FIFO the scenario is refused (`Scenario::validate`).
+            Some(PreemptArg::Antagonist) => {
+                inj.preempt = PreemptMode::Antagonist;
+                inj.antagonist_required = true;
+            }
             None => {}
         }
         if let Some(d) = s.preempt_len {
@@ -150,13 +154,6 @@ impl RunCmd {
             inj.preempt_vcpus = Some(v.clone());
         }
         if let Some(n) = sh.issuers_per_cpu {
-            if s.workload == abi::Workload::Hogs {
-                return Err(ScenarioError::Unused(
-                    "--issuers-per-cpu (or --tasks-per-cpu): the hogs workload sends no IPI; its \
-                     tasks are --hogs-per-cpu",
-                )
-                .into());
-            }
             config.issuers_per_cpu = n;
         }
         if let Some(m) = sh.hogs_per_cpu {

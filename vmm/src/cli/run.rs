@@ -1,7 +1,7 @@
 //! `ipivirt run`: the PV probe, the `--repeat` runs of one scenario
 //! under the progress bar, and the report they print.
 
-use super::args::{PreemptArg, RunCmd};
+use super::args::RunCmd;
 use super::print::{late_signal, note, write_output, Outputs, Printer};
 use super::text::{host_block, online_line, partial_text};
 use crate::machine::MachineConfig;
@@ -55,21 +55,6 @@ pub(super) fn run_scenario(
         if let Error::Interrupted(p) = e {
             out.say(&partial_text(p, Measured::of(scenario.config(), &p.host)));
         }
-    })
-}
-
-/// An explicit `--preempt antagonist` that SCHED_FIFO refuses is refused
-/// (exit 2): only the default falls back to `pause`, since a run that
-/// silently measures something else than asked is not the one asked for.
-pub(super) fn check_explicit_antagonist(args: &RunCmd) -> Result<(), Error> {
-    if args.scenario.preempt != Some(PreemptArg::Antagonist) {
-        return Ok(());
-    }
-    crate::inject::placement::fifo_permitted().map_err(|why| {
-        Error::Scenario(format!(
-            "--preempt antagonist needs SCHED_FIFO, which this process may not use ({why}): \
-             give --preempt pause, or leave --preempt out to fall back to pause"
-        ))
     })
 }
 
@@ -202,13 +187,10 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
     let config = args.machine_config()?;
     let scenario = Scenario::from_config(config.clone());
     let mut out = Printer::new(outputs.stdout_taken());
-    let checked = scenario
-        .validate()
-        .and_then(|()| match outputs.svg {
-            Some(_) => scenario.check_plot(),
-            None => Ok(()),
-        })
-        .and_then(|()| check_explicit_antagonist(args));
+    let checked = scenario.validate().and_then(|()| match outputs.svg {
+        Some(_) => scenario.check_plot(),
+        None => Ok(()),
+    });
     let repeated = match checked.and_then(|()| measure(args, &config, &mut out)) {
         Ok(r) => r,
         Err(e) => {

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::args::SweepCmd;
 use super::print::{write_output, Outputs, Printer};
-use super::run::{check_explicit_antagonist, run_repeats, Pace};
+use super::run::{run_repeats, Pace};
 use crate::machine::MachineConfig;
 use crate::provenance::Provenance;
 use crate::scenario::{Scenario, Status};
@@ -32,6 +32,9 @@ pub(super) fn cell_config(
 
 pub(super) fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     crate::signals::install()?;
+    // Options of one run that a sweep has no use for (--svg, --scenario,
+    // --placement) are refused here: they are the sweep command's, and the
+    // library has no sweep of its own to refuse them.
     if args.run.output.svg.is_some() {
         return Err(Error::Scenario(
             "--svg plots one run: use `ipivirt run --svg` for a cell".into(),
@@ -39,7 +42,6 @@ pub(super) fn sweep(args: &SweepCmd) -> Result<u8, Error> {
     }
     let provenance = Provenance::start();
     let outputs = Outputs::check(&args.run.output, args.run.scenario.trace.as_deref())?;
-    check_explicit_antagonist(&args.run)?;
     if args.run.scenario.shape.scenario.is_some() || args.run.scenario.shape.placement.is_some() {
         return Err(Error::Scenario(
             "--scenario and --placement lay out one run's vCPUs: use them with `ipivirt run` \
@@ -48,6 +50,7 @@ pub(super) fn sweep(args: &SweepCmd) -> Result<u8, Error> {
         ));
     }
     let base = args.run.machine_config()?;
+    Scenario::from_config(base.clone()).validate_options()?;
     let available = base.inject.host_cpus.clone().unwrap_or_default();
     let mut cells = crate::sweep::plan(
         &available,
