@@ -4,7 +4,7 @@
 //!
 //! - `args.rs`: the clap structs (every flag and its help text);
 //!   `parse.rs`: their value parsers.
-//! - `config.rs`: the parsed options as a [`MachineConfig`].
+//! - `config.rs`: the parsed options as a [`MachineConfig`](crate::MachineConfig).
 //! - `run.rs`, `sweep.rs`, `boot.rs`: the commands.
 //! - `print.rs`: where the report goes (stdout, or stderr when stdout
 //!   carries a file) and the report files; `text.rs`: the text the CLI

@@ -124,6 +124,17 @@ pub enum ScenarioError {
     /// A guest mode that cannot run here (or a bad `IPIVIRT_GUEST_MODE`).
     #[error("{0}")]
     GuestMode(String),
+    /// A value outside the range the CLI's parser accepts for its option
+    /// (the library's setters take any value; the CLI cannot give these).
+    #[error("--{option} {value} is out of range: give {range}")]
+    OutOfRange {
+        /// The option, without dashes.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What would do.
+        range: &'static str,
+    },
     /// An `Antagonist` preemption required where SCHED_FIFO is refused.
     #[error(
         "--preempt antagonist needs SCHED_FIFO, which this process may not use ({0}): give \
@@ -167,6 +178,7 @@ impl Scenario {
         probability("guest-preempt-prob", c.guest_preempt_prob)?;
         probability("alloc-fail-prob", c.alloc_fail_prob)?;
         probability("forced-migration", c.forced_migration)?;
+        self.check_ranges()?;
         self.validate_shape()?;
         if c.quiesce_bound.is_zero() {
             return Err(ScenarioError::Unused(
@@ -281,6 +293,32 @@ impl Scenario {
         guest_mode::resolve(mode, guest_mode::host_offers_pvm())
             .map_err(ScenarioError::GuestMode)?;
         self.check_fifo()?;
+        Ok(())
+    }
+
+    /// The knobs the CLI's parser bounds: the guest's tick, the probe
+    /// period and the preempt-off tracer's window (the guest's fields).
+    fn check_ranges(&self) -> Result<(), ScenarioError> {
+        let c = self.config();
+        let out = |option, value: String, range| ScenarioError::OutOfRange {
+            option,
+            value,
+            range,
+        };
+        if let Some(hz) = c.tick_hz.filter(|hz| !(10..=10_000).contains(hz)) {
+            return Err(out("tick-hz", hz.to_string(), "10..=10000 Hz"));
+        }
+        if let Some(p) = c.probe_period.filter(|p| p.is_zero()) {
+            return Err(out("probe-period", format!("{p:?}"), "a period above 0"));
+        }
+        let window = c.preempt_window.as_micros();
+        if window == 0 || window > u128::from(u32::MAX) {
+            return Err(out(
+                "window",
+                format!("{:?}", c.preempt_window),
+                "1us..=4000s",
+            ));
+        }
         Ok(())
     }
 
@@ -455,6 +493,17 @@ mod tests {
         let e = hogs().issuers_per_cpu(2).validate_options().unwrap_err();
         assert!(e.to_string().contains("sends no IPI"), "{e}");
         hogs().issuers_per_cpu(1).validate().unwrap();
+        let mut knob = base();
+        knob.config_mut().tick_hz = Some(5);
+        assert!(refused(knob).contains("--tick-hz 5 is out of range"));
+        let mut knob = base();
+        knob.config_mut().probe_period = Some(Duration::ZERO);
+        assert!(refused(knob).contains("--probe-period"));
+        for w in [Duration::ZERO, Duration::from_secs(5000)] {
+            let mut knob = base();
+            knob.config_mut().preempt_window = w;
+            assert!(refused(knob).contains("--window"));
+        }
         let fifo = crate::inject::placement::fifo_permitted();
         let required = base()
             .preempt(PreemptMode::Antagonist)
