@@ -66,6 +66,20 @@ pub mod exit_code {
     pub const INTERRUPTED: u8 = 130;
     /// Stopped by SIGTERM: 128 + 15. The partial report is printed.
     pub const TERMINATED: u8 = 143;
+
+    /// The codes above as the CLI shows them after every command's
+    /// `--help`: written beside the constants so that a new code is one
+    /// place (the CLI's tests check that every constant is listed).
+    pub const HELP: &str = "\
+Exit status:
+  0    ran; no invariant violation in a design expected to be safe
+  1    an invariant violation in a design expected to be safe
+  2    bad command line or scenario (refused before anything boots)
+  3    the guest crashed (exception, triple fault, panic) or broke the results contract
+  4    the watchdog (--timeout) fired
+  5    KVM unusable (/dev/kvm missing, not permitted, not KVM, or a KVM call failed)
+  6    another host-side failure (memory, threads, writing an output or the report)
+  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM: the partial report is printed";
 }
 
 /// Everything that can end a run early.

@@ -107,6 +107,11 @@ pub struct InjectConfig {
     pub preempt_host_cpus: Option<Vec<usize>>,
     /// The vCPUs `pause` holds (`--preempt-vcpus`; `None`: every vCPU).
     pub preempt_vcpus: Option<Vec<u32>>,
+    /// `Antagonist` was asked for by name (`--preempt antagonist`): a
+    /// process that may not use SCHED_FIFO is refused (exit 2) instead of
+    /// falling back to `Pause`, since a run that silently measures
+    /// something else than asked is not the one asked for.
+    pub antagonist_required: bool,
 }
 
 impl Default for InjectConfig {
@@ -124,6 +129,7 @@ impl Default for InjectConfig {
             placement: None,
             preempt_host_cpus: None,
             preempt_vcpus: None,
+            antagonist_required: false,
         }
     }
 }

@@ -194,6 +194,14 @@ impl Scenario {
         self
     }
 
+    /// Whether an `Antagonist` preemption must be one: refused where
+    /// SCHED_FIFO is not permitted rather than falling back to `Pause`
+    /// (the CLI's `--preempt antagonist`; default false).
+    pub fn antagonist_required(mut self, required: bool) -> Self {
+        self.config.inject.antagonist_required = required;
+        self
+    }
+
     /// Length of one injected preemption.
     pub fn preempt_len(mut self, d: Duration) -> Self {
         self.config.inject.preempt_len = d;

@@ -124,6 +124,23 @@ pub enum ScenarioError {
     /// A guest mode that cannot run here (or a bad `IPIVIRT_GUEST_MODE`).
     #[error("{0}")]
     GuestMode(String),
+    /// A value outside the range the CLI's parser accepts for its option
+    /// (the library's setters take any value; the CLI cannot give these).
+    #[error("--{option} {value} is out of range: give {range}")]
+    OutOfRange {
+        /// The option, without dashes.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What would do.
+        range: &'static str,
+    },
+    /// An `Antagonist` preemption required where SCHED_FIFO is refused.
+    #[error(
+        "--preempt antagonist needs SCHED_FIFO, which this process may not use ({0}): give \
+         --preempt pause, or leave --preempt out to fall back to pause"
+    )]
+    NeedsFifo(String),
     /// `--svg` for a workload without per-design latencies.
     #[error(
         "--svg: the {0} workload has no per-design latency to plot (ping, shootdown and torture do)"
@@ -146,6 +163,7 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), Error> {
         let c = self.config();
         let workload = super::workload_name(c.workload);
+        self.check_issuers_used()?;
         if c.vcpus == 0 || c.vcpus as usize > abi::MAX_VCPUS {
             return Err(ScenarioError::Vcpus(c.vcpus).into());
         }
@@ -160,6 +178,7 @@ impl Scenario {
         probability("guest-preempt-prob", c.guest_preempt_prob)?;
         probability("alloc-fail-prob", c.alloc_fail_prob)?;
         probability("forced-migration", c.forced_migration)?;
+        self.check_ranges()?;
         self.validate_shape()?;
         if c.quiesce_bound.is_zero() {
             return Err(ScenarioError::Unused(
@@ -273,6 +292,64 @@ impl Scenario {
         };
         guest_mode::resolve(mode, guest_mode::host_offers_pvm())
             .map_err(ScenarioError::GuestMode)?;
+        self.check_fifo()?;
+        Ok(())
+    }
+
+    /// The knobs the CLI's parser bounds: the guest's tick, the probe
+    /// period and the preempt-off tracer's window (the guest's fields).
+    fn check_ranges(&self) -> Result<(), ScenarioError> {
+        let c = self.config();
+        let out = |option, value: String, range| ScenarioError::OutOfRange {
+            option,
+            value,
+            range,
+        };
+        if let Some(hz) = c.tick_hz.filter(|hz| !(10..=10_000).contains(hz)) {
+            return Err(out("tick-hz", hz.to_string(), "10..=10000 Hz"));
+        }
+        if let Some(p) = c.probe_period.filter(|p| p.is_zero()) {
+            return Err(out("probe-period", format!("{p:?}"), "a period above 0"));
+        }
+        let window = c.preempt_window.as_micros();
+        if window == 0 || window > u128::from(u32::MAX) {
+            return Err(out(
+                "window",
+                format!("{:?}", c.preempt_window),
+                "1us..=4000s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The part of [`Scenario::validate`] that no vCPU count or host CPU
+    /// set changes: what a sweep refuses once, before it plans its cells
+    /// (the rest is checked per cell, and a cell that fails it is skipped).
+    pub fn validate_options(&self) -> Result<(), Error> {
+        self.check_fifo()?;
+        Ok(self.check_issuers_used()?)
+    }
+
+    /// Issuers other than the default one on the `hogs` workload, which
+    /// sends no IPI: the run would ignore them.
+    fn check_issuers_used(&self) -> Result<(), ScenarioError> {
+        let c = self.config();
+        if c.workload == Workload::Hogs && c.issuers_per_cpu != 1 {
+            return Err(ScenarioError::Unused(
+                "--issuers-per-cpu (or --tasks-per-cpu): the hogs workload sends no IPI; its \
+                 tasks are --hogs-per-cpu",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A required antagonist ([`crate::InjectConfig::antagonist_required`])
+    /// where this process may not use SCHED_FIFO.
+    fn check_fifo(&self) -> Result<(), ScenarioError> {
+        let inj = &self.config().inject;
+        if inj.antagonist_required && inj.preempt == PreemptMode::Antagonist {
+            crate::inject::placement::fifo_permitted().map_err(ScenarioError::NeedsFifo)?;
+        }
         Ok(())
     }
 
@@ -411,6 +488,28 @@ mod tests {
         assert!(refused(base().issuers_per_cpu(40).hogs_per_cpu(40)).contains("at most 64"));
         base().hogs_per_cpu(0).validate().unwrap();
         assert!(refused(base().workload(Workload::Hogs).hogs_per_cpu(0)).contains("1 or more"));
+        let hogs = || base().workload(Workload::Hogs);
+        assert!(refused(hogs().issuers_per_cpu(2)).contains("sends no IPI"));
+        let e = hogs().issuers_per_cpu(2).validate_options().unwrap_err();
+        assert!(e.to_string().contains("sends no IPI"), "{e}");
+        hogs().issuers_per_cpu(1).validate().unwrap();
+        let mut knob = base();
+        knob.config_mut().tick_hz = Some(5);
+        assert!(refused(knob).contains("--tick-hz 5 is out of range"));
+        let mut knob = base();
+        knob.config_mut().probe_period = Some(Duration::ZERO);
+        assert!(refused(knob).contains("--probe-period"));
+        for w in [Duration::ZERO, Duration::from_secs(5000)] {
+            let mut knob = base();
+            knob.config_mut().preempt_window = w;
+            assert!(refused(knob).contains("--window"));
+        }
+        let fifo = crate::inject::placement::fifo_permitted();
+        let required = base()
+            .preempt(PreemptMode::Antagonist)
+            .antagonist_required(true);
+        assert_eq!(required.validate().is_ok(), fifo.is_ok());
+        base().preempt(PreemptMode::Antagonist).validate().unwrap();
         assert!(refused(base().initiators(&[2])).contains("[2] do not exist"));
         assert!(refused(base().initiators(&[])).contains("at least one"));
         let ping = base().workload(Workload::Ping).initiators(&[0]);
