@@ -220,9 +220,10 @@ pub(super) struct ScenarioArgs {
     /// the phase is reported as stalled and later designs do not run.
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub(super) quiesce_timeout: Duration,
-    /// How long the workload runs (us, ms, s).
-    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
-    pub(super) duration: Duration,
+    /// How long the workload runs per design (us, ms, s) [default: 2s; 10s with --scenario
+    /// series: 100 windows of 100 ms on its initiator]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(super) duration: Option<Duration>,
     #[command(flatten)]
     pub(super) shape: ShapeArgs,
     /// Chance per guest scheduler tick that the running task is moved to

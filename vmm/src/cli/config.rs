@@ -101,7 +101,7 @@ impl RunCmd {
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
         config.quiesce_bound = s.quiesce_timeout;
-        config.duration = s.duration;
+        config.duration = s.duration.unwrap_or(crate::machine::DEFAULT_DURATION);
         config.forced_migration = s.forced_migration;
         config.tick_hz = s.tick_hz;
         config.probe_period = s.probe_period.filter(|p| !p.is_zero());
@@ -123,6 +123,9 @@ impl RunCmd {
             Preset::new(name, &host_cpus, config.vcpus)?.apply(&mut config);
         }
         // Explicit options win over the scenario's values.
+        if let Some(d) = s.duration {
+            config.duration = d;
+        }
         let inj = &mut config.inject;
         match s.preempt {
             Some(PreemptArg::None) => inj.preempt = PreemptMode::None,

@@ -13,6 +13,9 @@ use crate::inject::InjectConfig;
 /// The default KVM device.
 pub const DEFAULT_KVM_PATH: &str = "/dev/kvm";
 
+/// The workload's time per design when none is given.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(2);
+
 /// Everything one guest run needs to know.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -134,7 +137,7 @@ impl MachineConfig {
             test_hook: TestHook::None,
             test_hook_vcpu: 0,
             workload: Workload::None,
-            duration: Duration::from_secs(2),
+            duration: DEFAULT_DURATION,
             issuers_per_cpu: 1,
             hogs_per_cpu: 1,
             initiators: None,

@@ -25,7 +25,7 @@ mod config;
 mod create;
 mod run;
 
-pub use config::{MachineConfig, DEFAULT_KVM_PATH};
+pub use config::{MachineConfig, DEFAULT_DURATION, DEFAULT_KVM_PATH};
 use run::Wait;
 
 /// What a successful boot reports.

@@ -71,6 +71,9 @@ pub struct Preset {
     pub preempt_host_cpus: Vec<usize>,
     /// Migration (None: none, so the placement holds).
     pub migrate_every: Option<Duration>,
+    /// Workload time per design: long enough for 100 windows of the
+    /// default 100 ms on the one initiator (its P99 is then not its max).
+    pub duration: Duration,
 }
 
 impl Preset {
@@ -109,6 +112,7 @@ impl Preset {
                     preempt_every: Duration::from_millis(10),
                     preempt_host_cpus: vec![busy],
                     migrate_every: None,
+                    duration: Duration::from_secs(10),
                 })
             }
         }
@@ -126,6 +130,7 @@ impl Preset {
         config.inject.preempt_every = self.preempt_every;
         config.inject.preempt_host_cpus = Some(self.preempt_host_cpus.clone());
         config.inject.migrate_every = self.migrate_every;
+        config.duration = self.duration;
     }
 }
 
@@ -182,8 +187,8 @@ pub fn header(config: &MachineConfig) -> Option<String> {
     });
     Some(format!(
         "scenario {name}: {} vCPUs, initiators {initiators} ({} issuer(s) each), {} hog(s) per \
-         vCPU; placement vCPU->CPU {placed}; {preempt}; {migrate}",
-        config.vcpus, config.issuers_per_cpu, config.hogs_per_cpu
+         vCPU; placement vCPU->CPU {placed}; {preempt}; {migrate}; {:?} per design",
+        config.vcpus, config.issuers_per_cpu, config.hogs_per_cpu, config.duration
     ))
 }
 
@@ -202,6 +207,7 @@ mod tests {
             (Duration::from_millis(3), Duration::from_millis(10))
         );
         assert_eq!(p.migrate_every, None);
+        assert_eq!(p.duration, Duration::from_secs(10));
         let p = Preset::new(ScenarioName::Series, &[2, 5, 7], 6).unwrap();
         assert_eq!(p.placement, [2, 5, 5, 5, 5, 5]);
         assert!(Preset::new(ScenarioName::Series, &[0], 4).is_err());
@@ -219,5 +225,6 @@ mod tests {
         let h = header(s.config()).unwrap();
         assert!(h.starts_with("scenario series: 4 vCPUs"), "{h}");
         assert!(h.contains("3ms every 10ms"), "{h}");
+        assert!(h.ends_with("; 10s per design"), "{h}");
     }
 }
