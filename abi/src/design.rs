@@ -99,6 +99,11 @@ pub mod violation {
 /// ([`DesignResults::hotplug`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct HotplugCounts {
     /// vCPUs the guest took offline.
     pub offlines: u64,
@@ -133,22 +138,25 @@ pub struct ViolationRecord {
     pub cycles: u64,
 }
 
-/// Results of one design's phase.
+/// The counters of one design's phase that the report prints as they are
+/// (JSON: flat in `designs[]`, one key per field). A new per-design counter
+/// is a field here (the guest sets it in `workload/phase.rs`) and a row in
+/// the VMM's design table: the VMM copies, validates and serialises the
+/// group as a whole.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct DesignResults {
-    /// Non-zero once written.
-    pub valid: u32,
-    /// The [`Design`] code.
-    pub design: u32,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
+pub struct DesignCounts {
     /// Cross calls completed.
     pub calls: u64,
     /// Callbacks run.
     pub callbacks: u64,
     /// Invariant violations.
     pub violations: u64,
-    /// Cycles from phase start to the first violation (u64::MAX: none).
-    pub first_violation_cycles: u64,
     /// Waits during which the waiting task was switched out.
     pub waits_preempted: u64,
     /// Waits that resumed on another vCPU.
@@ -166,32 +174,37 @@ pub struct DesignResults {
     pub fallbacks: u64,
     /// csd-lock waits that exceeded the watchdog threshold.
     pub csd_watchdog_fires: u64,
-    /// Requests the checker could not track (table full).
+    /// Requests the checker could not track (table full), plus tasks the
+    /// phase could not create.
     pub unchecked: u64,
     /// Tasks created in the phase.
     pub tasks_created: u64,
-    /// Their total creation time in cycles.
-    pub task_create_cycles: u64,
-    /// Length of the phase in cycles.
-    pub phase_cycles: u64,
-    /// [`pv`] features of the phase.
-    pub pv: u32,
-    /// Those served by KVM's mechanism (the rest: ipivirt's).
-    pub pv_kvm: u32,
+}
+
+/// The paravirtual counters of one design's phase (JSON
+/// `designs[].pv_counts`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
+pub struct PvCounts {
     /// Send-IPI hypercalls made.
-    pub pv_send_ipi_calls: u64,
+    pub send_ipi_calls: u64,
     /// Directed yields (sched-yield hypercalls) made.
-    pub pv_yields: u64,
+    pub yields: u64,
     /// Of those, yields that ended an injected pause early.
-    pub pv_yields_effective: u64,
+    pub yields_effective: u64,
     /// Shootdown targets deferred (flush-defer).
-    pub pv_deferrals: u64,
+    pub deferrals: u64,
     /// Deferred callbacks run by their targets.
-    pub pv_deferred_runs: u64,
+    pub deferred_runs: u64,
     /// Of those committed, run at the target's next observable action (a
     /// callback, tick or task switch drains first) rather than in the
     /// FLUSH_DEFER interrupt: the host let the vCPU run before taking it.
-    pub pv_deferred_not_first: u64,
+    pub deferred_not_first: u64,
     /// csd waits that saw their target preempted.
     pub waits_on_preempted: u64,
     /// Their total time from the first sighting to the wait's end (cycles).
@@ -200,6 +213,31 @@ pub struct DesignResults {
     pub preempted_seen_kvm: u64,
     /// Of those, seen through ipivirt's PV state.
     pub preempted_seen_ipivirt: u64,
+}
+
+/// Results of one design's phase: plain-data groups, each copied and
+/// reported as a whole.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DesignResults {
+    /// Non-zero once written.
+    pub valid: u32,
+    /// The [`Design`] code.
+    pub design: u32,
+    /// The counters reported as they are.
+    pub counts: DesignCounts,
+    /// Cycles from phase start to the first violation (u64::MAX: none).
+    pub first_violation_cycles: u64,
+    /// The total creation time of [`DesignCounts::tasks_created`] in cycles.
+    pub task_create_cycles: u64,
+    /// Length of the phase in cycles.
+    pub phase_cycles: u64,
+    /// [`pv`] features of the phase.
+    pub pv: u32,
+    /// Those served by KVM's mechanism (the rest: ipivirt's).
+    pub pv_kvm: u32,
+    /// The PV counters.
+    pub pv_counts: PvCounts,
     /// Cross-call latency (cycles, entry to return; wait=true).
     pub call_latency: Histogram,
     /// Latency probe during the phase.
@@ -296,7 +334,12 @@ pub struct PhaseEnd {
 /// counter (the bytes it reserves, size-class rounding included), not
 /// computed from the mask size.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct MemoryResults {
     /// Bytes the allocator reserved for the per-task allocations the
     /// design's task-creation hook made in the phase.
@@ -325,6 +368,11 @@ pub struct MemoryResults {
 /// for `--issuers-per-cpu`, `--hogs-per-cpu` and `--initiators`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct ShapeCounts {
     /// IPI-issuing tasks created.
     pub issuers: u32,
@@ -348,11 +396,16 @@ unsafe impl Pod for PhaseEnd {}
 unsafe impl Pod for MemoryResults {}
 // SAFETY: repr(C) of u64s: no padding.
 unsafe impl Pod for HotplugCounts {}
+// SAFETY: repr(C) of u64s: no padding.
+unsafe impl Pod for DesignCounts {}
+// SAFETY: repr(C) of u64s: no padding.
+unsafe impl Pod for PvCounts {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8
+        == 8 + size_of::<DesignCounts>()
+            + 3 * 8
             + 8
-            + 10 * 8
+            + size_of::<PvCounts>()
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
             + size_of::<HotplugCounts>()
@@ -365,6 +418,8 @@ const _: () = assert!(
 const _: () = assert!(size_of::<StalledTask>() == 40);
 const _: () = assert!(size_of::<PhaseEnd>() == 32 + STALL_RECORDS * 40);
 const _: () = assert!(size_of::<MemoryResults>() == 64);
+const _: () = assert!(size_of::<DesignCounts>() == 13 * 8);
+const _: () = assert!(size_of::<PvCounts>() == 10 * 8);
 
 #[cfg(test)]
 mod tests {

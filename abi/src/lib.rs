@@ -49,8 +49,9 @@ pub use control::{
     DEFAULT_QUIESCE_BOUND_US,
 };
 pub use design::{
-    phase_status, task_state, violation, Design, DesignResults, HotplugCounts, MemoryResults,
-    PhaseEnd, ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
+    phase_status, task_state, violation, Design, DesignCounts, DesignResults, HotplugCounts,
+    MemoryResults, PhaseEnd, PvCounts, ShapeCounts, StalledTask, ViolationKind, ViolationRecord,
+    NO_WAIT, STALL_RECORDS,
 };
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
@@ -68,7 +69,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");
