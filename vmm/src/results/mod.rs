@@ -26,11 +26,63 @@ pub use failure::{
 };
 pub use guest::{guest_report, GuestReport, VcpuCounters, VcpuHotplugCounts};
 
-use crate::machine::{BootReport, MachineConfig};
+/// What the run asked the guest for, against which its results are
+/// validated: the vCPUs, the designs whose slots it writes (in order) and
+/// each phase's PV features.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// vCPUs in the guest.
+    pub vcpus: u32,
+    /// The designs run, one slot each.
+    pub designs: Vec<Design>,
+    /// The PV features of each design's phase.
+    pub phase_pv: Vec<u32>,
+}
+
+impl Expected {
+    /// `vcpus` vCPUs running `designs`, phase `i` with the PV features
+    /// `phase_pv(i)`.
+    pub fn new(vcpus: u32, designs: Vec<Design>, phase_pv: impl Fn(usize) -> u32) -> Self {
+        let phase_pv = (0..designs.len()).map(phase_pv).collect();
+        Expected {
+            vcpus,
+            designs,
+            phase_pv,
+        }
+    }
+}
+
+/// What a successful boot reports.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// vCPUs created.
+    pub vcpus: u32,
+    /// vCPUs the guest reported online.
+    pub online: u32,
+    /// From VM creation until the guest reported every vCPU online.
+    pub boot_time: Duration,
+    /// Guest TSC frequency (kHz) as KVM reports it.
+    pub tsc_khz: u64,
+    /// Guest-measured time from BSP entry to all online, in TSC cycles.
+    pub guest_boot_cycles: u64,
+    /// The last console lines.
+    pub console_tail: Vec<String>,
+    /// What the guest's kernel reported about the workload.
+    pub guest: GuestReport,
+    /// Host-side injection and what host and guest saw (per-vCPU steal
+    /// time, gaps, KVM statistics).
+    pub host: crate::inject::HostReport,
+    /// The host capability probe (run when the run uses PV features).
+    pub pv_probe: Option<crate::pv::HostPv>,
+    /// What the VMM's PV interface served (when the run had it).
+    pub pv_host: Option<crate::pv::PvHostTotals>,
+    /// Stalls of the VMM itself during the run (none: it ran throughout).
+    pub vmm_stalls: crate::stall::StallLog,
+}
 
 /// Validates a finished boot's results and summarises them.
 pub fn boot_report(
-    config: &MachineConfig,
+    config: &Expected,
     page: &SharedPage,
     per_vcpu: &[VcpuResults],
     tsc_khz: u64,
@@ -58,8 +110,8 @@ pub fn boot_report(
         tsc_khz,
         guest_boot_cycles: r.all_online_tsc - r.boot_tsc,
         console_tail: Vec::new(),
-        guest: guest_report(page, per_vcpu, config.vcpus, &config.ran_designs(), |i| {
-            config.phase_pv(i)
+        guest: guest_report(page, per_vcpu, config.vcpus, &config.designs, |i| {
+            config.phase_pv.get(i).copied().unwrap_or(0)
         })
         .map_err(FailureKind::InvalidResults)?,
         host: Default::default(),
@@ -125,14 +177,12 @@ pub fn parse_and_validate(
         .collect();
     // Validate the design slots too, as a shootdown run of every design
     // would (the first slots name the designs in code order).
-    let mut config = MachineConfig::new(vcpus);
-    config.workload = abi::Workload::Shootdown;
-    config.designs = Design::ALL
+    let designs = Design::ALL
         .iter()
         .copied()
         .take_while(|d| page.designs[*d as usize].valid != 0)
         .collect();
-    boot_report(&config, &page, &per, 0, None)
+    boot_report(&Expected::new(vcpus, designs, |_| 0), &page, &per, 0, None)
 }
 
 #[cfg(test)]
@@ -161,7 +211,7 @@ mod tests {
     #[test]
     fn test_boot_report_accepts_good_page() {
         let r = boot_report(
-            &MachineConfig::new(4),
+            &Expected::new(4, Vec::new(), |_| 0),
             &good_page(4),
             &[],
             1000,
@@ -229,7 +279,8 @@ mod tests {
     fn test_boot_report_rejects_bad_magic() {
         let mut page = good_page(4);
         page.results.magic = 0xbad_c0de;
-        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
+        let err =
+            boot_report(&Expected::new(4, Vec::new(), |_| 0), &page, &[], 0, None).unwrap_err();
         assert!(
             err.to_string().contains("results.magic = 0xbadc0de"),
             "{err}"
@@ -264,7 +315,8 @@ mod tests {
     fn test_boot_report_rejects_out_of_range_count() {
         let mut page = good_page(4);
         page.results.nr_online = 1_000_000;
-        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
+        let err =
+            boot_report(&Expected::new(4, Vec::new(), |_| 0), &page, &[], 0, None).unwrap_err();
         assert!(err.to_string().contains("results.nr_online"), "{err}");
     }
 
@@ -273,7 +325,8 @@ mod tests {
         let mut page = good_page(4);
         page.vcpus[2].state = vcpu_state::OFFLINE;
         page.results.nr_online = 3;
-        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
+        let err =
+            boot_report(&Expected::new(4, Vec::new(), |_| 0), &page, &[], 0, None).unwrap_err();
         assert_eq!(
             err,
             FailureKind::NotAllOnline {
@@ -288,7 +341,8 @@ mod tests {
     fn test_boot_report_rejects_garbage_state() {
         let mut page = good_page(4);
         page.vcpus[1].state = 0xdead;
-        let err = boot_report(&MachineConfig::new(4), &page, &[], 0, None).unwrap_err();
+        let err =
+            boot_report(&Expected::new(4, Vec::new(), |_| 0), &page, &[], 0, None).unwrap_err();
         assert!(err.to_string().contains("vcpus[].state"), "{err}");
     }
 
@@ -338,6 +392,6 @@ mod tests {
         assert!(parse_page(&[0u8; 10]).is_none());
         let bytes = vec![0xa5u8; std::mem::size_of::<SharedPage>()];
         let page = parse_page(&bytes).unwrap();
-        assert!(boot_report(&MachineConfig::new(4), &page, &[], 0, None).is_err());
+        assert!(boot_report(&Expected::new(4, Vec::new(), |_| 0), &page, &[], 0, None).is_err());
     }
 }
