@@ -179,8 +179,6 @@ pub struct DesignCounts {
     pub unchecked: u64,
     /// Tasks created in the phase.
     pub tasks_created: u64,
-    /// Polls of a locked csd in `csd_lock_wait()` (all waits, all vCPUs).
-    pub csd_lock_spins: u64,
 }
 
 /// The paravirtual counters of one design's phase (JSON
@@ -420,7 +418,7 @@ const _: () = assert!(
 const _: () = assert!(size_of::<StalledTask>() == 40);
 const _: () = assert!(size_of::<PhaseEnd>() == 32 + STALL_RECORDS * 40);
 const _: () = assert!(size_of::<MemoryResults>() == 64);
-const _: () = assert!(size_of::<DesignCounts>() == 14 * 8);
+const _: () = assert!(size_of::<DesignCounts>() == 13 * 8);
 const _: () = assert!(size_of::<PvCounts>() == 10 * 8);
 
 #[cfg(test)]

@@ -437,7 +437,6 @@ fn write_design_results(
         csd_watchdog_fires: l(&x.watchdog_fires),
         unchecked: l(&c.unchecked) + phase.spawner.failed,
         tasks_created: phase.spawner.created,
-        csd_lock_spins: l(&x.csd_lock_spins),
     };
     d.first_violation_cycles = l(&c.first_violation);
     d.phase_end = phase.end;

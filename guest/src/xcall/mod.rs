@@ -224,8 +224,6 @@ pub struct SmpStats {
     pub waits_migrated: AtomicU64,
     /// csd-lock waits over the watchdog threshold.
     pub watchdog_fires: AtomicU64,
-    /// Polls of a locked csd in the waits.
-    pub csd_lock_spins: AtomicU64,
 }
 
 /// Counters of the current phase.
@@ -234,7 +232,6 @@ pub static STATS: SmpStats = SmpStats {
     waits_preempted: AtomicU64::new(0),
     waits_migrated: AtomicU64::new(0),
     watchdog_fires: AtomicU64::new(0),
-    csd_lock_spins: AtomicU64::new(0),
 };
 
 /// Phase settings (BSP, between phases).
@@ -318,7 +315,6 @@ fn reset_stats() {
         &STATS.waits_preempted,
         &STATS.waits_migrated,
         &STATS.watchdog_fires,
-        &STATS.csd_lock_spins,
         &HOTPLUG.skipped_targets,
         &HOTPLUG.single_offline_errors,
         &HOTPLUG.flushed_callbacks,
@@ -583,10 +579,7 @@ fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
     let watch_pv = pv::enabled(abi::pv::PREEMPTED | abi::pv::SCHED_YIELD);
     let mut watch = pv::WaitWatch::new();
     let yield_gap = PARAMS.yield_gap_cycles.load(Ordering::Relaxed);
-    // Counted locally, added once: no shared line written per poll.
-    let mut spins = 0u64;
     while csd.locked() {
-        spins += 1;
         arch::pause();
         if freed(owner, target) {
             break;
@@ -636,7 +629,6 @@ fn lock_wait(csd: &Csd, target: u32, preemptible: bool, owner: Option<&Cfd>) {
     if watch_pv {
         watch.finish();
     }
-    STATS.csd_lock_spins.fetch_add(spins, Ordering::Relaxed);
     tasks::wait_done(note);
     if let Some(tag) = tag {
         trace::cause(tag);

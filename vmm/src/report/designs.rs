@@ -138,7 +138,6 @@ fn rows(designs: &[DesignSummary], khz: u64) -> Vec<Row> {
     });
     t.row("fallbacks", |d| d.fallbacks.to_string());
     t.row("csd watchdog", |d| d.csd_watchdog_fires.to_string());
-    t.row("csd lock spins", |d| d.csd_lock_spins.to_string());
     t.row("task create (us)", |d| us3(d.task_create_mean_ns));
     if designs
         .iter()
