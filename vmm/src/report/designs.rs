@@ -466,3 +466,50 @@ fn pv_lines(out: &mut String, report: &Report) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A design entry as the JSON has it (the model read back).
+    fn summary(design: &str, calls: u64, poff_p99_ns: u64) -> DesignSummary {
+        serde_json::from_value(serde_json::json!({
+            "design": design, "base_design": design, "pv": [], "pv_kvm": [],
+            "pv_counts": {}, "calls": calls, "violations": 0, "mask_allocs": 3,
+            "mask_frees": 3, "first_violation_ms": null,
+            "call_latency_ns": {"count": 50, "p50": 1234, "p90": 2000, "p99": 5678,
+                                "p999": 6000, "max": 7000, "mean": 1500.0},
+            "sched_latency_ns": {"count": 0},
+            "phase_ms": 500.0, "calls_per_s": calls as f64 * 2.0, "expected_safe": true,
+            "violation_log": [],
+            "preempt_off": {"window_ms": 100.0, "windows": 10, "p50_ns": 31_049,
+                            "p99_ns": poff_p99_ns, "max_ns": poff_p99_ns, "sections": 99,
+                            "unmatched": 0, "per_cpu": [], "causes": {}},
+        }))
+        .expect("a design entry")
+    }
+
+    fn cells<'a>(rows: &'a [Row], label: &str) -> &'a [String] {
+        &rows.iter().find(|r| r.0 == label).expect(label).1
+    }
+
+    #[test]
+    fn test_rows_render_the_model_figures() {
+        let designs = [
+            summary("upstream", 100, 11_793_412),
+            summary("stack", 0, 6_198),
+        ];
+        let rows = rows(&designs, 2_445_424);
+        assert_eq!(cells(&rows, "calls"), ["100", "0"]);
+        assert_eq!(cells(&rows, "calls/s"), ["200", "0"]);
+        // From the model's ns, 3 significant figures, `*`: under 100 samples.
+        assert_eq!(cells(&rows, "call p99 (us)"), ["5.68*", "5.68*"]);
+        assert_eq!(cells(&rows, "probe p99 (us)"), ["-", "-"]);
+        // Preempt-off rows: 3 significant figures, not one decimal.
+        assert_eq!(cells(&rows, "preempt-off p99 (us)"), ["11800", "6.20"]);
+        assert_eq!(cells(&rows, "preempt-off p50 (us)"), ["31.0", "31.0"]);
+        assert_eq!(cells(&rows, "mask allocs/frees"), ["3/3", "3/3"]);
+        assert_eq!(cells(&rows, "phase end"), ["-", "-"]);
+        assert!(rows.iter().all(|r| !r.0.starts_with("pv ")), "no PV rows");
+    }
+}
