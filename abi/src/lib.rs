@@ -31,6 +31,25 @@
 
 use core::mem::size_of;
 
+/// Declares a plain-data result group: `repr(C)`, `Copy`, zero by
+/// default, comparable, and (with the `serde` feature, in the VMM)
+/// serialised whole under its field names, a missing field reading as 0.
+/// One definition of what a group is, so that a counter added to a group
+/// needs no copy or mirror anywhere.
+macro_rules! plain_group {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[cfg_attr(
+            feature = "serde",
+            derive(serde::Serialize, serde::Deserialize),
+            serde(default)
+        )]
+        pub struct $name { $($body)* }
+    };
+}
+
 pub mod control;
 pub mod design;
 pub mod hist;

@@ -1,5 +1,5 @@
 //! Plain-text reports of a run: the scheduler block here, the design
-//! table in [`designs`] (rendered from the report model).
+//! table in [`designs_text`] (`designs.rs`, rendered from the report model).
 
 mod designs;
 

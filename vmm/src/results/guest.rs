@@ -31,24 +31,8 @@ pub struct VcpuCounters {
 }
 
 /// One vCPU's CPU hotplug counters over the run (JSON
-/// `guest.vcpus[].hotplug`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VcpuHotplugCounts {
-    /// Times it went offline.
-    pub offlines: u32,
-    /// Times it came back online.
-    pub onlines: u32,
-    /// Cross-call IPIs sent to it while it was offline (0 unless the model
-    /// broke; counted by the senders).
-    pub ipis_offline: u32,
-    /// Tasks moved off it when it went offline.
-    pub tasks_moved: u32,
-    /// Context switches since it first came back online (0: it never
-    /// came back, or ran nothing since).
-    pub switches_since_online: u64,
-    /// Time it spent offline, TSC cycles.
-    pub offline_cycles: u64,
-}
+/// `guest.vcpus[].hotplug`): the guest's group as it is.
+pub type VcpuHotplugCounts = abi::VcpuHotplug;
 
 /// What the guest kernel reported beyond the boot.
 #[derive(Debug, Clone, Default)]
@@ -210,14 +194,7 @@ pub fn guest_report(
                 ticks: s.ticks,
                 ipis_sent: s.ipis_sent,
                 ipis_received: s.ipis_received,
-                hotplug: VcpuHotplugCounts {
-                    offlines: s.hotplug.offlines,
-                    onlines: s.hotplug.onlines,
-                    ipis_offline: s.hotplug.ipis_offline,
-                    tasks_moved: s.hotplug.tasks_moved,
-                    switches_since_online: s.hotplug.switches_since_online,
-                    offline_cycles: s.hotplug.offline_cycles,
-                },
+                hotplug: s.hotplug,
             })
             .collect(),
         probe_per_vcpu,
