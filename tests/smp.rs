@@ -310,7 +310,9 @@ fn test_a_phase_that_cannot_quiesce_is_a_stall() {
     // The next design never starts under the stalled one's tasks.
     assert_eq!(second.phase_end.status_name(), "not-run");
     assert_eq!(second.calls, 0);
-    let text = ipivirt::report::designs_text(&r);
+    // The text is rendered from the report model built from the readout.
+    let model = ipivirt::Report::new(&MachineConfig::new(4), r.clone());
+    let text = ipivirt::report::designs_text(&model);
     assert!(
         text.contains("STALLED: task-local's phase did not quiesce")
             && text.contains("stuck on vCPU 1 (")

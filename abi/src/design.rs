@@ -95,28 +95,28 @@ pub mod violation {
     pub const LAST: u32 = DROPPED_OFFLINE;
 }
 
-/// What CPU hotplug did during one design's phase
-/// ([`DesignResults::hotplug`]).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HotplugCounts {
-    /// vCPUs the guest took offline.
-    pub offlines: u64,
-    /// vCPUs it brought back online.
-    pub onlines: u64,
-    /// Requests refused (the boot vCPU, or fewer than two would stay online).
-    pub refused: u64,
-    /// Tasks moved off dying vCPUs.
-    pub tasks_moved: u64,
-    /// Targets left out of a call's mask because they were offline.
-    pub skipped_targets: u64,
-    /// `smp_call_function_single()` calls that failed because the target
-    /// was offline (the error the caller counted).
-    pub single_offline_errors: u64,
-    /// Callbacks a dying vCPU ran in its flush (queued before it left).
-    pub flushed_callbacks: u64,
-    /// csds a dying vCPU dropped unrun (`no-dying-flush` only).
-    pub dropped_csds: u64,
+plain_group! {
+    /// What CPU hotplug did during one design's phase
+    /// ([`DesignResults::hotplug`]).
+    pub struct HotplugCounts {
+        /// vCPUs the guest took offline.
+        pub offlines: u64,
+        /// vCPUs it brought back online.
+        pub onlines: u64,
+        /// Requests refused (the boot vCPU, or fewer than two would stay online).
+        pub refused: u64,
+        /// Tasks moved off dying vCPUs.
+        pub tasks_moved: u64,
+        /// Targets left out of a call's mask because they were offline.
+        pub skipped_targets: u64,
+        /// `smp_call_function_single()` calls that failed because the target
+        /// was offline (the error the caller counted).
+        pub single_offline_errors: u64,
+        /// Callbacks a dying vCPU ran in its flush (queued before it left).
+        pub flushed_callbacks: u64,
+        /// csds a dying vCPU dropped unrun (`no-dying-flush` only).
+        pub dropped_csds: u64,
+    }
 }
 
 /// One recorded invariant violation.
@@ -133,7 +133,75 @@ pub struct ViolationRecord {
     pub cycles: u64,
 }
 
-/// Results of one design's phase.
+plain_group! {
+    /// The counters of one design's phase that the report prints as they are
+    /// (JSON: flat in `designs[]`, one key per field). A new per-design counter
+    /// is a field here (the guest sets it in `workload/phase.rs`) and a row in
+    /// the VMM's design table: the VMM copies, validates and serialises the
+    /// group as a whole.
+    pub struct DesignCounts {
+        /// Cross calls completed.
+        pub calls: u64,
+        /// Callbacks run.
+        pub callbacks: u64,
+        /// Invariant violations.
+        pub violations: u64,
+        /// Waits during which the waiting task was switched out.
+        pub waits_preempted: u64,
+        /// Waits that resumed on another vCPU.
+        pub waits_migrated: u64,
+        /// Extra bytes each task carries for this design.
+        pub mask_bytes_per_task: u64,
+        /// Stack bytes one call costs for the mask (stack design), at this
+        /// guest's CPU count.
+        pub stack_bytes_per_call: u64,
+        /// Mask allocations.
+        pub mask_allocs: u64,
+        /// Mask frees.
+        pub mask_frees: u64,
+        /// alloc-in-path allocation failures that fell back to the pinned wait.
+        pub fallbacks: u64,
+        /// csd-lock waits that exceeded the watchdog threshold.
+        pub csd_watchdog_fires: u64,
+        /// Requests the checker could not track (table full), plus tasks the
+        /// phase could not create.
+        pub unchecked: u64,
+        /// Tasks created in the phase.
+        pub tasks_created: u64,
+    }
+}
+
+plain_group! {
+    /// The paravirtual counters of one design's phase (JSON
+    /// `designs[].pv_counts`).
+    pub struct PvCounts {
+        /// Send-IPI hypercalls made.
+        pub send_ipi_calls: u64,
+        /// Directed yields (sched-yield hypercalls) made.
+        pub yields: u64,
+        /// Of those, yields that ended an injected pause early.
+        pub yields_effective: u64,
+        /// Shootdown targets deferred (flush-defer).
+        pub deferrals: u64,
+        /// Deferred callbacks run by their targets.
+        pub deferred_runs: u64,
+        /// Of those committed, run at the target's next observable action (a
+        /// callback, tick or task switch drains first) rather than in the
+        /// FLUSH_DEFER interrupt: the host let the vCPU run before taking it.
+        pub deferred_not_first: u64,
+        /// csd waits that saw their target preempted.
+        pub waits_on_preempted: u64,
+        /// Their total time from the first sighting to the wait's end (cycles).
+        pub preempted_wait_cycles: u64,
+        /// Of those, seen through KVM's steal-time flag.
+        pub preempted_seen_kvm: u64,
+        /// Of those, seen through ipivirt's PV state.
+        pub preempted_seen_ipivirt: u64,
+    }
+}
+
+/// Results of one design's phase: plain-data groups, each copied and
+/// reported as a whole.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct DesignResults {
@@ -141,36 +209,11 @@ pub struct DesignResults {
     pub valid: u32,
     /// The [`Design`] code.
     pub design: u32,
-    /// Cross calls completed.
-    pub calls: u64,
-    /// Callbacks run.
-    pub callbacks: u64,
-    /// Invariant violations.
-    pub violations: u64,
+    /// The counters reported as they are.
+    pub counts: DesignCounts,
     /// Cycles from phase start to the first violation (u64::MAX: none).
     pub first_violation_cycles: u64,
-    /// Waits during which the waiting task was switched out.
-    pub waits_preempted: u64,
-    /// Waits that resumed on another vCPU.
-    pub waits_migrated: u64,
-    /// Extra bytes each task carries for this design.
-    pub mask_bytes_per_task: u64,
-    /// Stack bytes one call costs for the mask (stack design), at this
-    /// guest's CPU count.
-    pub stack_bytes_per_call: u64,
-    /// Mask allocations.
-    pub mask_allocs: u64,
-    /// Mask frees.
-    pub mask_frees: u64,
-    /// alloc-in-path allocation failures that fell back to the pinned wait.
-    pub fallbacks: u64,
-    /// csd-lock waits that exceeded the watchdog threshold.
-    pub csd_watchdog_fires: u64,
-    /// Requests the checker could not track (table full).
-    pub unchecked: u64,
-    /// Tasks created in the phase.
-    pub tasks_created: u64,
-    /// Their total creation time in cycles.
+    /// The total creation time of [`DesignCounts::tasks_created`] in cycles.
     pub task_create_cycles: u64,
     /// Length of the phase in cycles.
     pub phase_cycles: u64,
@@ -178,28 +221,8 @@ pub struct DesignResults {
     pub pv: u32,
     /// Those served by KVM's mechanism (the rest: ipivirt's).
     pub pv_kvm: u32,
-    /// Send-IPI hypercalls made.
-    pub pv_send_ipi_calls: u64,
-    /// Directed yields (sched-yield hypercalls) made.
-    pub pv_yields: u64,
-    /// Of those, yields that ended an injected pause early.
-    pub pv_yields_effective: u64,
-    /// Shootdown targets deferred (flush-defer).
-    pub pv_deferrals: u64,
-    /// Deferred callbacks run by their targets.
-    pub pv_deferred_runs: u64,
-    /// Of those committed, run at the target's next observable action (a
-    /// callback, tick or task switch drains first) rather than in the
-    /// FLUSH_DEFER interrupt: the host let the vCPU run before taking it.
-    pub pv_deferred_not_first: u64,
-    /// csd waits that saw their target preempted.
-    pub waits_on_preempted: u64,
-    /// Their total time from the first sighting to the wait's end (cycles).
-    pub preempted_wait_cycles: u64,
-    /// Of those, seen through KVM's steal-time flag.
-    pub preempted_seen_kvm: u64,
-    /// Of those, seen through ipivirt's PV state.
-    pub preempted_seen_ipivirt: u64,
+    /// The PV counters.
+    pub pv_counts: PvCounts,
     /// Cross-call latency (cycles, entry to return; wait=true).
     pub call_latency: Histogram,
     /// Latency probe during the phase.
@@ -292,44 +315,44 @@ pub struct PhaseEnd {
     pub stalled: [StalledTask; STALL_RECORDS],
 }
 
-/// Memory one design's phase used, measured from the guest allocator's own
-/// counter (the bytes it reserves, size-class rounding included), not
-/// computed from the mask size.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct MemoryResults {
-    /// Bytes the allocator reserved for the per-task allocations the
-    /// design's task-creation hook made in the phase.
-    pub hook_bytes: u64,
-    /// Bytes the allocator got back from the design's task-exit hook.
-    pub hook_freed_bytes: u64,
-    /// Task creations that ran the hook in the phase.
-    pub hook_tasks: u64,
-    /// Of those, creations the hook refused (its allocation failed,
-    /// injected or real): the task was not created.
-    pub hook_failures: u64,
-    /// Size of the pointer-sized field every task carries in every design
-    /// (`Task::hook_slot`, the series' addition to `task_struct`).
-    pub task_field_bytes: u64,
-    /// Deepest stack the wait used below the design dispatch, in bytes
-    /// (measured from addresses of locals; 0: no waiting call).
-    pub wait_stack_bytes: u64,
-    /// The allocator's bytes in use when the phase started.
-    pub heap_before: u64,
-    /// The same after the phase quiesced (equal to `heap_before` unless
-    /// something leaked or a cfd was allocated on a first call).
-    pub heap_after: u64,
+plain_group! {
+    /// Memory one design's phase used, measured from the guest allocator's own
+    /// counter (the bytes it reserves, size-class rounding included), not
+    /// computed from the mask size.
+    pub struct MemoryResults {
+        /// Bytes the allocator reserved for the per-task allocations the
+        /// design's task-creation hook made in the phase.
+        pub hook_bytes: u64,
+        /// Bytes the allocator got back from the design's task-exit hook.
+        pub hook_freed_bytes: u64,
+        /// Task creations that ran the hook in the phase.
+        pub hook_tasks: u64,
+        /// Of those, creations the hook refused (its allocation failed,
+        /// injected or real): the task was not created.
+        pub hook_failures: u64,
+        /// Size of the pointer-sized field every task carries in every design
+        /// (`Task::hook_slot`, the series' addition to `task_struct`).
+        pub task_field_bytes: u64,
+        /// Deepest stack the wait used below the design dispatch, in bytes
+        /// (measured from addresses of locals; 0: no waiting call).
+        pub wait_stack_bytes: u64,
+        /// The allocator's bytes in use when the phase started.
+        pub heap_before: u64,
+        /// The same after the phase quiesced (equal to `heap_before` unless
+        /// something leaked or a cfd was allocated on a first call).
+        pub heap_after: u64,
+    }
 }
 
-/// The tasks one phase spawned, by kind: what the guest really started
-/// for `--issuers-per-cpu`, `--hogs-per-cpu` and `--initiators`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShapeCounts {
-    /// IPI-issuing tasks created.
-    pub issuers: u32,
-    /// CPU-bound tasks that send no IPI created.
-    pub hogs: u32,
+plain_group! {
+    /// The tasks one phase spawned, by kind: what the guest really started
+    /// for `--issuers-per-cpu`, `--hogs-per-cpu` and `--initiators`.
+    pub struct ShapeCounts {
+        /// IPI-issuing tasks created.
+        pub issuers: u32,
+        /// CPU-bound tasks that send no IPI created.
+        pub hogs: u32,
+    }
 }
 
 // SAFETY: repr(C) of two u32: no padding.
@@ -348,11 +371,16 @@ unsafe impl Pod for PhaseEnd {}
 unsafe impl Pod for MemoryResults {}
 // SAFETY: repr(C) of u64s: no padding.
 unsafe impl Pod for HotplugCounts {}
+// SAFETY: repr(C) of u64s: no padding.
+unsafe impl Pod for DesignCounts {}
+// SAFETY: repr(C) of u64s: no padding.
+unsafe impl Pod for PvCounts {}
 const _: () = assert!(
     size_of::<DesignResults>()
-        == 8 + 16 * 8
+        == 8 + size_of::<DesignCounts>()
+            + 3 * 8
             + 8
-            + 10 * 8
+            + size_of::<PvCounts>()
             + 2 * size_of::<Histogram>()
             + 8 * size_of::<ViolationRecord>()
             + size_of::<HotplugCounts>()
@@ -365,6 +393,8 @@ const _: () = assert!(
 const _: () = assert!(size_of::<StalledTask>() == 40);
 const _: () = assert!(size_of::<PhaseEnd>() == 32 + STALL_RECORDS * 40);
 const _: () = assert!(size_of::<MemoryResults>() == 64);
+const _: () = assert!(size_of::<DesignCounts>() == 13 * 8);
+const _: () = assert!(size_of::<PvCounts>() == 10 * 8);
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,25 @@
 
 use core::mem::size_of;
 
+/// Declares a plain-data result group: `repr(C)`, `Copy`, zero by
+/// default, comparable, and (with the `serde` feature, in the VMM)
+/// serialised whole under its field names, a missing field reading as 0.
+/// One definition of what a group is, so that a counter added to a group
+/// needs no copy or mirror anywhere.
+macro_rules! plain_group {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[cfg_attr(
+            feature = "serde",
+            derive(serde::Serialize, serde::Deserialize),
+            serde(default)
+        )]
+        pub struct $name { $($body)* }
+    };
+}
+
 pub mod control;
 pub mod design;
 pub mod hist;
@@ -49,8 +68,9 @@ pub use control::{
     DEFAULT_QUIESCE_BOUND_US,
 };
 pub use design::{
-    phase_status, task_state, violation, Design, DesignResults, HotplugCounts, MemoryResults,
-    PhaseEnd, ShapeCounts, StalledTask, ViolationKind, ViolationRecord, NO_WAIT, STALL_RECORDS,
+    phase_status, task_state, violation, Design, DesignCounts, DesignResults, HotplugCounts,
+    MemoryResults, PhaseEnd, PvCounts, ShapeCounts, StalledTask, ViolationKind, ViolationRecord,
+    NO_WAIT, STALL_RECORDS,
 };
 pub use hist::Histogram;
 pub use hooks::{TestHook, FLOOD_BYTES};
@@ -68,7 +88,7 @@ pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};
 /// Version of this contract; bumped on every layout change. The VMM writes
 /// it into [`Control::abi_version`], the guest refuses a mismatch and echoes
 /// it in [`Results::abi_version`].
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// [`Control::magic`]: "IPIVCTRL".
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"IPIVCTRL");

@@ -277,25 +277,25 @@ pub struct VcpuStatus {
     pub hotplug: VcpuHotplug,
 }
 
-/// One vCPU's CPU hotplug counters ([`VcpuStatus::hotplug`]), written by
-/// the BSP at the end like the other counters.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VcpuHotplug {
-    /// Times it went offline (dying flush done, halted).
-    pub offlines: u32,
-    /// Times it came back online.
-    pub onlines: u32,
-    /// Cross-call IPIs sent to it while it was offline (0 unless the model
-    /// is broken; counted by the senders).
-    pub ipis_offline: u32,
-    /// Tasks moved off it when it went offline.
-    pub tasks_moved: u32,
-    /// Context switches since it first came back online (it runs tasks
-    /// again; 0 if it never came back).
-    pub switches_since_online: u64,
-    /// Time spent offline, TSC cycles.
-    pub offline_cycles: u64,
+plain_group! {
+    /// One vCPU's CPU hotplug counters ([`VcpuStatus::hotplug`]), written by
+    /// the BSP at the end like the other counters.
+    pub struct VcpuHotplug {
+        /// Times it went offline (dying flush done, halted).
+        pub offlines: u32,
+        /// Times it came back online.
+        pub onlines: u32,
+        /// Cross-call IPIs sent to it while it was offline (0 unless the model
+        /// is broken; counted by the senders).
+        pub ipis_offline: u32,
+        /// Tasks moved off it when it went offline.
+        pub tasks_moved: u32,
+        /// Context switches since it first came back online (it runs tasks
+        /// again; 0 if it never came back).
+        pub switches_since_online: u64,
+        /// Time spent offline, TSC cycles.
+        pub offline_cycles: u64,
+    }
 }
 
 /// Bulky per-vCPU results, at [`layout::vcpu_results_addr`].

@@ -296,13 +296,15 @@ impl Report {
             "ipivirt {}: {} vCPUs on host CPUs {:?}, preempt {}, {} s per design ({})",
             s.workload, s.vcpus, s.host_cpus, s.preempt.mode, s.duration_s, self.platform.verdict
         );
-        let labels: Vec<String> = raw.guest.designs.iter().map(|d| d.label()).collect();
+        // The names are the model's; the curves need the samples behind
+        // its percentiles (the raw histograms, in the same order).
+        let labels: Vec<&str> = self.designs.iter().map(|d| d.design.as_str()).collect();
         let designs: Vec<_> = raw
             .guest
             .designs
             .iter()
             .zip(&labels)
-            .map(|(d, l)| (l.as_str(), &*d.call_latency, &*d.sched_latency))
+            .map(|(d, l)| (*l, &*d.call_latency, &*d.sched_latency))
             .collect();
         let poff: Vec<_> = raw
             .guest
@@ -310,7 +312,7 @@ impl Report {
             .iter()
             .zip(&labels)
             .filter(|(d, _)| d.preempt_off.enabled)
-            .map(|(d, l)| (l.as_str(), &*d.preempt_off.window_max))
+            .map(|(d, l)| (*l, &*d.preempt_off.window_max))
             .collect();
         Some(cdf_svg_with(&title, &designs, &poff, self.tsc_khz))
     }

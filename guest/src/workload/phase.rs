@@ -6,8 +6,9 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::{
-    layout, phase_status, Control, Design, DesignResults, HotplugCounts, MemoryResults, PhaseEnd,
-    StalledTask, TestHook, VcpuResults, Workload, MAX_DESIGNS, NO_WAIT, STALL_RECORDS,
+    layout, phase_status, Control, Design, DesignCounts, DesignResults, HotplugCounts,
+    MemoryResults, PhaseEnd, PvCounts, StalledTask, TestHook, VcpuResults, Workload, MAX_DESIGNS,
+    NO_WAIT, STALL_RECORDS,
 };
 
 use super::checker;
@@ -427,14 +428,22 @@ fn write_design_results(
     let m = &designs::STATS;
     let p = &pv::STATS;
     d.design = design as u32;
-    d.calls = l(&x.calls);
-    d.callbacks = l(&c.callbacks);
-    d.violations = l(&c.violations);
+    d.counts = DesignCounts {
+        calls: l(&x.calls),
+        callbacks: l(&c.callbacks),
+        violations: l(&c.violations),
+        waits_preempted: l(&x.waits_preempted),
+        waits_migrated: l(&x.waits_migrated),
+        mask_bytes_per_task: designs::bytes_per_task(design),
+        stack_bytes_per_call: designs::stack_bytes_per_call(design),
+        mask_allocs: l(&m.allocs),
+        mask_frees: l(&m.frees),
+        fallbacks: l(&m.fallbacks),
+        csd_watchdog_fires: l(&x.watchdog_fires),
+        unchecked: l(&c.unchecked) + phase.spawner.failed,
+        tasks_created: phase.spawner.created,
+    };
     d.first_violation_cycles = l(&c.first_violation);
-    d.waits_preempted = l(&x.waits_preempted);
-    d.waits_migrated = l(&x.waits_migrated);
-    d.mask_bytes_per_task = designs::bytes_per_task(design);
-    d.stack_bytes_per_call = designs::stack_bytes_per_call(design);
     d.phase_end = phase.end;
     d.memory = MemoryResults {
         hook_bytes: l(&m.hook_bytes),
@@ -446,12 +455,6 @@ fn write_design_results(
         heap_before: phase.heap_before,
         heap_after: phase.heap_after,
     };
-    d.mask_allocs = l(&m.allocs);
-    d.mask_frees = l(&m.frees);
-    d.fallbacks = l(&m.fallbacks);
-    d.csd_watchdog_fires = l(&x.watchdog_fires);
-    d.unchecked = l(&c.unchecked) + phase.spawner.failed;
-    d.tasks_created = phase.spawner.created;
     d.task_create_cycles = phase.spawner.create_cycles;
     d.phase_cycles = phase.cycles;
     d.call_latency.clear();
@@ -475,16 +478,18 @@ fn write_design_results(
     d.shape = phase.spawner.shape;
     d.pv = features;
     d.pv_kvm = control.pv_kvm & features;
-    d.pv_send_ipi_calls = l(&p.send_ipi_calls);
-    d.pv_yields = l(&p.yields);
-    d.pv_yields_effective = l(&p.yields_effective);
-    d.pv_deferrals = l(&p.deferrals);
-    d.pv_deferred_runs = l(&p.deferred_runs);
-    d.pv_deferred_not_first = l(&p.deferred_not_first);
-    d.waits_on_preempted = l(&p.waits_on_preempted);
-    d.preempted_wait_cycles = l(&p.preempted_wait_cycles);
-    d.preempted_seen_kvm = l(&p.seen_kvm);
-    d.preempted_seen_ipivirt = l(&p.seen_ipivirt);
+    d.pv_counts = PvCounts {
+        send_ipi_calls: l(&p.send_ipi_calls),
+        yields: l(&p.yields),
+        yields_effective: l(&p.yields_effective),
+        deferrals: l(&p.deferrals),
+        deferred_runs: l(&p.deferred_runs),
+        deferred_not_first: l(&p.deferred_not_first),
+        waits_on_preempted: l(&p.waits_on_preempted),
+        preempted_wait_cycles: l(&p.preempted_wait_cycles),
+        preempted_seen_kvm: l(&p.seen_kvm),
+        preempted_seen_ipivirt: l(&p.seen_ipivirt),
+    };
     let h = &hotplug::STATS;
     let xh = &xcall::HOTPLUG;
     d.hotplug = HotplugCounts {

@@ -166,7 +166,7 @@ pub(super) fn run_text(report: &Report, config: &MachineConfig) -> String {
         lines.push(floor);
     }
     if !raw.guest.designs.is_empty() {
-        lines.push(crate::report::designs_text(raw));
+        lines.push(crate::report::designs_text(report));
     }
     let block = host_block(
         &raw.host,

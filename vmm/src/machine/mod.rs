@@ -9,14 +9,15 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::Console;
 use crate::inject::{self, HostReport, Injector};
-use crate::pv::{HostPv, PvHost, PvHostTotals};
+use crate::pv::{HostPv, PvHost};
+pub use crate::results::BootReport;
 use crate::results::{self, FailureKind, GuestFailure, WatchdogReport};
 use crate::vcpu::{RegisterDump, RunControl, VcpuEvent, VcpuHandle};
 use crate::{memory, Error};
@@ -27,34 +28,6 @@ mod run;
 
 pub use config::{MachineConfig, DEFAULT_DURATION, DEFAULT_KVM_PATH};
 use run::Wait;
-
-/// What a successful boot reports.
-#[derive(Debug, Clone)]
-pub struct BootReport {
-    /// vCPUs created.
-    pub vcpus: u32,
-    /// vCPUs the guest reported online.
-    pub online: u32,
-    /// From VM creation until the guest reported every vCPU online.
-    pub boot_time: Duration,
-    /// Guest TSC frequency (kHz) as KVM reports it.
-    pub tsc_khz: u64,
-    /// Guest-measured time from BSP entry to all online, in TSC cycles.
-    pub guest_boot_cycles: u64,
-    /// The last console lines.
-    pub console_tail: Vec<String>,
-    /// What the guest's kernel reported about the workload.
-    pub guest: results::GuestReport,
-    /// Host-side injection and what host and guest saw (per-vCPU steal
-    /// time, gaps, KVM statistics).
-    pub host: HostReport,
-    /// The host capability probe (run when the run uses PV features).
-    pub pv_probe: Option<HostPv>,
-    /// What the VMM's PV interface served (when the run had it).
-    pub pv_host: Option<PvHostTotals>,
-    /// Stalls of the VMM itself during the run (none: it ran throughout).
-    pub vmm_stalls: crate::stall::StallLog,
-}
 
 /// A VM with its memory and vCPU threads.
 struct Machine {
@@ -136,7 +109,7 @@ pub fn boot(config: &MachineConfig) -> Result<BootReport, Error> {
     }
     match outcome {
         Wait::Done { all_online } => results::boot_report(
-            config,
+            &results::Expected::new(config.vcpus, config.ran_designs(), |i| config.phase_pv(i)),
             &page,
             &memory::read_vcpu_results(&machine.mem, config.vcpus)?,
             machine.tsc_khz,

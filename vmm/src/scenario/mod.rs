@@ -36,18 +36,22 @@ use crate::inject::{self, PreemptMode};
 use crate::machine::{BootReport, MachineConfig};
 use crate::{ConsoleMode, Error};
 
+mod design;
 mod guest;
 mod host;
 mod json;
 mod preset;
 mod status;
 mod validate;
+pub use design::{
+    computed_at_8192, violation_name, Computed8192, DesignSummary, MemoryJson, PhaseEndJson,
+    ShapeCounts, StalledTaskJson, Violation,
+};
 pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
-    cycles_to_ns, violation_name, DesignSummary, HostInfo, HotplugInfo, Latency, Platform,
-    PreemptInfo, PreemptOff, PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeCounts,
-    ShapeInfo, Violation,
+    cycles_to_ns, HostInfo, HotplugInfo, Latency, Platform, PreemptInfo, PreemptOff,
+    PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeInfo,
 };
 pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
