@@ -334,11 +334,13 @@ pub struct PreemptOff {
     /// P99 of every vCPU's window maxima, all vCPUs.
     pub p99_ns: Option<u64>,
     /// The vCPUs that ran IPI-issuing tasks (`--initiators`; every vCPU
-    /// by default).
+    /// by default; empty in a report from before the field).
+    #[serde(default)]
     pub sender_cpus: Vec<u32>,
     /// The series' sender-side figure: the highest per-vCPU P99 among
     /// `sender_cpus` (with one initiator, its P99; null: none of them
     /// measured a window).
+    #[serde(default)]
     pub sender_p99_ns: Option<u64>,
     /// The longest section.
     pub max_ns: Option<u64>,
