@@ -94,7 +94,8 @@ unsafe impl Sync for Cpu {}
 
 // Each CPU's Snapshot fits its slot of the reserved area.
 const _: () = assert!(core::mem::size_of::<Snapshot>() as u64 <= layout::PREEMPT_OFF_SIZE);
-const _: () = assert!(layout::PREEMPT_OFF_SIZE % core::mem::align_of::<Snapshot>() as u64 == 0);
+const _: () =
+    assert!(layout::PREEMPT_OFF_SIZE.is_multiple_of(core::mem::align_of::<Snapshot>() as u64));
 
 #[allow(clippy::declare_interior_mutable_const)] // the array initialiser needs a const
 const CPU_INIT: Cpu = Cpu {
