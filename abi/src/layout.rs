@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use crate::{PvVcpuState, SharedPage, VcpuResults, MAX_VCPUS};
+use crate::{Histogram, PvVcpuState, SharedPage, VcpuResults, MAX_VCPUS};
 
 /// The boot GDT the VMM builds (null, 64-bit code, data).
 pub const GDT_ADDR: u64 = 0x1000;
@@ -26,9 +26,9 @@ pub const IMAGE_ADDR: u64 = 0x40_0000;
 /// The guest image must end below this address.
 pub const IMAGE_LIMIT: u64 = BOOT_STACKS_ADDR;
 /// Per-vCPU boot stacks: vCPU `i` starts with `rsp = boot_stack_top(i)`
-/// (at 32 MiB: the image below holds the preempt-off tracer's per-vCPU
-/// window histograms, about 17 MiB of .bss).
-pub const BOOT_STACKS_ADDR: u64 = 0x200_0000;
+/// (at 16 MiB: the image's largest tables, the preempt-off tracer's window
+/// histograms, live in their own area, [`PREEMPT_OFF_ADDR`], not in .bss).
+pub const BOOT_STACKS_ADDR: u64 = 0x100_0000;
 /// Size of one boot stack.
 pub const BOOT_STACK_SIZE: u64 = 0x4000;
 /// Per-vCPU results ([`VcpuResults`]), vCPU `i` at
@@ -53,8 +53,19 @@ pub const PERCPU_AREA_SIZE: u64 = 32 << 10;
 pub const PV_STATE_ADDR: u64 = PERCPU_AREA_ADDR + MAX_VCPUS as u64 * PERCPU_AREA_SIZE;
 /// Room reserved for the PV state area.
 pub const PV_STATE_SIZE: u64 = 2 << 20;
+/// The preempt-off tracer's per-vCPU figures (guest-private: each vCPU's
+/// histogram of window maxima at 1% buckets, its section counts and
+/// causes; the BSP copies them into the results): vCPU `i`'s at
+/// [`preempt_off_addr`]. A reserved area rather than the image's .bss,
+/// where 1024 of them (17 MiB) pushed the boot stacks and everything
+/// above them up; the VMM only sizes guest RAM to cover it (zeroed, as
+/// all guest RAM starts).
+pub const PREEMPT_OFF_ADDR: u64 = CONSOLE_BUFFERS_ADDR + MAX_VCPUS as u64 * CONSOLE_BUFFER_SIZE;
+/// Room for one vCPU's preempt-off figures: a [`Histogram`] plus the
+/// guest's few counters beside it (the guest asserts its record fits).
+pub const PREEMPT_OFF_SIZE: u64 = 20 << 10;
 /// First byte after the fixed layout: the guest heap starts here.
-pub const FREE_MEM_ADDR: u64 = CONSOLE_BUFFERS_ADDR + MAX_VCPUS as u64 * CONSOLE_BUFFER_SIZE;
+pub const FREE_MEM_ADDR: u64 = PREEMPT_OFF_ADDR + MAX_VCPUS as u64 * PREEMPT_OFF_SIZE;
 /// Per-vCPU console buffers ([`Port::ConsoleBuffer`](crate::Port::ConsoleBuffer)).
 pub const CONSOLE_BUFFERS_ADDR: u64 = PV_STATE_ADDR + PV_STATE_SIZE;
 /// Size of one console buffer: the most one console write sends.
@@ -64,6 +75,16 @@ pub const CONSOLE_BUFFER_SIZE: u64 = 0x1000;
 pub const fn console_buffer(index: u32) -> u64 {
     CONSOLE_BUFFERS_ADDR + index as u64 * CONSOLE_BUFFER_SIZE
 }
+
+/// Guest-physical address of vCPU `index`'s preempt-off figures.
+pub const fn preempt_off_addr(index: u32) -> u64 {
+    PREEMPT_OFF_ADDR + index as u64 * PREEMPT_OFF_SIZE
+}
+
+// The histogram and at least 1 KiB of counters fit one vCPU's slot, and
+// every slot is page-aligned.
+const _: () = assert!(size_of::<Histogram>() as u64 + 1024 <= PREEMPT_OFF_SIZE);
+const _: () = assert!(PREEMPT_OFF_ADDR % 0x1000 == 0 && PREEMPT_OFF_SIZE % 0x1000 == 0);
 
 /// Guest-physical address of vCPU `index`'s PV state.
 pub const fn pv_state_addr(index: u32) -> u64 {
@@ -115,5 +136,8 @@ mod tests {
         assert_eq!(boot_stack_top(MAX_VCPUS as u32 - 1), VCPU_RESULTS_ADDR);
         assert_eq!(USER_WINDOW_ADDR % (2 << 20), 0);
         assert_eq!(FREE_MEM_ADDR % (2 << 20), 0);
+        // The fixed areas follow each other without overlap.
+        assert_eq!(PREEMPT_OFF_ADDR, console_buffer(MAX_VCPUS as u32));
+        assert_eq!(preempt_off_addr(MAX_VCPUS as u32), FREE_MEM_ADDR);
     }
 }

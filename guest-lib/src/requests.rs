@@ -35,6 +35,9 @@ pub struct Request {
     /// Targets still to run, plus one for the caller's return; 0: free.
     remaining: AtomicU32,
     returned: AtomicBool,
+    /// The waiting caller's targets were checked where its wait returned
+    /// ([`RequestTable::wait_returned`]), so `end` does not check again.
+    checked: AtomicBool,
     wait: AtomicBool,
     /// Written by the caller before the call; callbacks must see it.
     payload: AtomicU64,
@@ -52,6 +55,7 @@ impl Request {
             deferred: [const { AtomicU64::new(0) }; MAX_WORDS],
             remaining: AtomicU32::new(0),
             returned: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
             wait: AtomicBool::new(false),
             payload: AtomicU64::new(0),
             reply: AtomicU64::new(0),
@@ -118,6 +122,7 @@ impl<const SLOTS: usize> RequestTable<SLOTS> {
             r.deferred[i].store(0, Ordering::Relaxed);
         }
         r.returned.store(false, Ordering::Relaxed);
+        r.checked.store(false, Ordering::Relaxed);
         r.wait.store(wait, Ordering::Relaxed);
         // Release: the request's fields before the id callbacks check.
         r.id.store(id, Ordering::Release);
@@ -228,25 +233,50 @@ impl<const SLOTS: usize> RequestTable<SLOTS> {
         r.release();
     }
 
-    /// The caller of `token` returns: for a waiting call, every target must
-    /// have run (deferred ones run later); `report` gets each one that did
-    /// not.
-    pub fn end(&self, token: usize, mut report: impl FnMut(Violation)) {
+    /// The waiting call of `token` just returned from its wait (`skipped`:
+    /// the offline targets it left out): every target must have run now;
+    /// `report` gets each one that did not. A callback after this is one
+    /// after the return. Its caller's [`end`](Self::end) does not check
+    /// again.
+    pub fn wait_returned(&self, token: usize, skipped: &CpuMask, report: impl FnMut(Violation)) {
+        self.skip(token, skipped);
         let Some(r) = self.slot(token) else {
             return;
         };
-        let id = r.id.load(Ordering::Relaxed);
         if r.wait.load(Ordering::Relaxed) {
-            for i in 0..nr_words() {
-                let missing = r.targets[i].load(Ordering::Relaxed)
-                    & !r.ran[i].load(Ordering::Acquire)
-                    & !r.deferred[i].load(Ordering::Acquire);
-                for_each_cpu(
-                    1,
-                    |_| missing,
-                    |c| report((violation::NOT_RUN, i as u32 * 64 + c, id)),
-                );
-            }
+            Self::check_ran(r, report);
+            r.checked.store(true, Ordering::Relaxed);
+            // Release: a callback that sees this runs after the return.
+            r.returned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Reports every target of the waiting request `r` that has not run
+    /// (deferred ones run later).
+    fn check_ran(r: &Request, mut report: impl FnMut(Violation)) {
+        let id = r.id.load(Ordering::Relaxed);
+        for i in 0..nr_words() {
+            let missing = r.targets[i].load(Ordering::Relaxed)
+                & !r.ran[i].load(Ordering::Acquire)
+                & !r.deferred[i].load(Ordering::Acquire);
+            for_each_cpu(
+                1,
+                |_| missing,
+                |c| report((violation::NOT_RUN, i as u32 * 64 + c, id)),
+            );
+        }
+    }
+
+    /// The caller of `token` returns: for a waiting call, every target must
+    /// have run (deferred ones run later; checked here unless
+    /// [`wait_returned`](Self::wait_returned) did); `report` gets each one
+    /// that did not.
+    pub fn end(&self, token: usize, report: impl FnMut(Violation)) {
+        let Some(r) = self.slot(token) else {
+            return;
+        };
+        if r.wait.load(Ordering::Relaxed) && !r.checked.load(Ordering::Relaxed) {
+            Self::check_ran(r, report);
         }
         r.returned.store(true, Ordering::Release);
         r.release();
@@ -350,6 +380,30 @@ mod tests {
                 Some((violation::RAN_AFTER_RETURN, 5, id))
             );
             assert!(lost(&t).is_empty());
+        });
+    }
+
+    #[test]
+    fn a_call_is_checked_where_its_wait_returned_and_not_again_at_its_end() {
+        with_cpus(4, || {
+            let t = RequestTable::<2>::new();
+            let tok = t.begin(&mask(&[1, 2, 3]), true);
+            let id = t.id(tok);
+            assert_eq!(ran(&t, tok, 1, false), None);
+            // Target 3 went offline and was left out; 2 has not run yet.
+            let mut seen = Vec::new();
+            t.wait_returned(tok, &mask(&[3]), |v| seen.push(v));
+            assert_eq!(seen, [(violation::NOT_RUN, 2, id)]);
+            // Its callback runs before the caller's end: after the return.
+            assert_eq!(
+                ran(&t, tok, 2, false),
+                Some((violation::RAN_AFTER_RETURN, 2, id))
+            );
+            assert!(ended(&t, tok).is_empty());
+            assert!(lost(&t).is_empty());
+            // Skipping 3 again (the caller's own skip) releases nothing twice.
+            t.skip(tok, &mask(&[3]));
+            assert_ne!(t.begin(&mask(&[0]), false), 0);
         });
     }
 

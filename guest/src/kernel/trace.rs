@@ -17,8 +17,9 @@
 //! The cause of a section is the tag that was current for most of its
 //! time; the layers above tag their regions with [`cause`] (only while
 //! pinned: the tag is per CPU). Per phase ([`begin_phase`]) each CPU keeps
-//! a histogram of its window maxima; the BSP reads it with [`with_snapshot`]
-//! after [`end_phase`]. Windows are per CPU, starting at its first section
+//! a histogram of its window maxima (in the reserved area
+//! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 17 KiB per possible
+//! vCPU); the BSP reads it with [`with_snapshot`] after [`end_phase`]. Windows are per CPU, starting at its first section
 //! end in the phase; a window is counted only if it ends by the phase's end;
 //! a window in which no section ended counts as 0, in no cause.
 
@@ -26,7 +27,7 @@ use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use abi::preempt_off::cause as causes;
-use abi::{Histogram, PreemptOffCause, MAX_VCPUS};
+use abi::{layout, Histogram, PreemptOffCause, MAX_VCPUS};
 
 use crate::kernel::{arch, percpu, sched};
 
@@ -54,7 +55,7 @@ pub struct Snapshot {
     pub causes: [PreemptOffCause; causes::COUNT],
 }
 
-/// An all-zero histogram (so the table lives in .bss); reset before use.
+/// An all-zero histogram (the read buffer lives in .bss).
 const ZERO_HIST: Histogram = Histogram {
     count: 0,
     sum: 0,
@@ -69,7 +70,8 @@ const ZERO_CAUSE: PreemptOffCause = PreemptOffCause { windows: 0, max: 0 };
 /// with the section's pin in force (preemption or interrupts off), so an
 /// interrupt on that CPU never sees them half-updated: its handler touches
 /// them only when it interrupted a preemptible context, where no hook is
-/// running. `data` is also read by the BSP, under the `seq` count.
+/// running. Its [`Snapshot`] (`data`) is also read by the BSP, under the
+/// `seq` count.
 struct Cpu {
     /// TSC at which the open section started (0: none open).
     start: Cell<u64>,
@@ -82,14 +84,18 @@ struct Cpu {
     win_end: Cell<u64>,
     win_max: Cell<u64>,
     win_cause: Cell<usize>,
-    /// Odd while the owner writes `data`.
+    /// Odd while the owner writes its `data`.
     seq: AtomicU32,
-    data: UnsafeCell<Snapshot>,
 }
 
-// SAFETY: see `Cpu`: the Cells are owner-only, `data` is written by its
-// owner under `seq` and read by others with the seqlock protocol.
+// SAFETY: see `Cpu`: the Cells are owner-only (its data is written by its
+// owner under `seq` and read by others with the seqlock protocol).
 unsafe impl Sync for Cpu {}
+
+// Each CPU's Snapshot fits its slot of the reserved area.
+const _: () = assert!(core::mem::size_of::<Snapshot>() as u64 <= layout::PREEMPT_OFF_SIZE);
+const _: () =
+    assert!(layout::PREEMPT_OFF_SIZE.is_multiple_of(core::mem::align_of::<Snapshot>() as u64));
 
 #[allow(clippy::declare_interior_mutable_const)] // the array initialiser needs a const
 const CPU_INIT: Cpu = Cpu {
@@ -101,16 +107,19 @@ const CPU_INIT: Cpu = Cpu {
     win_max: Cell::new(0),
     win_cause: Cell::new(causes::OTHER),
     seq: AtomicU32::new(0),
-    data: UnsafeCell::new(Snapshot {
-        epoch: 0,
-        sections: 0,
-        unmatched: 0,
-        windows: ZERO_HIST,
-        causes: [ZERO_CAUSE; causes::COUNT],
-    }),
 };
 
 static CPUS: [Cpu; MAX_VCPUS] = [CPU_INIT; MAX_VCPUS];
+
+/// CPU `c`'s figures, in its slot of the reserved area (identity-mapped,
+/// zero at boot like all guest RAM: the all-zero Snapshot the static
+/// initialiser gave before; epoch 0 is never a phase's, so the first
+/// section a CPU ends in a phase resets it).
+fn data(c: &Cpu) -> *mut Snapshot {
+    // SAFETY: `c` is an element of CPUS (the only Cpus there are).
+    let index = unsafe { (c as *const Cpu).offset_from(CPUS.as_ptr()) };
+    layout::preempt_off_addr(index as u32) as *mut Snapshot
+}
 
 fn this_cpu() -> &'static Cpu {
     &CPUS[percpu::cpu_id() as usize]
@@ -170,7 +179,7 @@ pub fn with_snapshot(cpu: u32, f: impl FnOnce(&Snapshot)) {
         // SAFETY: plain integers copied into the buffer READING gives us;
         // a copy torn by the owner's concurrent write is detected by the
         // sequence count below and retried (the seqlock protocol).
-        unsafe { core::ptr::copy_nonoverlapping(c.data.get(), buf, 1) };
+        unsafe { core::ptr::copy_nonoverlapping(data(c), buf, 1) };
         fence(Ordering::Acquire);
         if c.seq.load(Ordering::Relaxed) == s1 {
             break;
@@ -184,14 +193,14 @@ pub fn with_snapshot(cpu: u32, f: impl FnOnce(&Snapshot)) {
     READING.store(false, Ordering::Release);
 }
 
-/// Owner-only write of `c.data` under the sequence count.
+/// Owner-only write of `c`'s data under the sequence count.
 fn write_data(c: &Cpu, f: impl FnOnce(&mut Snapshot)) {
     let s = c.seq.load(Ordering::Relaxed);
     c.seq.store(s.wrapping_add(1), Ordering::Relaxed);
     fence(Ordering::Release);
     // SAFETY: only this CPU writes its data, and it runs pinned (see Cpu);
     // readers retry while the count is odd.
-    f(unsafe { &mut *c.data.get() });
+    f(unsafe { &mut *data(c) });
     c.seq.store(s.wrapping_add(2), Ordering::Release);
 }
 
@@ -266,7 +275,7 @@ fn account(cpu: &Cpu, now: u64, len: u64, top: usize) {
     let window = WINDOW.load(Ordering::Relaxed);
     let phase_end = PHASE_END.load(Ordering::Acquire);
     // SAFETY: owner-only read of its own data (see Cpu).
-    if unsafe { (*cpu.data.get()).epoch } != epoch {
+    if unsafe { (*data(cpu)).epoch } != epoch {
         // In place: a Snapshot is too big for an interrupt stack.
         write_data(cpu, |d| {
             d.epoch = epoch;

@@ -37,6 +37,8 @@ pub fn record_latency(cycles: u64) {
 /// System-call context: interrupts off on entry and on return.
 pub fn checked_call(targets: &CpuMask, wait: bool, call: impl FnOnce(usize) -> CpuMask) -> usize {
     let token = checker::begin(targets, wait);
+    // Every checked call passes its token as the callback's argument.
+    checker::expect_return(token, token);
     let start = arch::rdtsc();
     // SAFETY: the kernel is fully set up; cross calls run with interrupts on.
     unsafe { arch::irq_enable() };

@@ -44,6 +44,7 @@ pub unsafe fn install() {
             defer,
             undefer,
             deferred_run: on_deferred_callback,
+            wait_returned,
         })
     };
 }
@@ -225,9 +226,30 @@ fn run(token: usize, deferred: bool) {
     TABLE.run(token, percpu::cpu_id(), deferred, report);
 }
 
+/// The caller of `token` is about to make its call with callback argument
+/// `info`: a waiting call is then checked where its wait returns
+/// ([`wait_returned`]), not only when the caller gets back to [`end`]
+/// (after the call's return path and the system call's interrupt-off
+/// transition, emulated in the plain kernel, in which an under-wait's
+/// skipped callback usually runs unseen).
+pub fn expect_return(token: usize, info: usize) {
+    if token != 0 {
+        xcall::tasks::arm_return(token, info);
+    }
+}
+
+/// The observer hook: the running task's armed call (if this is it)
+/// returned from its wait.
+fn wait_returned(info: usize, skipped: &CpuMask) {
+    if let Some(token) = xcall::tasks::take_armed(info) {
+        TABLE.wait_returned(token, skipped, report);
+    }
+}
+
 /// The caller of `token` returns: for a waiting call, every target must
-/// have run.
+/// have run (checked here unless its wait's return was).
 pub fn end(token: usize) {
+    xcall::tasks::disarm();
     TABLE.end(token, report);
 }
 

@@ -175,6 +175,7 @@ fn one(seed: u64) {
     let token = checker::begin(&expected, wait);
     checker::set_payload(token);
     let info = token | (prim << PRIM_SHIFT) | salt;
+    checker::expect_return(token, info);
     let start = arch::rdtsc();
     // SAFETY: the kernel is set up; cross calls run with interrupts on.
     unsafe { arch::irq_enable() };

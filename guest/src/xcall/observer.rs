@@ -3,6 +3,8 @@
 //! that the cross-call core never names the checker. Each hook is called
 //! where the core sees the event; without an observer they do nothing.
 
+use guest_lib::cpumask::CpuMask;
+
 use crate::kernel::sync::BootCell;
 
 /// The observer's hooks (plain functions: called on the call paths, with
@@ -25,11 +27,18 @@ pub struct CallObserver {
     pub undefer: fn(token: usize, cpu: u32),
     /// flush-defer: this CPU ran the work deferred to it for `token`.
     pub deferred_run: fn(token: usize),
+    /// A waiting call with callback argument `info` just returned from its
+    /// wait (`skipped`: the offline targets it left out): the instant it
+    /// claims every callback ran, where the checker looks at it (the
+    /// caller's own check comes later, by when a skipped callback has
+    /// usually run: an under-wait the checker would not see).
+    pub wait_returned: fn(info: usize, skipped: &CpuMask),
 }
 
 fn ignore_cpu(_: u32) {}
 fn ignore_token_cpu(_: usize, _: u32) {}
 fn ignore_token(_: usize) {}
+fn ignore_return(_: usize, _: &CpuMask) {}
 
 static OBSERVER: BootCell<CallObserver> = BootCell::new(CallObserver {
     csd_reinit: ignore_cpu,
@@ -38,6 +47,7 @@ static OBSERVER: BootCell<CallObserver> = BootCell::new(CallObserver {
     defer: ignore_token_cpu,
     undefer: ignore_token_cpu,
     deferred_run: ignore_token,
+    wait_returned: ignore_return,
 });
 
 /// Installs the observer (once).

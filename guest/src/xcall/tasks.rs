@@ -26,6 +26,10 @@ struct Entry {
     waits_on: AtomicU32,
     /// Stack address the running call's wait depth is measured from.
     wait_base: AtomicU64,
+    /// The checker's token of the waiting call the task makes (0: none)
+    /// and that call's callback argument (see [`arm_return`]).
+    armed_token: AtomicU64,
+    armed_info: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)] // array initialiser
@@ -34,6 +38,8 @@ const ENTRY_INIT: Entry = Entry {
     id: AtomicU64::new(0),
     waits_on: AtomicU32::new(NO_WAIT),
     wait_base: AtomicU64::new(0),
+    armed_token: AtomicU64::new(0),
+    armed_info: AtomicU64::new(0),
 };
 
 static TABLE: [Entry; SLOTS] = [ENTRY_INIT; SLOTS];
@@ -58,6 +64,7 @@ pub fn register(t: &Task) {
     if e.task.load(Ordering::Relaxed).is_null() {
         e.id.store(t.id, Ordering::Relaxed);
         e.waits_on.store(NO_WAIT, Ordering::Relaxed);
+        e.armed_token.store(0, Ordering::Relaxed);
         e.task
             .store(t as *const Task as *mut Task, Ordering::Relaxed);
     } else {
@@ -103,6 +110,36 @@ pub fn take_wait_base() -> Option<u64> {
     mine()
         .map(|e| e.wait_base.swap(0, Ordering::Relaxed))
         .filter(|&b| b != 0)
+}
+
+/// The running task is about to make the waiting call the checker knows
+/// as `token`, with callback argument `info` (see
+/// [`checker::expect_return`](super::checker::expect_return)).
+pub fn arm_return(token: usize, info: usize) {
+    if let Some(e) = mine() {
+        e.armed_info.store(info as u64, Ordering::Relaxed);
+        e.armed_token.store(token as u64, Ordering::Relaxed);
+    }
+}
+
+/// The token armed by [`arm_return`], once, if the running task armed one
+/// for a call with argument `info` (`None` for any other: a call an
+/// interrupt handler makes, or an unchecked one).
+pub fn take_armed(info: usize) -> Option<usize> {
+    let e = mine()?;
+    let token = e.armed_token.load(Ordering::Relaxed);
+    if token == 0 || e.armed_info.load(Ordering::Relaxed) != info as u64 {
+        return None;
+    }
+    e.armed_token.store(0, Ordering::Relaxed);
+    Some(token as usize)
+}
+
+/// Disarms what [`arm_return`] left (the call returned some other way).
+pub fn disarm() {
+    if let Some(e) = mine() {
+        e.armed_token.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The wait noted by [`waiting`] ended.
