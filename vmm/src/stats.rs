@@ -152,6 +152,15 @@ pub struct Metric {
 /// Which of a design's histograms a [`Metric`] reads.
 pub type HistOf = fn(&DesignReport) -> &Histogram;
 
+/// A figure of the design's preempt-off tracer (None: tracer off or not
+/// measured).
+fn preempt_off_ns(
+    d: &DesignSummary,
+    pick: fn(&crate::scenario::PreemptOff) -> Option<u64>,
+) -> Option<f64> {
+    d.preempt_off.as_ref().and_then(pick).map(|v| v as f64)
+}
+
 fn p99(l: &Latency) -> Option<f64> {
     (l.count > 0).then_some(l.p99 as f64)
 }
@@ -164,24 +173,14 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "sender_preempt_off_p99",
         label: "sender preempt-off P99",
-        value: |d| {
-            d.preempt_off
-                .as_ref()
-                .and_then(|p| p.sender_p99_ns)
-                .map(|v| v as f64)
-        },
+        value: |d| preempt_off_ns(d, |p| p.sender_p99_ns),
         samples: None,
     },
     // The same over every vCPU's windows (targets and bystanders too).
     Metric {
         name: "preempt_off_p99",
         label: "preempt-off P99",
-        value: |d| {
-            d.preempt_off
-                .as_ref()
-                .and_then(|p| p.p99_ns)
-                .map(|v| v as f64)
-        },
+        value: |d| preempt_off_ns(d, |p| p.p99_ns),
         samples: Some((|d| &d.preempt_off.window_max, 990_000)),
     },
     Metric {

@@ -459,17 +459,13 @@ fn write_design_results(
     d.phase_cycles = phase.cycles;
     d.call_latency.clear();
     d.sched_latency.clear();
+    d.probe_split.arrival.clear();
+    d.probe_split.dispatch.clear();
     for cpu in 0..control.nr_vcpus {
         // SAFETY: the phase is over: no task records into these slots.
         let v = unsafe { &*vcpu_results(cpu) };
         d.call_latency.merge(&v.calls);
         d.sched_latency.merge(&v.probe);
-    }
-    d.probe_split.arrival.clear();
-    d.probe_split.dispatch.clear();
-    for cpu in 0..control.nr_vcpus {
-        // SAFETY: as above.
-        let v = unsafe { &*vcpu_results(cpu) };
         d.probe_split.arrival.merge(&v.probe_split.arrival);
         d.probe_split.dispatch.merge(&v.probe_split.dispatch);
     }

@@ -22,11 +22,6 @@ fn lat(l: &Latency, ns: u64) -> String {
     format!("{}{mark}", sig3(ns as f64 / 1e3))
 }
 
-/// A figure in ns as us with one decimal, `-` when not measured.
-fn us1(ns: Option<u64>) -> String {
-    ns.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1e3))
-}
-
 /// A figure in ns as us with 3 significant figures, `-` when not measured.
 fn us3(ns: Option<u64>) -> String {
     ns.map_or("-".into(), |v| sig3(v as f64 / 1e3))
@@ -101,8 +96,8 @@ fn rows(designs: &[DesignSummary], khz: u64) -> Vec<Row> {
     t.row("probe p99 (us)", |d| lat(&p(d), p(d).p99));
     t.row("probe max (us)", |d| lat(&p(d), p(d).max));
     let p99 = |l: Latency| (l.count > 0).then_some(l.p99);
-    t.row("probe arrival p99 (us)", |d| us1(p99(d.probe_arrival_ns)));
-    t.row("probe dispatch p99 (us)", |d| us1(p99(d.probe_dispatch_ns)));
+    t.row("probe arrival p99 (us)", |d| us3(p99(d.probe_arrival_ns)));
+    t.row("probe dispatch p99 (us)", |d| us3(p99(d.probe_dispatch_ns)));
     let poff = |d: &DesignSummary, f: fn(&PreemptOff) -> Option<u64>| {
         us3(d.preempt_off.as_ref().and_then(f))
     };
@@ -200,7 +195,7 @@ fn pv_rows(t: &mut Table, khz: u64) {
         let c = &d.pv_counts;
         let mean = c.preempted_wait_cycles.checked_div(c.waits_on_preempted);
         let ns = mean.map(|m| crate::scenario::cycles_to_ns(m, khz));
-        cell(d, PREEMPTED | SCHED_YIELD, us1(ns))
+        cell(d, PREEMPTED | SCHED_YIELD, us3(ns))
     });
 }
 
