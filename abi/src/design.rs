@@ -291,6 +291,18 @@ pub struct StalledTask {
     pub reserved: u32,
 }
 
+impl StalledTask {
+    /// An unused record (no task, waiting on nothing).
+    pub const EMPTY: StalledTask = StalledTask {
+        id: 0,
+        name: [0; 16],
+        cpu: 0,
+        state: 0,
+        waits_on: NO_WAIT,
+        reserved: 0,
+    };
+}
+
 /// The end of one design's phase (its isolation from the next one): the
 /// next phase starts only once every task of this one finished, so a
 /// phase that cannot quiesce is reported here instead of as violations.

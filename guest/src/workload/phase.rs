@@ -363,14 +363,7 @@ fn run_phase(control: &Control, workload: Workload, design: Design, features: u3
         first_undrained: u32::MAX,
         quiesce_cycles: 0,
         bound_cycles: bound,
-        stalled: [StalledTask {
-            id: 0,
-            name: [0; 16],
-            cpu: 0,
-            state: 0,
-            waits_on: NO_WAIT,
-            reserved: 0,
-        }; STALL_RECORDS],
+        stalled: [StalledTask::EMPTY; STALL_RECORDS],
     };
     let quiesced = wait_for_tasks(live_before, 2000, give_up);
     // The tracer's windows end once the phase's tasks did, before the

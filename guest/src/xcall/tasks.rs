@@ -152,14 +152,7 @@ pub fn wait_done(note: Option<&'static AtomicU32>) {
 /// Tasks alive with an id of at least `first_id` (those created since a
 /// phase began): their number, and the first [`STALL_RECORDS`] of them.
 pub fn report(first_id: u64) -> (u32, [StalledTask; STALL_RECORDS]) {
-    let mut out = [StalledTask {
-        id: 0,
-        name: [0; 16],
-        cpu: 0,
-        state: 0,
-        waits_on: NO_WAIT,
-        reserved: 0,
-    }; STALL_RECORDS];
+    let mut out = [StalledTask::EMPTY; STALL_RECORDS];
     let mut n = 0u32;
     let _g = LOCK.lock();
     for e in TABLE.iter() {
