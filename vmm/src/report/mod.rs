@@ -2,6 +2,7 @@
 //! table in [`designs_text`] (`designs.rs`, rendered from the report model).
 
 mod designs;
+pub(crate) mod summary;
 
 use std::fmt::Write;
 
