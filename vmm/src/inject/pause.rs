@@ -9,13 +9,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::placement;
 use super::schedule::{PlannedPreempt, PreemptStream};
 use super::trace::EventKind;
 use super::{Shared, ThreadOutcome};
 use crate::vcpu::Kicker;
 
 /// Runs the pause injector over all `streams` (one per host CPU) until
-/// stopped.
+/// stopped. SCHED_FIFO when permitted (else at nice -10, else as it is),
+/// as the migration injector: a planned pause more than
+/// [`super::STALE_AFTER`] late is dropped, and at normal priority the
+/// vCPU threads it competes with can delay it that long on a busy host.
 pub(crate) fn run(
     shared: &Shared,
     mut streams: Vec<PreemptStream>,
@@ -23,6 +27,9 @@ pub(crate) fn run(
     max_duty: f64,
 ) -> ThreadOutcome {
     let mut out = ThreadOutcome::default();
+    if placement::set_fifo(1).is_err() {
+        placement::set_nice(-10);
+    }
     let mut next: Vec<PlannedPreempt> = streams.iter_mut().filter_map(Iterator::next).collect();
     let mut last_start: Vec<Option<Instant>> = vec![None; streams.len()];
     while !next.is_empty() {
