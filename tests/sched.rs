@@ -55,8 +55,8 @@ fn test_two_cpu_bound_user_tasks_on_one_vcpu_both_progress() {
         assert_eq!(h.cpus_mask, 1, "only vCPU 0 exists");
     }
     // They share the vCPU through preemption by the tick.
-    assert!(g.vcpus[0].preemptions >= 10, "{:?}", g.vcpus[0]);
-    assert!(g.vcpus[0].ticks >= 10, "{:?}", g.vcpus[0]);
+    assert!(g.vcpus[0].sched.preemptions >= 10, "{:?}", g.vcpus[0]);
+    assert!(g.vcpus[0].sched.ticks >= 10, "{:?}", g.vcpus[0]);
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn test_forced_migration_moves_tasks_across_vcpus() {
         .count();
     assert!(hopped >= 2, "tasks seen on several vCPUs: {:?}", g.hogs);
     assert!(
-        g.vcpus.iter().map(|v| v.migrations_in).sum::<u64>() >= 4,
+        g.vcpus.iter().map(|v| v.sched.migrations_in).sum::<u64>() >= 4,
         "{:?}",
         g.vcpus
     );

@@ -285,7 +285,7 @@ fn test_issuers_and_hogs_reported_are_those_spawned() {
     assert_eq!(shape.initiators, Some(vec![0, 2]));
     // The initiators send the cross calls' IPIs (vCPU 1 runs hogs alone;
     // it may still send the odd reschedule IPI).
-    let sent = |v: usize| r.guest.vcpus[v].counters.ipis_sent;
+    let sent = |v: usize| r.guest.vcpus[v].counters.sched.ipis_sent;
     assert!(sent(0) > 0 && sent(2) > 0, "{:?}", r.guest.vcpus);
     assert!(sent(1) < sent(0).min(sent(2)), "{:?}", r.guest.vcpus);
 

@@ -80,7 +80,7 @@ pub use preempt_off::{PreemptOffCause, PreemptOffCpu, PreemptOffResults, ProbeSp
 pub use pv::PvVcpuState;
 pub use results::{
     panic_state, vcpu_state, verdict, ExceptionRecord, FloorResults, PanicRecord, Results,
-    SharedPage, TaskProgress, VcpuHotplug, VcpuResults, VcpuStatus,
+    SchedCounts, SharedPage, TaskProgress, VcpuHotplug, VcpuResults, VcpuStatus,
 };
 pub use wire::{UnknownName, UnknownValue, WireEnum};
 pub use workload::{torture, TortureCounts, TorturePrimitive, Workload};

@@ -243,18 +243,8 @@ pub struct VcpuStatus {
     pub apic_id: u32,
     /// TSC when the vCPU came online.
     pub online_tsc: u64,
-    /// Context switches on this vCPU.
-    pub context_switches: u64,
-    /// Involuntary switches (a task preempted on return from interrupt).
-    pub preemptions: u64,
-    /// Tasks that migrated to this vCPU.
-    pub migrations_in: u64,
-    /// Scheduler timer ticks handled.
-    pub ticks: u64,
-    /// IPIs this vCPU sent.
-    pub ipis_sent: u64,
-    /// IPIs this vCPU received.
-    pub ipis_received: u64,
+    /// Its scheduler's counters.
+    pub sched: SchedCounts,
     /// Steal time (ns) KVM reported for this vCPU during the workload.
     pub steal_ns: u64,
     /// How often the guest saw KVM's `preempted` flag set for this vCPU.
@@ -275,6 +265,25 @@ pub struct VcpuStatus {
     pub reserved: [u64; 2],
     /// CPU hotplug of this vCPU over the whole run.
     pub hotplug: VcpuHotplug,
+}
+
+plain_group! {
+    /// One vCPU's scheduler counters ([`VcpuStatus::sched`]), written by the
+    /// BSP at the end; the VMM reports them as they are.
+    pub struct SchedCounts {
+        /// Context switches on this vCPU.
+        pub context_switches: u64,
+        /// Involuntary switches (a task preempted on return from interrupt).
+        pub preemptions: u64,
+        /// Tasks that migrated to this vCPU.
+        pub migrations_in: u64,
+        /// Scheduler timer ticks handled.
+        pub ticks: u64,
+        /// IPIs this vCPU sent.
+        pub ipis_sent: u64,
+        /// IPIs this vCPU received.
+        pub ipis_received: u64,
+    }
 }
 
 plain_group! {

@@ -49,8 +49,8 @@ pub fn valid_run(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
         s.state = vcpu_state::ONLINE;
         s.apic_id = i as u32;
         s.mode = abi::guest_mode::PLAIN;
-        s.context_switches = 10 + i as u64;
-        s.ticks = 100;
+        s.sched.context_switches = 10 + i as u64;
+        s.sched.ticks = 100;
     }
     let mut per = Vec::with_capacity(vcpus as usize * VCPU_RESULTS_SIZE);
     for i in 0..u64::from(vcpus) {

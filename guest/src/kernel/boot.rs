@@ -281,12 +281,14 @@ fn write_counters(nr: u32) {
         // SAFETY: the BSP writes the counter fields of every status entry
         // once the program is over (the owners only wrote `state` etc.).
         unsafe {
-            (*s).context_switches = pc.context_switches.get();
-            (*s).preemptions = pc.preemptions.get();
-            (*s).migrations_in = pc.migrations_in.load(Ordering::Relaxed);
-            (*s).ticks = pc.ticks.get();
-            (*s).ipis_sent = pc.ipis_sent.get();
-            (*s).ipis_received = pc.ipis_received.get();
+            (*s).sched = abi::SchedCounts {
+                context_switches: pc.context_switches.get(),
+                preemptions: pc.preemptions.get(),
+                migrations_in: pc.migrations_in.load(Ordering::Relaxed),
+                ticks: pc.ticks.get(),
+                ipis_sent: pc.ipis_sent.get(),
+                ipis_received: pc.ipis_received.get(),
+            };
             (*s).halt_rollbacks = pc.halt_rollbacks.get() as u32;
             (*s).hotplug = hotplug::vcpu_record(c, pc.context_switches.get());
             // The spin workload writes its own (workload-only) figure.

@@ -126,7 +126,7 @@ pub fn scheduler_text(config: &MachineConfig, r: &BootReport) -> String {
         "{:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}{probe_cols}",
         "vCPU", "ctxsw", "preempt", "migr-in", "ticks", "ipi-tx", "ipi-rx"
     );
-    for (i, c) in g.vcpus.iter().enumerate().take(16) {
+    for (i, c) in g.vcpus.iter().map(|v| &v.sched).enumerate().take(16) {
         let h = g.probe_per_vcpu.get(i).copied().unwrap_or_default();
         let probe = if per_design {
             String::new()

@@ -13,18 +13,9 @@ use super::vcpu_statuses;
 /// One vCPU's scheduler counters (also the JSON's `guest.vcpus[]` fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuCounters {
-    /// Context switches.
-    pub context_switches: u64,
-    /// Involuntary switches on return from interrupt.
-    pub preemptions: u64,
-    /// Tasks that migrated to this vCPU.
-    pub migrations_in: u64,
-    /// Timer ticks.
-    pub ticks: u64,
-    /// IPIs sent.
-    pub ipis_sent: u64,
-    /// IPIs received.
-    pub ipis_received: u64,
+    /// The scheduler's counters, flat in the JSON.
+    #[serde(flatten)]
+    pub sched: abi::SchedCounts,
     /// CPU hotplug of this vCPU (all zero without hotplug).
     #[serde(default)]
     pub hotplug: VcpuHotplugCounts,
@@ -188,12 +179,7 @@ pub fn guest_report(
         vcpus: statuses
             .iter()
             .map(|s| VcpuCounters {
-                context_switches: s.context_switches,
-                preemptions: s.preemptions,
-                migrations_in: s.migrations_in,
-                ticks: s.ticks,
-                ipis_sent: s.ipis_sent,
-                ipis_received: s.ipis_received,
+                sched: s.sched,
                 hotplug: s.hotplug,
             })
             .collect(),
