@@ -7,53 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::args::{PreemptArg, RunArgs, RunCmd};
-use super::parse::{ColumnPv, CpuList, Placement, VcpuList, Weights};
+use super::parse::{CpuList, Placement, VcpuList, Weights};
 use super::KVM_PATH_ENV;
 use crate::inject::{self, InjectConfig, PreemptMode};
 use crate::machine::{self, MachineConfig};
 use crate::scenario::Preset;
 use crate::{ConsoleMode, Error};
-
-/// The design columns of a run: those of `--designs`; with `--pv` path
-/// features and no PV column named, the PV columns are added:
-/// `task-local+F` for each feature F (the series with each mechanism
-/// alone), and `upstream+ALL` when there are several (Linux today: the
-/// pinned wait with every PV help).
-pub(super) fn design_columns(
-    list: &[(abi::Design, ColumnPv)],
-    pv: u32,
-) -> (Vec<abi::Design>, Vec<u32>) {
-    use abi::pv::{FLUSH_DEFER, SCHED_YIELD, SEND_IPI};
-    let path = pv & (SEND_IPI | SCHED_YIELD | FLUSH_DEFER);
-    let mut designs = Vec::new();
-    let mut phase = Vec::new();
-    for &(d, c) in list {
-        designs.push(d);
-        phase.push(match c {
-            ColumnPv::Own(bits) => bits,
-            ColumnPv::FromPvFlag => pv,
-        });
-    }
-    let named = list.iter().any(|(_, c)| *c != ColumnPv::Own(0));
-    if path != 0 && !named {
-        let series = if list.iter().any(|(d, _)| *d == abi::Design::TaskLocal) {
-            abi::Design::TaskLocal
-        } else {
-            list.first().map_or(abi::Design::TaskLocal, |d| d.0)
-        };
-        for f in [SEND_IPI, SCHED_YIELD, FLUSH_DEFER] {
-            if path & f != 0 {
-                designs.push(series);
-                phase.push(f);
-            }
-        }
-        if path.count_ones() > 1 {
-            designs.push(abi::Design::Upstream);
-            phase.push(path);
-        }
-    }
-    (designs, phase)
-}
 
 impl RunArgs {
     pub(super) fn machine_config(&self) -> MachineConfig {
@@ -94,10 +53,7 @@ impl RunCmd {
             config.torture_weights = *w;
         }
         let pv = s.pv.map_or(0, |p| p.0);
-        let (designs, design_pv) = design_columns(&s.designs.0, pv);
-        config.designs = designs;
-        config.design_pv = design_pv;
-        config.pv = pv & (abi::pv::STEAL_TIME | abi::pv::PREEMPTED);
+        crate::scenario::set_columns(&mut config, &s.designs.0, pv);
         config.guest_preempt_prob = s.guest_preempt_prob;
         config.alloc_fail_prob = s.alloc_fail_prob;
         config.quiesce_bound = s.quiesce_timeout;

@@ -90,51 +90,12 @@ pub(super) fn parse_pv(s: &str) -> Result<PvList, String> {
     crate::pv::parse_features(s).map(PvList)
 }
 
-/// PV features of a design column: its own, or those of `--pv` (`+pv`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ColumnPv {
-    Own(u32),
-    FromPvFlag,
-}
-
 /// A parsed `--designs` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct DesignList(pub(super) Vec<(abi::Design, ColumnPv)>);
+pub(super) struct DesignList(pub(super) Vec<crate::scenario::DesignColumn>);
 
 pub(super) fn parse_designs(s: &str) -> Result<DesignList, String> {
-    let valid = || {
-        abi::Design::ALL
-            .iter()
-            .map(|d| d.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut out = Vec::new();
-    for item in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let (name, features) = item.split_once('+').unwrap_or((item, ""));
-        let d = abi::Design::ALL
-            .into_iter()
-            .find(|d| d.name() == name)
-            .ok_or_else(|| format!("unknown design '{name}': valid designs are {}", valid()))?;
-        if item.ends_with('+') {
-            return Err(format!("design '{item}' names no PV feature after '+'"));
-        }
-        let pv = match features {
-            "pv" => ColumnPv::FromPvFlag,
-            f => ColumnPv::Own(crate::pv::parse_features(f)?),
-        };
-        if out.contains(&(d, pv)) {
-            return Err(format!("design '{item}' is named twice"));
-        }
-        out.push((d, pv));
-    }
-    if out.is_empty() {
-        return Err(format!("name at least one design: {}", valid()));
-    }
-    if out.len() > abi::MAX_DESIGNS {
-        return Err(format!("at most {} designs per run", abi::MAX_DESIGNS));
-    }
-    Ok(DesignList(out))
+    crate::scenario::parse_columns(s).map(DesignList)
 }
 
 pub(super) fn parse_probability(s: &str) -> Result<f64, String> {

@@ -89,7 +89,55 @@ pub struct MachineConfig {
     pub test_hook_arg: u32,
 }
 
+/// Why a run's design columns cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnError {
+    /// More columns than the guest's results page has room for.
+    #[error("{0} design columns: at most {max} per run", max = abi::MAX_DESIGNS)]
+    TooMany(usize),
+    /// The same design with the same PV features twice.
+    #[error("design column '{0}' appears twice (a `+pv` column needs --pv)")]
+    Twice(String),
+}
+
 impl MachineConfig {
+    /// The design column labels (`task-local+sched-yield`): the design,
+    /// plus the PV features that change its path.
+    pub fn column_labels(&self) -> Vec<String> {
+        self.ran_designs()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let shown = self.phase_pv(i) & !(pv::STEAL_TIME | pv::PREEMPTED);
+                if shown == 0 {
+                    d.name().to_string()
+                } else {
+                    format!("{}+{}", d.name(), crate::pv::feature_names(shown))
+                }
+            })
+            .collect()
+    }
+
+    /// Refuses design columns the guest cannot run: too many, or one
+    /// twice (only where the workload runs per design).
+    pub fn check_columns(&self) -> Result<(), ColumnError> {
+        if !self.workload.per_design() {
+            return Ok(());
+        }
+        if self.designs.len() > abi::MAX_DESIGNS {
+            return Err(ColumnError::TooMany(self.designs.len()));
+        }
+        let labels = self.column_labels();
+        for (i, l) in labels.iter().enumerate() {
+            if (0..i)
+                .any(|j| self.designs[j] == self.designs[i] && self.phase_pv(j) == self.phase_pv(i))
+            {
+                return Err(ColumnError::Twice(l.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// The designs whose results the guest writes (none unless the
     /// workload runs per design).
     pub fn ran_designs(&self) -> Vec<Design> {

@@ -190,9 +190,11 @@ fn guest_kernel(config: &MachineConfig) -> Result<Kernel, Error> {
     })
 }
 
-/// What this machine cannot run whoever built the config: more vCPUs than
-/// the host's KVM allows, more design columns than the control block
-/// holds, the same column twice, a test hook on a vCPU that does not exist.
+/// What this machine cannot run whoever built the config (a library user
+/// may create one without [`crate::Scenario::validate`]): more vCPUs than
+/// the host's KVM allows, design columns the guest cannot run
+/// ([`MachineConfig::check_columns`], validate's check too), a test hook
+/// on a vCPU that does not exist.
 fn check_config(config: &MachineConfig, max_vcpus: u32) -> Result<(), Error> {
     if config.vcpus == 0 || config.vcpus > max_vcpus {
         return Err(Error::Scenario(format!(
@@ -200,27 +202,9 @@ fn check_config(config: &MachineConfig, max_vcpus: u32) -> Result<(), Error> {
             config.vcpus
         )));
     }
-    if config.designs.len() > abi::MAX_DESIGNS {
-        return Err(Error::Scenario(format!(
-            "{} design columns (with the PV columns --pv adds); at most {}: name fewer designs or PV features",
-            config.designs.len(),
-            abi::MAX_DESIGNS
-        )));
-    }
-    for (i, d) in config.designs.iter().enumerate() {
-        let pv = config.phase_pv(i);
-        if config.designs[..i]
-            .iter()
-            .enumerate()
-            .any(|(j, e)| e == d && config.phase_pv(j) == pv)
-        {
-            return Err(Error::Scenario(format!(
-                "design column {} (pv {:#x}) appears twice (a `+pv` column needs --pv)",
-                d.name(),
-                pv
-            )));
-        }
-    }
+    config
+        .check_columns()
+        .map_err(|e| Error::Scenario(e.to_string()))?;
     if config.test_hook_vcpu >= config.vcpus {
         return Err(Error::Scenario(format!(
             "test hook vCPU {} does not exist (vCPUs 0..{})",

@@ -26,7 +26,7 @@ mod config;
 mod create;
 mod run;
 
-pub use config::{MachineConfig, DEFAULT_DURATION, DEFAULT_KVM_PATH};
+pub use config::{ColumnError, MachineConfig, DEFAULT_DURATION, DEFAULT_KVM_PATH};
 use run::Wait;
 
 /// A VM with its memory and vCPU threads.

@@ -36,6 +36,7 @@ use crate::inject::{self, PreemptMode};
 use crate::machine::{BootReport, MachineConfig};
 use crate::{ConsoleMode, Error};
 
+mod columns;
 mod design;
 mod guest;
 mod host;
@@ -43,6 +44,7 @@ mod json;
 mod preset;
 mod status;
 mod validate;
+pub use columns::{parse_columns, phases, set_columns, ColumnPv, DesignColumn};
 pub use design::{
     computed_at_8192, violation_name, Computed8192, DesignSummary, MemoryJson, PhaseEndJson,
     ShapeCounts, StalledTaskJson, Violation,

@@ -90,23 +90,6 @@ impl ScenarioInfo {
     }
 }
 
-/// The design column labels `config` asks for (`task-local+sched-yield`).
-pub fn design_labels(config: &MachineConfig) -> Vec<String> {
-    config
-        .ran_designs()
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let shown = config.phase_pv(i) & !(abi::pv::STEAL_TIME | abi::pv::PREEMPTED);
-            if shown == 0 {
-                d.name().to_string()
-            } else {
-                format!("{}+{}", d.name(), crate::pv::feature_names(shown))
-            }
-        })
-        .collect()
-}
-
 /// The `--json` report of a run that did not finish.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedRun {
@@ -150,7 +133,7 @@ impl FailedRun {
             reason: e.to_string(),
             exit_code: e.exit_code(),
             provenance: provenance.finish(),
-            scenario: ScenarioInfo::new(config, &host, design_labels(config)),
+            scenario: ScenarioInfo::new(config, &host, config.column_labels()),
             elapsed_s: partial.map(|p| p.elapsed.as_secs_f64()),
             online: partial.map(|p| p.online),
             boot_ms: partial.and_then(|p| p.boot_time.map(|t| t.as_secs_f64() * 1e3)),

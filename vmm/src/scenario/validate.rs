@@ -69,12 +69,9 @@ pub enum ScenarioError {
     /// A per-design workload with no design.
     #[error("no design to run: name at least one")]
     NoDesigns,
-    /// More design columns than the guest has room for.
-    #[error("{0} design columns: at most {max} per run", max = abi::MAX_DESIGNS)]
-    TooManyDesigns(usize),
-    /// The same column twice.
-    #[error("design column '{0}' appears twice (a `+pv` column needs --pv)")]
-    DuplicateDesign(String),
+    /// Design columns the guest cannot run (too many, or one twice).
+    #[error(transparent)]
+    Columns(crate::machine::ColumnError),
     /// A duty cycle the injector would cap at `--max-duty`.
     #[error(
         "--preempt-len {len:?} every {every:?} is a {pct:.0}% duty cycle on each host CPU, above \
@@ -191,17 +188,7 @@ impl Scenario {
             if c.designs.is_empty() {
                 return Err(ScenarioError::NoDesigns.into());
             }
-            if c.designs.len() > abi::MAX_DESIGNS {
-                return Err(ScenarioError::TooManyDesigns(c.designs.len()).into());
-            }
-            let labels = super::status::design_labels(c);
-            for (i, l) in labels.iter().enumerate() {
-                let same =
-                    (0..i).any(|j| c.designs[j] == c.designs[i] && c.phase_pv(j) == c.phase_pv(i));
-                if same {
-                    return Err(ScenarioError::DuplicateDesign(l.clone()).into());
-                }
-            }
+            c.check_columns().map_err(ScenarioError::Columns)?;
         }
         if c.torture_weights.iter().any(|&w| w != 0) && c.workload != Workload::Torture {
             return Err(ScenarioError::Unused(
