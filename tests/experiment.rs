@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::json::{number, uint};
 use serde_json::Value;
 
 const QUIET: [&str; 8] = [
@@ -24,18 +25,6 @@ fn quiet_json(args: &[&str]) -> (String, Value) {
     let mut all = args.to_vec();
     all.extend(QUIET);
     common::ipivirt_json(&all)
-}
-
-fn uint(v: &Value, path: &str) -> u64 {
-    v.pointer(path)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{path} is not an unsigned integer in {v}"))
-}
-
-fn number(v: &Value, path: &str) -> f64 {
-    v.pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} is not a number in {v}"))
 }
 
 /// A latency object: every field there, percentiles monotone.
@@ -412,15 +401,7 @@ fn test_sweep_of_two_small_cells() {
         return;
     }
     let _g = common::heavy();
-    let (stdout, r) = quiet_json(&[
-        "sweep",
-        "--host-cpus",
-        "0",
-        "--vcpus-list",
-        "2,3",
-        "--designs",
-        "upstream",
-    ]);
+    let (stdout, r) = quiet_json(&common::TWO_CELL_SWEEP);
     assert!(
         stdout.contains("calls/s") && stdout.contains("probe p99"),
         "{stdout}"

@@ -10,35 +10,26 @@ mod common;
 
 use std::time::Duration;
 
-use ipivirt::inject::{placement, trace::EventKind};
-use ipivirt::{boot, BootReport, ConsoleMode, Design, MachineConfig, PreemptMode, Workload};
-
-const SAFE: [Design; 4] = [
-    Design::Upstream,
-    Design::TaskLocal,
-    Design::Stack,
-    Design::AllocInPath,
-];
+use common::machine::{boot_captured, SAFE_DESIGNS as SAFE};
+use ipivirt::inject::trace::EventKind;
+use ipivirt::{BootReport, Design, PreemptMode, Workload};
 
 /// Torture on 4 vCPUs with the host's hotplug every 20 ms, preemption
 /// (pause: no privileges needed) and vCPU thread migration.
 fn hotplug_run(designs: &[Design], secs: f64, seed: u64) -> BootReport {
-    let mut c = MachineConfig::new(4);
-    c.console = ConsoleMode::Capture;
-    c.timeout = Duration::from_secs(300);
-    c.workload = Workload::Torture;
-    c.designs = designs.to_vec();
-    c.duration = Duration::from_secs_f64(secs);
-    c.seed = seed;
-    c.guest_preempt_prob = 0.2;
-    c.inject.host_cpus = Some(placement::process_cpus().expect("sched_getaffinity"));
-    c.inject.preempt = PreemptMode::Pause;
-    c.inject.preempt_len = Duration::from_micros(200);
-    c.inject.preempt_every = Duration::from_millis(2);
-    c.inject.migrate_every = Some(Duration::from_millis(5));
-    c.inject.hotplug_every = Some(Duration::from_millis(20));
-    c.inject.hotplug_len = Duration::from_millis(10);
-    boot(&c).unwrap_or_else(|e| panic!("hotplug run failed: {e}"))
+    let timeout = Duration::from_secs(300);
+    boot_captured(4, Workload::Torture, secs, timeout, |c| {
+        c.designs = designs.to_vec();
+        c.seed = seed;
+        c.guest_preempt_prob = 0.2;
+        c.inject.host_cpus = Some(common::host::allowed());
+        c.inject.preempt = PreemptMode::Pause;
+        c.inject.preempt_len = Duration::from_micros(200);
+        c.inject.preempt_every = Duration::from_millis(2);
+        c.inject.migrate_every = Some(Duration::from_millis(5));
+        c.inject.hotplug_every = Some(Duration::from_millis(20));
+        c.inject.hotplug_len = Duration::from_millis(10);
+    })
 }
 
 #[test]
@@ -148,14 +139,11 @@ fn test_torture_onoff_mode_without_the_host() {
         return;
     }
     let _heavy = common::heavy();
-    let mut c = MachineConfig::new(4);
-    c.console = ConsoleMode::Capture;
-    c.timeout = Duration::from_secs(300);
-    c.workload = Workload::Torture;
-    c.designs = vec![Design::TaskLocal];
-    c.duration = Duration::from_secs(1);
-    c.torture_onoff = Some(Duration::from_millis(20));
-    let r = boot(&c).unwrap_or_else(|e| panic!("onoff run failed: {e}"));
+    let timeout = Duration::from_secs(300);
+    let r = boot_captured(4, Workload::Torture, 1.0, timeout, |c| {
+        c.designs = vec![Design::TaskLocal];
+        c.torture_onoff = Some(Duration::from_millis(20));
+    });
     let d = &r.guest.designs[0];
     assert_eq!(d.violations, 0, "{:?}", d.violation_log);
     assert!(

@@ -8,30 +8,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::host::{allowed, assert_nothing_left, sample_vcpu_cpus, two_cpus_or_skip};
+use common::json::trace_events;
 use common::{ipivirt, ipivirt_exits, kvm_or_skip, text};
-use ipivirt::inject::placement;
 use ipivirt::inject::trace::EventKind;
-use ipivirt::{boot, BootReport, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
+use ipivirt::{boot, BootReport, MachineConfig, PreemptMode, TestHook};
 
+/// A `spin` run on `host_cpus` with no injection yet and a 30-s timeout.
 fn spin_config(vcpus: u32, host_cpus: Vec<usize>, duration: Duration) -> MachineConfig {
-    let mut c = MachineConfig::new(vcpus);
+    let mut c = common::machine::spin_config(vcpus, duration);
     c.timeout = Duration::from_secs(30);
-    c.workload = Workload::Spin;
-    c.duration = duration;
-    c.inject = InjectConfig {
-        host_cpus: Some(host_cpus),
-        ..InjectConfig::default()
-    };
+    c.inject.host_cpus = Some(host_cpus);
     c
-}
-
-fn allowed() -> Vec<usize> {
-    placement::process_cpus().expect("sched_getaffinity")
 }
 
 fn gap_ms(r: &BootReport, v: usize) -> f64 {
@@ -128,41 +118,14 @@ fn test_migrations_match_timeline_and_move_threads() {
     if !kvm_or_skip() {
         return;
     }
-    let cpus = allowed();
-    if cpus.len() < 2 {
-        eprintln!("skipped: needs two host CPUs");
+    let Some(cpus) = two_cpus_or_skip("this test") else {
         return;
-    }
+    };
     let _serial = common::heavy();
     let mut c = spin_config(2, cpus[..2].to_vec(), Duration::from_secs(1));
     c.inject.migrate_every = Some(Duration::from_millis(2));
     // Sample where the vCPU threads run (field 39 of their stat) meanwhile.
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut seen: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-            while !done.load(Ordering::Relaxed) {
-                for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                    let comm = comm.trim();
-                    if !comm.starts_with("vcpu-") {
-                        continue;
-                    }
-                    let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                    if let Some(cpu) = placement::stat_field(&stat, 39).and_then(|f| f.parse().ok())
-                    {
-                        seen.entry(comm.to_string()).or_default().insert(cpu);
-                    }
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            seen
-        })
-    };
-    let r = boot(&c);
-    done.store(true, Ordering::Relaxed);
-    let seen = sampler.join().unwrap();
+    let (r, seen) = sample_vcpu_cpus(|| boot(&c));
     let r = r.expect("run");
     let h = &r.host;
     assert!(h.migrations_injected > 20, "{h:?}");
@@ -215,7 +178,7 @@ fn test_nothing_left_behind_after_ok_crash_and_timeout() {
         return;
     }
     let _serial = common::heavy();
-    let mask_before = placement::get_affinity(0).unwrap();
+    let mask_before = common::host::affinity();
     let cpus = allowed();
     for (hook, timeout) in [
         (TestHook::None, 30),
@@ -236,17 +199,7 @@ fn test_nothing_left_behind_after_ok_crash_and_timeout() {
             TestHook::Panic => assert_eq!(result.unwrap_err().exit_code(), 3),
             _ => assert_eq!(result.unwrap_err().exit_code(), 4),
         }
-        assert_eq!(
-            common::threads_named("inj-"),
-            Vec::<String>::new(),
-            "{hook:?}"
-        );
-        assert_eq!(
-            common::threads_named("vcpu-"),
-            Vec::<String>::new(),
-            "{hook:?}"
-        );
-        assert_eq!(placement::get_affinity(0).unwrap(), mask_before, "{hook:?}");
+        assert_nothing_left(&mask_before, &format!("{hook:?}"));
         assert_eq!(sched_policy(), 0, "still SCHED_OTHER: {hook:?}");
     }
 }
@@ -317,10 +270,9 @@ fn test_cli_reports_counts_steal_and_writes_valid_trace() {
         assert!(stdout.contains("preemptions_injected"), "{stdout}");
         assert!(stdout.contains("migrations_injected"), "{stdout}");
         assert!(stdout.contains("steal time total"), "{stdout}");
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&trace).unwrap()).expect("valid JSON");
+        let json = common::read_json(&trace);
         let _ = std::fs::remove_file(&trace);
-        let events = json["traceEvents"].as_array().expect("traceEvents");
+        let events = trace_events(&json);
         let injected = events.iter().filter(|e| e["ph"] == "X").count();
         assert!(injected > 0, "{stdout}");
         let count = |name: &str| {

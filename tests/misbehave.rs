@@ -10,8 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ipivirt, ipivirt_exits, kvm_or_skip, text};
-use ipivirt::inject::placement;
-use ipivirt::{boot, InjectConfig, MachineConfig, PreemptMode, TestHook, Workload};
+use ipivirt::{boot, InjectConfig, MachineConfig, TestHook, Workload};
 
 /// Runs `hook` on `vcpu` of a 4-vCPU guest with pause preemption and a
 /// 2 ms migration storm; returns the error's exit code and message after
@@ -23,7 +22,7 @@ fn hooked_with_injection(
     timeout: Duration,
 ) -> (u8, String) {
     let _serial = common::heavy();
-    let mask_before = placement::get_affinity(0).unwrap();
+    let mask_before = common::host::affinity();
     let mut c = MachineConfig::new(4);
     c.timeout = timeout;
     c.test_hook = hook;
@@ -31,27 +30,13 @@ fn hooked_with_injection(
     c.workload = workload;
     c.duration = Duration::from_secs(2);
     c.inject = InjectConfig {
-        host_cpus: Some(placement::process_cpus().unwrap()),
-        preempt: PreemptMode::Pause,
-        preempt_len: Duration::from_micros(200),
-        preempt_every: Duration::from_millis(2),
-        migrate_every: Some(Duration::from_millis(2)),
-        ..InjectConfig::default()
+        host_cpus: Some(common::host::allowed()),
+        ..common::host::pause_and_migrate()
     };
     let started = Instant::now();
     let result = boot(&c);
     let elapsed = started.elapsed();
-    assert_eq!(
-        common::threads_named("inj-"),
-        Vec::<String>::new(),
-        "{hook:?}"
-    );
-    assert_eq!(
-        common::threads_named("vcpu-"),
-        Vec::<String>::new(),
-        "{hook:?}"
-    );
-    assert_eq!(placement::get_affinity(0).unwrap(), mask_before, "{hook:?}");
+    common::host::assert_nothing_left(&mask_before, &format!("{hook:?}"));
     // Ended by its own failure or the watchdog, not by the stop grace.
     assert!(
         elapsed < timeout + Duration::from_secs(4),

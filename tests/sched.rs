@@ -6,21 +6,17 @@ mod common;
 
 use std::time::Duration;
 
-use ipivirt::{boot, BootReport, ConsoleMode, MachineConfig, Workload};
+use common::{quiet_run, NO_INJECTION};
+use ipivirt::{BootReport, MachineConfig, Workload};
 
+/// A run of `workload` for `secs` with a 90-s timeout.
 fn run(
     vcpus: u32,
     workload: Workload,
     secs: f64,
     tune: impl FnOnce(&mut MachineConfig),
 ) -> BootReport {
-    let mut cfg = MachineConfig::new(vcpus);
-    cfg.console = ConsoleMode::Capture;
-    cfg.timeout = Duration::from_secs(90);
-    cfg.workload = workload;
-    cfg.duration = Duration::from_secs_f64(secs);
-    tune(&mut cfg);
-    boot(&cfg).unwrap_or_else(|e| panic!("{workload:?} run failed: {e}"))
+    common::machine::boot_captured(vcpus, workload, secs, Duration::from_secs(90), tune)
 }
 
 #[test]
@@ -134,16 +130,7 @@ fn test_exception_in_user_task_is_reported() {
         return;
     }
     let (_, stderr) = common::ipivirt_exits(
-        &[
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--test-hook",
-            "user-fault",
-            "--test-hook-vcpu",
-            "1",
-        ],
+        &quiet_run("2", &["--test-hook", "user-fault", "--test-hook-vcpu", "1"]),
         3,
     );
     assert!(
@@ -162,20 +149,9 @@ fn test_cli_run_idle_prints_counters_and_probe() {
     if !common::kvm_or_skip() {
         return;
     }
-    let out = common::ipivirt(&[
-        "run",
-        "--quiet",
-        "--vcpus",
-        "2",
-        "--workload",
-        "idle",
-        "--duration",
-        "500ms",
-        "--preempt",
-        "none",
-        "--migrate-every",
-        "0",
-    ]);
+    let mut args = quiet_run("2", &["--workload", "idle", "--duration", "500ms"]);
+    args.extend(NO_INJECTION);
+    let out = common::ipivirt(&args);
     let (stdout, stderr) = common::text(&out);
     assert!(out.status.success(), "{stderr}");
     for needle in [

@@ -8,29 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::host::{allowed, sample_vcpu_cpus, two_cpus_or_skip};
+use common::json::{trace_events, uint};
+use common::machine::spin_config;
 use common::{ipivirt_exits, ipivirt_json, kvm_or_skip};
-use ipivirt::inject::placement;
 use ipivirt::inject::trace::EventKind;
-use ipivirt::{boot, Design, InjectConfig, MachineConfig, PreemptMode, Scenario, Workload};
-
-fn allowed() -> Vec<usize> {
-    placement::process_cpus().expect("sched_getaffinity")
-}
-
-/// A `spin` run of `vcpus` vCPUs with no injection yet.
-fn spin_config(vcpus: u32, duration: Duration) -> MachineConfig {
-    let mut c = MachineConfig::new(vcpus);
-    c.timeout = Duration::from_secs(60);
-    c.workload = Workload::Spin;
-    c.duration = duration;
-    c.inject = InjectConfig::default();
-    c
-}
+use ipivirt::{boot, Design, PreemptMode, Scenario};
 
 #[test]
 fn test_bad_shapes_and_targets_exit_2_before_booting() {
@@ -147,51 +132,14 @@ fn libc_cpu_setsize() -> usize {
     1024 // libc::CPU_SETSIZE: the largest CPU number a list may name, plus one
 }
 
-/// Samples, every 0.5 ms while `run` runs, the host CPU each vCPU thread
-/// of this process is on (field 39 of its stat): vCPU name -> CPU -> count.
-fn sample_vcpu_cpus<T>(run: impl FnOnce() -> T) -> (T, BTreeMap<String, BTreeMap<usize, u32>>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut seen: BTreeMap<String, BTreeMap<usize, u32>> = BTreeMap::new();
-            while !done.load(Ordering::Relaxed) {
-                for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                    let comm = comm.trim();
-                    if !comm.starts_with("vcpu-") {
-                        continue;
-                    }
-                    let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                    if let Some(cpu) = placement::stat_field(&stat, 39).and_then(|f| f.parse().ok())
-                    {
-                        *seen
-                            .entry(comm.to_string())
-                            .or_default()
-                            .entry(cpu)
-                            .or_default() += 1;
-                    }
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            seen
-        })
-    };
-    let r = run();
-    done.store(true, Ordering::Relaxed);
-    (r, sampler.join().unwrap())
-}
-
 #[test]
 fn test_placement_puts_vcpu_threads_on_the_asked_host_cpus() {
     if !kvm_or_skip() {
         return;
     }
-    let cpus = allowed();
-    if cpus.len() < 2 {
-        eprintln!("skipped: needs two host CPUs");
+    let Some(cpus) = two_cpus_or_skip("this test") else {
         return;
-    }
+    };
     let _serial = common::heavy();
     // Not the round-robin spread (which would be c0, c1, c0).
     let asked = vec![cpus[1], cpus[0], cpus[1]];
@@ -310,11 +258,9 @@ fn test_series_scenario_runs_and_its_report_names_it() {
     if !kvm_or_skip() {
         return;
     }
-    let cpus = allowed();
-    if cpus.len() < 2 {
-        eprintln!("skipped: the series scenario needs two host CPUs");
+    let Some(cpus) = two_cpus_or_skip("the series scenario") else {
         return;
-    }
+    };
     let _serial = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("series-trace.json");
@@ -364,14 +310,12 @@ fn test_series_scenario_runs_and_its_report_names_it() {
         .map(|v| v["host_cpu"].as_u64().unwrap() as usize)
         .collect();
     assert_eq!(placed, [c0, c1, c1, c1]);
-    assert!(r["host"]["preemptions_injected"].as_u64().unwrap() > 0);
+    assert!(uint(&r, "/host/preemptions_injected") > 0);
     assert_eq!(r["host"]["migrations_injected"], 0);
     // Every burst (antagonist, or pause without SCHED_FIFO) hit the
     // targets' host CPU, never the initiator's.
     let t = common::read_json(&trace);
-    let bursts: Vec<_> = t["traceEvents"]
-        .as_array()
-        .expect("trace events")
+    let bursts: Vec<_> = trace_events(&t)
         .iter()
         .filter(|e| e["ph"] == "X" && e["cat"] != "phase")
         .collect();

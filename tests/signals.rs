@@ -11,7 +11,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{finish, gone, kvm_or_skip, send_signal, spawn_ipivirt, task_names, wait_until};
-use ipivirt::inject::placement;
 use ipivirt::{boot, Error, InjectConfig, MachineConfig, PreemptMode, Workload};
 
 #[test]
@@ -70,13 +69,13 @@ fn test_signal_in_process_stops_run_and_leaves_nothing() {
         return;
     }
     ipivirt::signals::install().unwrap();
-    let mask_before = placement::get_affinity(0).unwrap();
+    let mask_before = common::host::affinity();
     let mut c = MachineConfig::new(2);
     c.timeout = Duration::from_secs(120);
     c.workload = Workload::Spin;
     c.duration = Duration::from_secs(60);
     c.inject = InjectConfig {
-        host_cpus: Some(placement::process_cpus().unwrap()),
+        host_cpus: Some(common::host::allowed()),
         preempt: PreemptMode::Pause,
         migrate_every: Some(Duration::from_millis(2)),
         ..InjectConfig::default()
@@ -99,7 +98,5 @@ fn test_signal_in_process_stops_run_and_leaves_nothing() {
     assert_eq!((p.online, p.vcpus), (2, 2));
     assert!(p.host.active && p.host.affinity_restored, "{:?}", p.host);
     assert!(p.host.migrations_injected > 0, "{:?}", p.host);
-    assert_eq!(common::threads_named("inj-"), Vec::<String>::new());
-    assert_eq!(common::threads_named("vcpu-"), Vec::<String>::new());
-    assert_eq!(placement::get_affinity(0).unwrap(), mask_before);
+    common::host::assert_nothing_left(&mask_before, "after the interrupted run");
 }

@@ -11,8 +11,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::machine::SAFE_DESIGNS;
+use common::{quiet_run, NO_INJECTION};
 use ipivirt::results::DesignReport;
-use ipivirt::{boot, BootReport, ConsoleMode, Design, MachineConfig, TestHook, Workload};
+use ipivirt::{BootReport, Design, MachineConfig, TestHook, Workload};
 
 fn run(
     vcpus: u32,
@@ -21,16 +23,13 @@ fn run(
     secs: f64,
     tune: impl FnOnce(&mut MachineConfig),
 ) -> BootReport {
-    let mut cfg = MachineConfig::new(vcpus);
-    cfg.console = ConsoleMode::Capture;
-    cfg.timeout = Duration::from_secs(300);
-    cfg.workload = workload;
-    cfg.designs = designs.to_vec();
-    cfg.duration = Duration::from_secs_f64(secs);
-    cfg.guest_preempt_prob = 0.2;
-    cfg.forced_migration = 0.2;
-    tune(&mut cfg);
-    boot(&cfg).unwrap_or_else(|e| panic!("{workload:?} run failed: {e}"))
+    let timeout = Duration::from_secs(300);
+    common::machine::boot_captured(vcpus, workload, secs, timeout, |cfg| {
+        cfg.designs = designs.to_vec();
+        cfg.guest_preempt_prob = 0.2;
+        cfg.forced_migration = 0.2;
+        tune(cfg);
+    })
 }
 
 fn assert_clean(d: &DesignReport) {
@@ -69,17 +68,22 @@ fn assert_clean(d: &DesignReport) {
     );
 }
 
+/// A phase that ended well: quiesced, no violation, some calls, and as
+/// many mask frees as allocations.
+fn assert_quiesced(d: &DesignReport) {
+    let name = d.design.name();
+    assert_eq!(d.phase_end.status_name(), "quiesced", "{name}");
+    assert_eq!(d.violations, 0, "{name}: {:?}", d.violation_log);
+    assert!(d.calls > 0, "{name}");
+    assert_eq!(d.mask_allocs, d.mask_frees, "{name}");
+}
+
 #[test]
 fn test_safe_designs_never_violate_under_preemption_and_migration() {
     if !common::kvm_or_skip() {
         return;
     }
-    let safe = [
-        Design::Upstream,
-        Design::TaskLocal,
-        Design::Stack,
-        Design::AllocInPath,
-    ];
+    let safe = SAFE_DESIGNS;
     let r = run(4, Workload::Shootdown, &safe, 3.0, |c| {
         c.alloc_fail_prob = 0.1
     });
@@ -138,13 +142,8 @@ fn test_ping_single_target_calls_are_exactly_once() {
     if !common::kvm_or_skip() {
         return;
     }
-    let r = run(
-        4,
-        Workload::Ping,
-        &[Design::Upstream, Design::TaskLocal],
-        2.0,
-        |_| {},
-    );
+    let designs = [Design::Upstream, Design::TaskLocal];
+    let r = run(4, Workload::Ping, &designs, 2.0, |_| {});
     for d in &r.guest.designs {
         assert_clean(d);
         assert_eq!(
@@ -235,9 +234,7 @@ fn test_task_local_mask_is_allocated_above_64_vcpus() {
     );
     for d in &r.guest.designs {
         let (m, name) = (&d.memory, d.design.name());
-        assert_eq!(d.phase_end.status_name(), "quiesced", "{name}");
-        assert_eq!(d.violations, 0, "{name}: {:?}", d.violation_log);
-        assert!(d.calls > 0, "{name}");
+        assert_quiesced(d);
         assert_eq!(m.task_field_bytes, 8, "{name}");
         // One mask per created task, none for a refused one.
         assert_eq!(m.hook_tasks - m.hook_failures, d.mask_allocs, "{name}");
@@ -250,7 +247,6 @@ fn test_task_local_mask_is_allocated_above_64_vcpus() {
         // of it back.
         assert_eq!(m.hook_bytes, 16 * d.mask_allocs, "{name}");
         assert_eq!(m.hook_freed_bytes, m.hook_bytes, "{name}: leaked");
-        assert_eq!(d.mask_allocs, d.mask_frees, "{name}");
         // Creation failures happened, were counted, and refused the task.
         assert!(m.hook_failures > 0, "{name}: no injected failure");
         assert!(d.unchecked >= m.hook_failures, "{name}");
@@ -271,23 +267,14 @@ fn test_safe_designs_at_128_vcpus_have_isolated_phases_and_no_violations() {
         eprintln!("NOT RUN in the plain guest kernel: 128 emulated vCPUs take longer than the test's bound");
         return;
     }
-    let safe = [
-        Design::Upstream,
-        Design::TaskLocal,
-        Design::Stack,
-        Design::AllocInPath,
-    ];
+    let safe = SAFE_DESIGNS;
     let r = run(128, Workload::Shootdown, &safe, 0.5, |c| {
         c.issuers_per_cpu = 1;
         c.hogs_per_cpu = 0;
     });
     for d in &r.guest.designs {
-        let name = d.design.name();
-        assert_eq!(d.phase_end.status_name(), "quiesced", "{name}");
-        assert_eq!(d.violations, 0, "{name}: {:?}", d.violation_log);
-        assert!(d.calls > 0, "{name}");
-        assert_eq!(d.unchecked, 0, "{name}");
-        assert_eq!(d.mask_allocs, d.mask_frees, "{name}");
+        assert_quiesced(d);
+        assert_eq!(d.unchecked, 0, "{}", d.design.name());
     }
     // 128 CPUs: two words in task-local's mask, 16 B.
     assert_eq!(r.guest.designs[1].mask_bytes_per_task, 16);
@@ -299,18 +286,13 @@ fn test_a_phase_that_cannot_quiesce_is_a_stall() {
         return;
     }
     // The hook adds a task on vCPU 1 that waits for a csd of vCPU 2 that
-    // nobody unlocks: the first phase cannot quiesce.
-    let r = run(
-        4,
-        Workload::Shootdown,
-        &[Design::TaskLocal, Design::Upstream],
-        0.5,
-        |c| {
-            c.test_hook = TestHook::StuckTask;
-            c.test_hook_vcpu = 1;
-            c.quiesce_bound = Duration::from_secs(1);
-        },
-    );
+    // nobody unlocks: the first phase (task-local's) cannot quiesce.
+    let designs = [Design::TaskLocal, Design::Upstream];
+    let r = run(4, Workload::Shootdown, &designs, 0.5, |c| {
+        c.test_hook = TestHook::StuckTask;
+        c.test_hook_vcpu = 1;
+        c.quiesce_bound = Duration::from_secs(1);
+    });
     let (first, second) = (&r.guest.designs[0], &r.guest.designs[1]);
     assert_eq!(first.phase_end.status_name(), "stalled");
     assert_eq!(
@@ -342,23 +324,10 @@ fn test_cli_designs_table_and_bad_design_name() {
     if !common::kvm_or_skip() {
         return;
     }
-    let (stdout, _) = common::ipivirt_exits(
-        &[
-            "run",
-            "--quiet",
-            "--vcpus",
-            "2",
-            "--duration",
-            "500ms",
-            "--preempt",
-            "none",
-            "--migrate-every",
-            "0",
-            "--designs",
-            "upstream,task-local",
-        ],
-        0,
-    );
+    let mut args = quiet_run("2", &["--duration", "500ms"]);
+    args.extend(NO_INJECTION);
+    args.extend(["--designs", "upstream,task-local"]);
+    let (stdout, _) = common::ipivirt_exits(&args, 0);
     for needle in [
         "design",
         "upstream",
@@ -386,7 +355,7 @@ fn test_torture_mix_passes_every_check() {
     }
     let safe = [Design::Upstream, Design::TaskLocal];
     let r = run(4, Workload::Torture, &safe, 2.0, |c| {
-        c.inject = pause_and_migrate()
+        c.inject = common::host::pause_and_migrate()
     });
     for d in &r.guest.designs {
         assert_clean(d);
@@ -395,17 +364,6 @@ fn test_torture_mix_passes_every_check() {
     for (name, invocations, errors) in &r.guest.torture {
         assert!(*invocations > 0, "{name} never ran");
         assert_eq!(*errors, 0, "{name}: failed checks");
-    }
-}
-
-/// vCPU pauses and migrations from the host while the guest works.
-fn pause_and_migrate() -> ipivirt::InjectConfig {
-    ipivirt::InjectConfig {
-        preempt: ipivirt::PreemptMode::Pause,
-        preempt_len: Duration::from_micros(200),
-        preempt_every: Duration::from_millis(2),
-        migrate_every: Some(Duration::from_millis(2)),
-        ..Default::default()
     }
 }
 

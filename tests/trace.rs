@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::json::{trace_events, uint};
 use common::{ipivirt_exits, ipivirt_json, kvm_or_skip, pause_run, read_json};
 use serde_json::Value;
 
@@ -16,7 +17,7 @@ type Slice = (f64, f64, String);
 /// The X slices of a trace, by track (pid, tid), sorted by start.
 fn tracks(trace: &Value) -> BTreeMap<(u64, u64), Vec<Slice>> {
     let mut by: BTreeMap<(u64, u64), Vec<Slice>> = BTreeMap::new();
-    for e in trace["traceEvents"].as_array().unwrap() {
+    for e in trace_events(trace) {
         if e["ph"] == "X" {
             by.entry((e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap()))
                 .or_default()
@@ -68,8 +69,8 @@ fn test_trace_has_no_overlapping_slices_on_a_track() {
         slices += s.len();
         migrations += s.iter().filter(|e| e.2 == "migrate").count();
     }
-    let injected = r["host"]["preemptions_injected"].as_u64().unwrap() as usize;
-    let migrated = r["host"]["migrations_injected"].as_u64().unwrap() as usize;
+    let injected = uint(&r, "/host/preemptions_injected") as usize;
+    let migrated = uint(&r, "/host/migrations_injected") as usize;
     assert!(migrated > 0 && injected > 0, "{r}");
     assert_eq!(migrations, migrated, "every migration is a slice");
     // One design-phase marker per design, in the order they ran, on a
@@ -91,9 +92,7 @@ fn test_trace_has_no_overlapping_slices_on_a_track() {
     assert_eq!(names, designs, "the phase markers");
     assert!(phases.iter().all(|s| s.1 > 0.0), "{phases:?}");
     assert!(
-        t["traceEvents"]
-            .as_array()
-            .unwrap()
+        trace_events(&t)
             .iter()
             .any(|e| e["args"]["name"] == "design phases (guest)"),
         "the phase track is named"
@@ -109,33 +108,23 @@ fn test_sweep_writes_one_trace_per_cell() {
     let _g = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.json");
-    let (stdout, _) = ipivirt_exits(
-        &[
-            "sweep",
-            "--quiet",
-            "--host-cpus",
-            "0",
-            "--vcpus-list",
-            "2,3",
-            "--designs",
-            "upstream",
-            "--duration",
-            "100ms",
-            "--preempt",
-            "pause",
-            "--trace",
-            trace.to_str().unwrap(),
-        ],
-        0,
-    );
+    let mut args = common::TWO_CELL_SWEEP.to_vec();
+    args.extend([
+        "--quiet",
+        "--duration",
+        "100ms",
+        "--preempt",
+        "pause",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let (stdout, _) = ipivirt_exits(&args, 0);
     assert!(!trace.exists(), "no cell writes the bare name");
     for (k, vcpus) in [(1, 2), (2, 3)] {
         let cell = dir.path().join(format!("t-{k}.json"));
         let t = read_json(&cell);
         // The cell's own vCPUs are named in its trace.
-        let names: Vec<&str> = t["traceEvents"]
-            .as_array()
-            .unwrap()
+        let names: Vec<&str> = trace_events(&t)
             .iter()
             .filter_map(|e| e["args"]["name"].as_str())
             .collect();

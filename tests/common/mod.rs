@@ -2,6 +2,10 @@
 //! VM on /dev/kvm; none mocks KVM.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod host;
+pub mod json;
+pub mod machine;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -71,21 +75,42 @@ pub fn ipivirt_json(args: &[&str]) -> (String, serde_json::Value) {
     (stdout, read_json(&json))
 }
 
+/// The options that turn host injection off: no preemption, no migration.
+pub const NO_INJECTION: [&str; 4] = ["--preempt", "none", "--migrate-every", "0"];
+
+/// A sweep of two small cells: 2 and 3 vCPUs on host CPU 0, `upstream`
+/// only (options may follow).
+pub const TWO_CELL_SWEEP: [&str; 7] = [
+    "sweep",
+    "--host-cpus",
+    "0",
+    "--vcpus-list",
+    "2,3",
+    "--designs",
+    "upstream",
+];
+
+/// The arguments of `run --quiet` on `vcpus` vCPUs, followed by `extra`.
+pub fn quiet_run<'a>(vcpus: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--quiet", "--vcpus", vcpus];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The arguments of `run --quiet` on 2 vCPUs, design upstream, with
 /// `preempt` preemption for `duration`, followed by `extra`.
 pub fn run_args<'a>(duration: &'a str, preempt: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--quiet",
-        "--vcpus",
+    let mut args = quiet_run(
         "2",
-        "--designs",
-        "upstream",
-        "--duration",
-        duration,
-        "--preempt",
-        preempt,
-    ];
+        &[
+            "--designs",
+            "upstream",
+            "--duration",
+            duration,
+            "--preempt",
+            preempt,
+        ],
+    );
     args.extend_from_slice(extra);
     args
 }
