@@ -172,9 +172,6 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
         }
     };
     let report = repeated.report;
-    let Some(raw) = report.raw.as_deref() else {
-        unreachable!("a fresh report carries the guest's")
-    };
     if let Some(header) = crate::scenario::scenario_header(&config) {
         out.say(&header);
     }
@@ -196,7 +193,7 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
         let written = write_output(t, &report.svg().unwrap_or_default());
         failure = failure.or(written.err());
     }
-    if let Some(why) = &raw.host.trace_error {
+    if let Some(why) = &report.host.trace_error {
         note(&format!("error: {why}"));
         if code == crate::exit_code::OK {
             code = crate::exit_code::HOST_FAILURE;
@@ -209,17 +206,22 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
     if code == crate::exit_code::VIOLATION {
         note("invariant violation in a design expected to be safe (see the violations row)");
     }
-    if raw.vmm_stalls.stalled() {
-        note(&format!("error: {}", raw.vmm_stalls.describe()));
+    // A VMM stall is what the report's reason then says.
+    if let (true, Some(why)) = (report.host.vmm_stalls.count > 0, &report.reason) {
+        note(&format!("error: {why}"));
     }
-    for d in raw.guest.designs.iter().filter(|d| d.phase_end.stalled()) {
+    for (d, e) in report
+        .designs
+        .iter()
+        .filter_map(|d| d.phase_end.as_ref().map(|e| (d, e)))
+        .filter(|(_, e)| e.stalled())
+    {
         note(&format!(
             "warning: {}'s phase did not quiesce ({} task(s) left; see the STALLED line): the designs after it did not run",
-            d.label(),
-            d.phase_end.stalled_tasks
+            d.design, e.stalled_tasks
         ));
     }
-    for w in &raw.host.warnings {
+    for w in &report.host.warnings {
         note(&format!("warning: {w}"));
     }
     late_signal();
