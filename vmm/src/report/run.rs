@@ -280,6 +280,7 @@ mod tests {
         let back: Report = serde_json::from_str(&r.to_json()).expect("the report parses");
         assert!(back.raw.is_none());
         assert_eq!(run_text(&back), run_text(&r));
+        assert_eq!(back.exit_code(), r.exit_code());
         assert!(
             run_text(&r).starts_with("online 2/2 vCPUs in "),
             "{}",
