@@ -98,14 +98,12 @@ pub fn exercise(data: &[u8]) -> Result<BootReport, FailureKind> {
     // Render what the CLI would print, so formatting is exercised too.
     match &outcome {
         Ok(report) => {
+            // Through the report model, as a run's text is rendered.
             let config = MachineConfig::new(vcpus);
-            std::hint::black_box(crate::report::scheduler_text(&config, report));
-            std::hint::black_box(crate::cli::host_block(
-                &report.host,
-                2_600_000,
-                vcpus,
-                crate::report::Measured::ALL,
-            ));
+            let model = crate::scenario::Report::new(&config, report.clone());
+            std::hint::black_box(crate::report::scheduler_text(&model));
+            std::hint::black_box(crate::report::host_text(&model));
+            std::hint::black_box(model.to_json());
         }
         Err(kind) => {
             std::hint::black_box(kind.to_string());

@@ -7,8 +7,8 @@
 //! - `config.rs`: the parsed options as a [`MachineConfig`](crate::MachineConfig).
 //! - `run.rs`, `sweep.rs`, `boot.rs`: the commands.
 //! - `print.rs`: where the report goes (stdout, or stderr when stdout
-//!   carries a file) and the report files; `text.rs`: the text the CLI
-//!   prints itself.
+//!   carries a file) and the report files. The text it prints is rendered
+//!   in [`crate::report`].
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,13 +22,11 @@ mod parse;
 mod print;
 mod run;
 mod sweep;
-mod text;
 
 use args::{Cli, Command};
 use print::note;
 
 pub use parse::parse_duration;
-pub use text::{host_block, partial_text};
 
 /// Environment variable that overrides the KVM device path.
 pub const KVM_PATH_ENV: &str = "IPIVIRT_KVM_PATH";

@@ -3,10 +3,9 @@
 
 use super::args::RunCmd;
 use super::print::{late_signal, note, write_output, Outputs, Printer};
-use super::text::{host_block, online_line, partial_text};
 use crate::machine::MachineConfig;
 use crate::provenance::Provenance;
-use crate::report::Measured;
+use crate::report::partial_text;
 use crate::scenario::{Report, Scenario};
 use crate::Error;
 
@@ -53,7 +52,7 @@ pub(super) fn run_scenario(
     }
     result.inspect_err(|e| {
         if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, Measured::of(scenario.config(), &p.host)));
+            out.say(&partial_text(p, scenario.config()));
         }
     })
 }
@@ -144,40 +143,11 @@ pub(super) fn run_repeats(
     })
 }
 
-/// The text report of one run (after the answer block): boot, scheduler,
-/// floor, the design table, the host block.
-pub(super) fn run_text(report: &Report, config: &MachineConfig) -> String {
-    let Some(raw) = report.raw.as_deref() else {
-        unreachable!("a fresh report carries the guest's")
-    };
-    let mut lines = vec![online_line(raw)];
-    if raw.tsc_khz > 0 {
-        lines.push(format!(
-            "guest TSC {} kHz; guest-measured boot (BSP entry to all online) {:.3} ms",
-            raw.tsc_khz,
-            raw.guest_boot_cycles as f64 / raw.tsc_khz as f64
-        ));
-    }
-    if !matches!(config.workload, abi::Workload::None | abi::Workload::Spin) {
-        lines.push(crate::report::scheduler_text(config, raw));
-    }
-    let floor = report.floor_text();
-    if !floor.is_empty() {
-        lines.push(floor);
-    }
-    if !raw.guest.designs.is_empty() {
-        lines.push(crate::report::designs_text(report));
-    }
-    let block = host_block(
-        &raw.host,
-        raw.tsc_khz,
-        config.vcpus,
-        Measured::of(config, &raw.host),
-    );
-    if !block.is_empty() {
-        lines.push(block);
-    }
-    lines.join("\n")
+/// The text report of one run (after the answer block), rendered from
+/// the report model alone ([`crate::report::run_text`]); `_config`, the
+/// run's, is there for the callers: the model already says what it does.
+pub(super) fn run_text(report: &Report, _config: &MachineConfig) -> String {
+    crate::report::run_text(report)
 }
 
 pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
@@ -202,9 +172,6 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
         }
     };
     let report = repeated.report;
-    let Some(raw) = report.raw.as_deref() else {
-        unreachable!("a fresh report carries the guest's")
-    };
     if let Some(header) = crate::scenario::scenario_header(&config) {
         out.say(&header);
     }
@@ -226,7 +193,7 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
         let written = write_output(t, &report.svg().unwrap_or_default());
         failure = failure.or(written.err());
     }
-    if let Some(why) = &raw.host.trace_error {
+    if let Some(why) = &report.host.trace_error {
         note(&format!("error: {why}"));
         if code == crate::exit_code::OK {
             code = crate::exit_code::HOST_FAILURE;
@@ -239,17 +206,22 @@ pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {
     if code == crate::exit_code::VIOLATION {
         note("invariant violation in a design expected to be safe (see the violations row)");
     }
-    if raw.vmm_stalls.stalled() {
-        note(&format!("error: {}", raw.vmm_stalls.describe()));
+    // A VMM stall is what the report's reason then says.
+    if let (true, Some(why)) = (report.host.vmm_stalls.count > 0, &report.reason) {
+        note(&format!("error: {why}"));
     }
-    for d in raw.guest.designs.iter().filter(|d| d.phase_end.stalled()) {
+    for (d, e) in report
+        .designs
+        .iter()
+        .filter_map(|d| d.phase_end.as_ref().map(|e| (d, e)))
+        .filter(|(_, e)| e.stalled())
+    {
         note(&format!(
             "warning: {}'s phase did not quiesce ({} task(s) left; see the STALLED line): the designs after it did not run",
-            d.label(),
-            d.phase_end.stalled_tasks
+            d.design, e.stalled_tasks
         ));
     }
-    for w in &raw.host.warnings {
+    for w in &report.host.warnings {
         note(&format!("warning: {w}"));
     }
     late_signal();

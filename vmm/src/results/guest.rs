@@ -82,17 +82,37 @@ pub struct GuestReport {
     pub floor: abi::FloorResults,
 }
 
+/// The calibration verdicts in words, by code. The report model keeps the
+/// part before the `:`; [`verdict_words`] gives the text report the rest.
+const VERDICTS: [(u32, &str); 3] = [
+    (verdict::UNKNOWN, "not measured"),
+    (verdict::HARDWARE, "hardware-accelerated"),
+    (
+        verdict::CPL0_EMULATED,
+        "CPL0 emulated: absolute latencies are not representative",
+    ),
+];
+
 fn verdict_text(v: u32) -> Result<&'static str, FieldError> {
-    match v {
-        verdict::UNKNOWN => Ok("not measured"),
-        verdict::HARDWARE => Ok("hardware-accelerated"),
-        verdict::CPL0_EMULATED => Ok("CPL0 emulated: absolute latencies are not representative"),
-        other => Err(FieldError {
+    VERDICTS
+        .iter()
+        .find(|(code, _)| *code == v)
+        .map(|(_, text)| *text)
+        .ok_or(FieldError {
             field: "results.verdict",
-            found: other.into(),
+            found: v.into(),
             expected: "a verdict code",
-        }),
-    }
+        })
+}
+
+/// The whole verdict whose first part (before any `:`) is `short`, as the
+/// report model's `platform.verdict` has it; `short` itself if none is.
+pub fn verdict_words(short: &str) -> &str {
+    VERDICTS
+        .iter()
+        .map(|(_, text)| *text)
+        .find(|text| text.split(':').next() == Some(short))
+        .unwrap_or(short)
 }
 
 /// The kernel mode the guest reports: the BSP's, and every vCPU's the same.
@@ -213,4 +233,19 @@ pub fn guest_report(
             .collect::<Result<_, _>>()?,
         floor: r.floor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_verdict_words_give_back_the_whole_verdict() {
+        for (code, text) in VERDICTS {
+            let short = text.split(':').next().unwrap();
+            assert_eq!(verdict_words(short), verdict_text(code).unwrap());
+        }
+        assert_eq!(verdict_words("something else"), "something else");
+        assert!(verdict_text(99).is_err());
+    }
 }

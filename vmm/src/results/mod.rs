@@ -24,7 +24,7 @@ pub use failure::{
     exception_name, explain, offline_vcpus, ExceptionDetails, FailureKind, GuestFailure,
     PanicDetails, PartialReport, WatchdogReport,
 };
-pub use guest::{guest_report, GuestReport, VcpuCounters, VcpuHotplugCounts};
+pub use guest::{guest_report, verdict_words, GuestReport, VcpuCounters, VcpuHotplugCounts};
 
 /// What the run asked the guest for, against which its results are
 /// validated: the vCPUs, the designs whose slots it writes (in order) and

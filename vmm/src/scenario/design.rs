@@ -168,6 +168,11 @@ fn state_name(state: u32) -> &'static str {
 }
 
 impl PhaseEndJson {
+    /// Whether the phase stalled (did not quiesce within its bound).
+    pub fn stalled(&self) -> bool {
+        self.status == "stalled"
+    }
+
     fn new(e: &crate::results::PhaseEndReport, khz: u64) -> Self {
         PhaseEndJson {
             status: e.status_name().to_string(),

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::cycles_to_ns;
-use crate::inject::VcpuHostFigures;
+use super::{cycles_to_ns, HostInfo, PvInfo};
+use crate::inject::{HostReport, PreemptMode, VcpuHostFigures};
+use crate::machine::MachineConfig;
 use crate::report::Measured;
 
 /// One vCPU's row of the host table (`host.vcpus[i]`).
@@ -32,6 +33,58 @@ pub struct VcpuInfo {
     pub preempted_seen: u64,
     /// KVM's own statistics (null: its stats fd could not be opened).
     pub kvm: Option<BTreeMap<String, u64>>,
+}
+
+impl HostInfo {
+    /// The host figures of a run of `config` with the injectors' report
+    /// `h` (TSC at `khz`), its PV figures `pv` and the VMM's own stalls.
+    /// Also what an interrupted run's partial text renders from.
+    pub fn new(
+        config: &MachineConfig,
+        h: &HostReport,
+        khz: u64,
+        pv: PvInfo,
+        vmm_stalls: crate::stall::StallInfo,
+    ) -> Self {
+        let measured = Measured::of(config, h);
+        let mode = if h.active {
+            h.mode.unwrap_or(PreemptMode::None)
+        } else {
+            config.inject.preempt
+        };
+        let steal_ns = measured.steal_time.then(|| {
+            let mut ns: Vec<u64> = h.vcpus.iter().map(|v| v.steal_ns).collect();
+            ns.resize(config.vcpus as usize, 0);
+            ns
+        });
+        HostInfo {
+            preemptions_injected: h.preemptions_injected,
+            migrations_injected: h.migrations_injected,
+            steal_ns,
+            pv,
+            mode: mode.name().to_string(),
+            migrations_coalesced: h.migrations_coalesced,
+            trace_error: h.trace_error.clone(),
+            preemptions_skipped: h.preemptions_skipped,
+            hotplug_events: h.hotplug_events,
+            hotplug_acked: h.hotplug_acked,
+            hotplug_refused: h.hotplug_refused,
+            vmm_stalls,
+            warnings: h.warnings.clone(),
+            preempt_ns_injected: h.preempt_ns_injected,
+            injection_s: h.elapsed.as_secs_f64(),
+            affinity_restored: h.active.then_some(h.affinity_restored),
+            fallback: h.fallback.clone(),
+            injector_errors: h.errors.clone(),
+            vcpus: vcpu_rows(&h.vcpus, khz, measured),
+        }
+    }
+
+    /// Whether injectors ran (placement, preemption or migration): the
+    /// JSON says so by a non-null `affinity_restored`.
+    pub fn injected(&self) -> bool {
+        self.affinity_restored.is_some()
+    }
 }
 
 /// The rows of `vcpus` for the JSON.

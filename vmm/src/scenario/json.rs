@@ -229,10 +229,26 @@ pub struct Platform {
     /// the difference (null: not measured).
     #[serde(default)]
     pub preempt_pair_traced_ns: Option<u64>,
+    /// `syscall_ns` in TSC cycles, as the guest measured it (the text
+    /// report prints cycles; null: not measured).
+    #[serde(default)]
+    pub syscall_cycles: Option<u64>,
+    /// `icr_write_ns` in TSC cycles (null: not measured).
+    #[serde(default)]
+    pub icr_write_cycles: Option<u64>,
+    /// `eoi_write_ns` in TSC cycles (null: not measured).
+    #[serde(default)]
+    pub eoi_write_cycles: Option<u64>,
+    /// `preempt_pair_ns` in TSC cycles (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_cycles: Option<u64>,
+    /// `preempt_pair_traced_ns` in TSC cycles (null: not measured).
+    #[serde(default)]
+    pub preempt_pair_traced_cycles: Option<u64>,
 }
 
 /// Paravirtual features: what the host offers (its probe) and what ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PvInfo {
     /// KVM accepted steal time (the probe; without a probe: whether the
     /// guest registered it).
