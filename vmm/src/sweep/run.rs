@@ -132,7 +132,7 @@ struct Done {
     ran: usize,
 }
 
-/// The cells that run one cell's repeats: cell `index` (from 0) as
+/// What runs one cell's repeats: cell `index` (from 0) as
 /// `config`, told to the observer.
 type RunCell<'a, O> = dyn FnMut(usize, &MachineConfig, &mut O) -> Result<Repeated, Error> + 'a;
 
