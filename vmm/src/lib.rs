@@ -24,6 +24,7 @@ pub mod output;
 pub mod progress;
 pub mod provenance;
 pub mod pv;
+pub mod repeat;
 pub mod report;
 pub mod results;
 pub mod scenario;
@@ -41,6 +42,7 @@ pub use console::ConsoleMode;
 pub use guest_mode::GuestMode;
 pub use inject::{HostReport, InjectConfig, PreemptMode};
 pub use machine::{boot, BootReport, MachineConfig};
+pub use repeat::{Observer, Repeated};
 pub use scenario::{Report, Scenario};
 
 /// Exit codes of the `ipivirt` binary (the interface contract).

@@ -5,56 +5,103 @@ use super::args::RunCmd;
 use super::print::{late_signal, note, write_output, Outputs, Printer};
 use crate::machine::MachineConfig;
 use crate::provenance::Provenance;
+use crate::repeat::{Observer, Step};
 use crate::report::partial_text;
 use crate::scenario::{Report, Scenario};
 use crate::Error;
 
-/// Where a sweep is: cell `cell` of `cells`, and how much slower than
-/// their workload's length the earlier cells ran (boot, calibration and
-/// emulation included), so that the bar's estimate is in this host's time.
-pub(super) struct Pace {
-    pub(super) what: &'static str,
-    pub(super) cell: usize,
-    pub(super) cells: usize,
-    pub(super) slowdown: f64,
+/// What the CLI shows of the runs of `run` and `sweep`: the progress bar
+/// (stderr, not with --quiet) labelled with the sweep cell or the repeat,
+/// an interrupted run's partial report, and (for `run`) each repeat's
+/// text.
+pub(super) struct Shown<'a> {
+    quiet: bool,
+    out: &'a mut Printer,
+    /// How much slower than their workload's length the earlier runs ran
+    /// (boot, calibration and emulation included), so that the bar's
+    /// estimate is in this host's time.
+    slowdown: f64,
+    /// Whether each repeat's text is kept (a sweep prints none).
+    keep_texts: bool,
+    /// Each repeat's text, in run order.
+    texts: Vec<String>,
 }
 
-/// Runs a scenario with the progress bar (stderr, not with --quiet); an
-/// interrupted run prints its partial report.
-pub(super) fn run_scenario(
-    args: &RunCmd,
-    config: MachineConfig,
-    out: &mut Printer,
-    pace: Option<&mut Pace>,
-) -> Result<Report, Error> {
-    let scenario = Scenario::from_config(config);
-    let mut label = format!(
-        "{} on {} vCPUs",
-        crate::scenario::workload_name(scenario.config().workload),
-        scenario.config().vcpus
-    );
-    let expected = scenario.expected_duration();
-    let mut shown = expected;
-    if let Some(p) = &pace {
-        label = format!("{} {}/{}: {label}", p.what, p.cell, p.cells);
-        shown = expected.mul_f64(p.slowdown);
-    }
-    let started = std::time::Instant::now();
-    let phases = match scenario.config().workload {
-        abi::Workload::None => 0,
-        _ => scenario.config().ran_designs().len() as u32,
-    };
-    let result = crate::progress::with_progress(!args.common.quiet, shown, phases, &label, || {
-        scenario.run()
-    });
-    if let (Some(p), false) = (pace, expected.is_zero()) {
-        p.slowdown = (started.elapsed().as_secs_f64() / expected.as_secs_f64()).clamp(1.0, 1e4);
-    }
-    result.inspect_err(|e| {
-        if let Error::Interrupted(p) = e {
-            out.say(&partial_text(p, scenario.config()));
+impl<'a> Shown<'a> {
+    pub(super) fn new(args: &RunCmd, out: &'a mut Printer, keep_texts: bool) -> Self {
+        Shown {
+            quiet: args.common.quiet,
+            out,
+            slowdown: 1.0,
+            keep_texts,
+            texts: Vec::new(),
         }
-    })
+    }
+}
+
+impl Observer for Shown<'_> {
+    fn run(
+        &mut self,
+        step: Step,
+        scenario: &Scenario,
+        run: &dyn Fn() -> Result<Report, Error>,
+    ) -> Result<Report, Error> {
+        let mut label = format!(
+            "{} on {} vCPUs",
+            crate::scenario::workload_name(scenario.config().workload),
+            scenario.config().vcpus
+        );
+        // A sweep's bar counts its cells, the repeats of one run theirs.
+        let pace = match step.cell {
+            Some((cell, cells)) => Some(("cell", cell, cells)),
+            None if step.repeats > 1 => Some(("repeat", step.repeat, step.repeats)),
+            None => None,
+        };
+        let expected = scenario.expected_duration();
+        let mut shown = expected;
+        if let Some((what, k, n)) = pace {
+            label = format!("{what} {k}/{n}: {label}");
+            shown = expected.mul_f64(self.slowdown);
+        }
+        let started = std::time::Instant::now();
+        let phases = match scenario.config().workload {
+            abi::Workload::None => 0,
+            _ => scenario.config().ran_designs().len() as u32,
+        };
+        let result = crate::progress::with_progress(!self.quiet, shown, phases, &label, run);
+        if pace.is_some() && !expected.is_zero() {
+            self.slowdown =
+                (started.elapsed().as_secs_f64() / expected.as_secs_f64()).clamp(1.0, 1e4);
+        }
+        result.inspect_err(|e| {
+            if let Error::Interrupted(p) = e {
+                self.out.say(&partial_text(p, scenario.config()));
+            }
+        })
+    }
+
+    fn repeat_done(&mut self, step: Step, scenario: &Scenario, report: &Report) {
+        if !self.keep_texts {
+            return;
+        }
+        let (c, n) = (scenario.config(), step.repeats);
+        let mut text = String::new();
+        if n > 1 {
+            text += &format!(
+                "repeat {}/{n}: seed {}, designs in the order {}\n",
+                step.repeat,
+                c.seed,
+                report
+                    .designs
+                    .iter()
+                    .map(|d| d.design.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        text += &crate::report::run_text(report);
+        self.texts.push(text);
+    }
 }
 
 /// The PV probe (when PV features are asked for) and the run(s).
@@ -68,86 +115,24 @@ pub(super) fn measure(
         let probe = crate::pv::probe::host_pv_at(&config.kvm_path)?;
         out.say(&format!("pv: {}", probe.summary()));
     }
-    run_repeats(args, config, out, None)
+    let mut shown = Shown::new(args, out, true);
+    let done = Scenario::from_config(config.clone())
+        .run_repeated(args.stats.repeat as usize, &mut shown)?;
+    Ok(Repeated {
+        report: done.report,
+        texts: shown.texts,
+        code: done.code,
+    })
 }
 
-/// The `--repeat N` runs of one scenario, combined: the report (the first
-/// repeat's, with the summary over all), each repeat's text, and the
-/// worst exit code among them.
+/// The `--repeat N` runs of one scenario, combined
+/// ([`Scenario::run_repeated`]): the report (the first repeat's, with the
+/// summary over all), each repeat's text, and the worst exit code among
+/// them.
 pub(super) struct Repeated {
     pub(super) report: Report,
     pub(super) texts: Vec<String>,
     pub(super) code: u8,
-}
-
-/// Runs the comparison `--repeat` times, each repeat with its own design
-/// order and seed ([`crate::stats::repeat_config`]) and, with more than one,
-/// a `--trace` file of its own.
-pub(super) fn run_repeats(
-    args: &RunCmd,
-    config: &MachineConfig,
-    out: &mut Printer,
-    mut pace: Option<&mut Pace>,
-) -> Result<Repeated, Error> {
-    let n = args.stats.repeat.max(1) as usize;
-    let orders = crate::stats::repeat_orders(config.seed, config.designs.len(), n);
-    let mut runs = Vec::with_capacity(n);
-    let mut texts = Vec::with_capacity(n);
-    let mut code = crate::exit_code::OK;
-    let mut own = Pace {
-        what: "repeat",
-        cell: 0,
-        cells: n,
-        slowdown: 1.0,
-    };
-    for (k, order) in orders.iter().enumerate() {
-        let mut c = crate::stats::repeat_config(config, k, order);
-        if n > 1 {
-            c.inject.trace = c
-                .inject
-                .trace
-                .as_deref()
-                .map(|t| crate::sweep::cell_trace(t, k));
-        }
-        let report = match pace.as_deref_mut() {
-            Some(p) => run_scenario(args, c.clone(), out, Some(p))?,
-            None if n > 1 => {
-                own.cell = k + 1;
-                run_scenario(args, c.clone(), out, Some(&mut own))?
-            }
-            None => run_scenario(args, c.clone(), out, None)?,
-        };
-        code = code.max(report.exit_code());
-        let mut text = String::new();
-        if n > 1 {
-            text += &format!(
-                "repeat {}/{n}: seed {}, designs in the order {}\n",
-                k + 1,
-                c.seed,
-                report
-                    .designs
-                    .iter()
-                    .map(|d| d.design.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        text += &run_text(&report, &c);
-        texts.push(text);
-        runs.push(report);
-    }
-    Ok(Repeated {
-        report: crate::stats::combine(runs, &orders),
-        texts,
-        code,
-    })
-}
-
-/// The text report of one run (after the answer block), rendered from
-/// the report model alone ([`crate::report::run_text`]); `_config`, the
-/// run's, is there for the callers: the model already says what it does.
-pub(super) fn run_text(report: &Report, _config: &MachineConfig) -> String {
-    crate::report::run_text(report)
 }
 
 pub(super) fn run(args: &RunCmd) -> Result<u8, Error> {

@@ -1,5 +1,6 @@
 //! `ipivirt sweep`: the run for every overcommit ratio and vCPU count
-//! given, and one table of the results.
+//! given, and one table of the results. This file plans the cells and
+//! renders their rows; `run.rs` runs them ([`run`]).
 //!
 //! A cell is a vCPU count `V` placed on `M` host CPUs (the ratio `V:M`):
 //! - `--vcpus-list` only: every count on all the host CPUs given;
@@ -9,6 +10,9 @@
 //!   needs more host CPUs than there are is skipped, saying so.
 
 use std::fmt::Write;
+
+mod run;
+pub use run::{cell_config, check_cells, run, Swept};
 
 use serde::{Deserialize, Serialize};
 
