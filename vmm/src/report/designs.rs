@@ -104,6 +104,9 @@ fn rows(designs: &[DesignSummary], khz: u64) -> Vec<Row> {
     t.row("preempt-off p50 (us)", |d| poff(d, |p| p.p50_ns));
     t.row("preempt-off p99 (us)", |d| poff(d, |p| p.p99_ns));
     t.row("preempt-off max (us)", |d| poff(d, |p| p.max_ns));
+    t.row("preempt-off p99 excl. steal (us)", |d| {
+        poff(d, |p| p.excl_steal.as_ref()?.p99_ns)
+    });
     t.row("preempt-off longest in", |d| longest_cause(d).to_string());
     t.row("waits preempted", |d| d.waits_preempted.to_string());
     t.row("waits migrated", |d| d.waits_migrated.to_string());
@@ -249,6 +252,21 @@ fn preempt_off_table(out: &mut String, designs: &[DesignSummary]) {
         let _ = write!(out, " {}", cell(p.p50_ns, p.p99_ns));
     }
     let _ = writeln!(out);
+    // The sender figure less the host's steal time, where it was tracked.
+    if traced.iter().any(|(_, p)| p.excl_steal.is_some()) {
+        let figures: Vec<String> = traced
+            .iter()
+            .map(|(d, p)| {
+                let v = p.excl_steal.as_ref().and_then(|e| e.sender_p99_ns);
+                format!("{} {}", d.design, us3(v))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "sender P99 excl. host steal (us): {}",
+            figures.join(", ")
+        );
+    }
 }
 
 /// The side-by-side table of a per-design run, one column per design, and
@@ -265,8 +283,14 @@ pub fn designs_text(report: &Report) -> String {
     let widths: Vec<usize> = (0..designs.len())
         .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8) + 2)
         .collect();
+    let label_width = rows
+        .iter()
+        .map(|r| r.0.len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(24);
     for (label, cells) in &rows {
-        let _ = write!(out, "{label:<24}");
+        let _ = write!(out, "{label:<label_width$}");
         for (c, w) in cells.iter().zip(&widths) {
             let _ = write!(out, "{c:>w$}");
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use abi::{Design, FieldError, Pod, SharedPage, VcpuResults, VcpuStatus};
 
 pub use design::{
-    task_name, DesignReport, HotplugReport, PhaseEndReport, PreemptOffReport, PvCounts,
+    task_name, DesignReport, ExclSteal, HotplugReport, PhaseEndReport, PreemptOffReport, PvCounts,
     NR_CPUS_8192_MASK_BYTES,
 };
 pub use failure::{
