@@ -530,5 +530,35 @@ mod tests {
         assert_eq!(cells(&rows, "mask allocs/frees"), ["3/3", "3/3"]);
         assert_eq!(cells(&rows, "phase end"), ["-", "-"]);
         assert!(rows.iter().all(|r| !r.0.starts_with("pv ")), "no PV rows");
+        assert_eq!(cells(&rows, "preempt-off p99 excl. steal (us)"), ["-", "-"]);
+    }
+
+    #[test]
+    fn test_excl_steal_row_and_sender_line() {
+        let mut designs = [
+            summary("upstream", 100, 11_793_412),
+            summary("stack", 0, 6_198),
+        ];
+        let per_cpu = serde_json::json!([{"cpu": 0, "windows": 10, "p50_ns": 1000,
+                                          "p99_ns": 4_321, "max_ns": 4_321}]);
+        designs[1].preempt_off.as_mut().unwrap().excl_steal =
+            Some(crate::scenario::PreemptOffExclSteal {
+                p50_ns: Some(1000),
+                p99_ns: Some(4_321),
+                max_ns: Some(4_321),
+                sender_p99_ns: Some(4_321),
+                per_cpu: serde_json::from_value(per_cpu).unwrap(),
+            });
+        let rows = rows(&designs, 2_445_424);
+        assert_eq!(
+            cells(&rows, "preempt-off p99 excl. steal (us)"),
+            ["-", "4.32"]
+        );
+        let mut out = String::new();
+        preempt_off_table(&mut out, &designs);
+        assert!(
+            out.contains("sender P99 excl. host steal (us): upstream -, stack 4.32"),
+            "{out}"
+        );
     }
 }
