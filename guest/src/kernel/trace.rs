@@ -18,7 +18,7 @@
 //! time; the layers above tag their regions with [`cause`] (only while
 //! pinned: the tag is per CPU). Per phase ([`begin_phase`]) each CPU keeps
 //! a histogram of its window maxima (in the reserved area
-//! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 17 KiB per possible
+//! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 34 KiB per possible
 //! vCPU); the BSP reads it with [`with_snapshot`] after [`end_phase`].
 //!
 //! Where KVM's steal time is registered ([`pv::steal_registered`]), each
