@@ -17,9 +17,12 @@
 //! The cause of a section is the tag that was current for most of its
 //! time; the layers above tag their regions with [`cause`] (only while
 //! pinned: the tag is per CPU). Per phase ([`begin_phase`]) each CPU keeps
-//! a histogram of its window maxima (in the reserved area
+//! histograms of its window maxima (in the reserved area
 //! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 34 KiB per possible
-//! vCPU); the BSP reads it with [`with_snapshot`] after [`end_phase`].
+//! vCPU); the BSP reads them with [`with_snapshot`] after [`end_phase`].
+//! Windows are per CPU, starting at its first section end in the phase; a
+//! window is counted only if it ends by the phase's end; a window in which
+//! no section ended counts as 0, in no cause.
 //!
 //! Where KVM's steal time is registered ([`pv::steal_registered`]), each
 //! section is also measured less the steal time accrued while it was open
@@ -28,9 +31,7 @@
 //! a few loads, no exit), converted to cycles and subtracted, saturating.
 //! Those lengths get their own window maximum over the same windows and a
 //! second histogram, `windows_excl_steal`, so the figure with steal is
-//! untouched; a window's steal-excluded maximum is at most its maximum. Windows are per CPU, starting at its first section
-//! end in the phase; a window is counted only if it ends by the phase's end;
-//! a window in which no section ended counts as 0, in no cause.
+//! untouched; a window's steal-excluded maximum is at most its maximum.
 
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
