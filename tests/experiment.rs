@@ -156,6 +156,31 @@ fn check_preempt_off(d: &Value, vcpus: u64) {
         .map(|c| c["windows"].as_u64().unwrap())
         .sum();
     assert!(attributed <= windows, "{p}");
+    // Less the host's steal time: null, or the same windows per vCPU with
+    // every figure at most its raw twin.
+    let e = &p["excl_steal"];
+    if e.is_null() {
+        return;
+    }
+    for f in ["p50_ns", "p99_ns", "max_ns", "sender_p99_ns"] {
+        assert!(
+            e[f].as_u64().unwrap() <= uint(p, &format!("/{f}")),
+            "{f}: {p}"
+        );
+    }
+    let ex = e["per_cpu"].as_array().expect("excl_steal.per_cpu");
+    assert_eq!(ex.len(), per_cpu.len(), "{p}");
+    for (x, c) in ex.iter().zip(per_cpu) {
+        assert_eq!(
+            (&x["cpu"], &x["windows"]),
+            (&c["cpu"], &c["windows"]),
+            "{p}"
+        );
+        for f in ["p50_ns", "p99_ns", "max_ns"] {
+            assert_eq!(x[f].is_null(), c[f].is_null(), "{f}: {p}");
+            assert!(x[f].as_u64() <= c[f].as_u64(), "{f}: {p}");
+        }
+    }
 }
 
 /// Checks a report against the contract; returns the design names.
@@ -261,6 +286,12 @@ fn check_report(r: &Value, vcpus: u64) -> Vec<String> {
         let probes = check_latency(&d["sched_latency_ns"], "sched_latency_ns");
         check_probe_split(d, probes);
         check_preempt_off(d, vcpus);
+        // Measured less steal exactly where steal time was tracked.
+        assert_eq!(
+            d["preempt_off"]["excl_steal"].is_null(),
+            r["host"]["steal_ns"].is_null(),
+            "{name}"
+        );
         for f in [
             "waits_preempted",
             "waits_migrated",

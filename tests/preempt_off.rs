@@ -2,8 +2,11 @@
 //! known length, made by the `pin-preempt` test hook on one vCPU, must be
 //! reported on that vCPU, attributed to the hook, within 10% of its length
 //! (the length the hook measured itself: at least the one asked for, more
-//! when the host held the vCPU as the spin ended); the tracer switched off
-//! must report nothing (null), never zeros; a bad `--window` exits 2.
+//! when the host held the vCPU as the spin ended), and so must its length
+//! less the host's steal time where the host stole next to nothing; under
+//! injection every steal-excluded figure is at most its raw twin; the
+//! tracer switched off must report nothing (null), never zeros; a bad
+//! `--window` exits 2.
 
 mod common;
 
@@ -99,6 +102,127 @@ fn test_tracer_sees_the_pinned_section_of_the_hook() {
     assert!(cpu1["max_ns"].as_u64().unwrap() >= ns, "{cpu1}");
     assert!(p["max_ns"].as_u64().unwrap() >= ns, "{p}");
     assert!(p["per_cpu"][0]["windows"].as_u64().unwrap() > 0, "{p}");
+
+    // Less the host's steal time: never above the raw figure, and the
+    // hook's length when the host stole (next to) nothing from vCPU 1.
+    let Some(steal) = steal_ns(&r) else {
+        assert!(p["excl_steal"].is_null(), "no steal time, no figure: {p}");
+        return;
+    };
+    check_excl_steal(p);
+    let excl = p["excl_steal"]["per_cpu"][1]["max_ns"]
+        .as_u64()
+        .expect("vCPU 1's section measured less steal");
+    assert!(excl <= cpu1["max_ns"].as_u64().unwrap(), "{p}");
+    if steal[1] < want / 20 {
+        assert!(
+            excl >= want - want / 10 && excl <= want + want / 10,
+            "excl. steal {excl} ns, asked {want} (vCPU 1 steal {} ns): {p}",
+            steal[1]
+        );
+    }
+}
+
+/// Each vCPU's steal time in the run (None: steal time not tracked).
+fn steal_ns(r: &Value) -> Option<Vec<u64>> {
+    let s = r["host"]["steal_ns"].as_array()?;
+    Some(s.iter().map(|v| v.as_u64().unwrap()).collect())
+}
+
+/// The shape of `designs[].preempt_off.excl_steal` and its bound: the same
+/// windows per vCPU, every figure at most its raw twin (null with it).
+fn check_excl_steal(p: &Value) {
+    let e = &p["excl_steal"];
+    assert!(e.is_object(), "steal time tracked: {p}");
+    let le = |a: &Value, b: &Value, what: &str| match (a.as_u64(), b.as_u64()) {
+        (Some(x), Some(y)) => assert!(x <= y, "{what}: excl {x} > raw {y}: {p}"),
+        (None, None) => {}
+        _ => panic!("{what}: excl {a} and raw {b} measured apart: {p}"),
+    };
+    for k in ["p50_ns", "p99_ns", "max_ns", "sender_p99_ns"] {
+        le(&e[k], &p[k], k);
+    }
+    let (ex, raw) = (
+        e["per_cpu"].as_array().unwrap(),
+        p["per_cpu"].as_array().unwrap(),
+    );
+    assert_eq!(ex.len(), raw.len(), "{p}");
+    for (x, y) in ex.iter().zip(raw) {
+        assert_eq!(
+            (&x["cpu"], &x["windows"]),
+            (&y["cpu"], &y["windows"]),
+            "{p}"
+        );
+        for k in ["p50_ns", "p99_ns", "max_ns"] {
+            le(&x[k], &y[k], k);
+        }
+    }
+}
+
+/// A series-like run (one initiator, preemption injected on every host
+/// CPU): the steal-excluded figures are at most the raw ones on every
+/// vCPU, the summary carries their ratio, and without steal time the
+/// report says so once.
+#[test]
+fn test_excl_steal_figures_under_injection() {
+    if !common::kvm_or_skip() {
+        return;
+    }
+    let _g = common::heavy();
+    let (stdout, r) = common::ipivirt_json(&[
+        "run",
+        "--quiet",
+        "--vcpus",
+        "4",
+        "--initiators",
+        "0",
+        "--designs",
+        "upstream,task-local",
+        "--preempt",
+        "antagonist",
+        "--preempt-len",
+        "3ms",
+        "--preempt-every",
+        "10ms",
+        "--migrate-every",
+        "0",
+        "--duration",
+        "1s",
+        "--window",
+        "50ms",
+        "--timeout",
+        "180",
+    ]);
+    let tracked = steal_ns(&r).is_some();
+    for d in r["designs"].as_array().unwrap() {
+        let p = &d["preempt_off"];
+        assert!(p.is_object(), "{d}");
+        if tracked {
+            check_excl_steal(p);
+        } else {
+            assert!(p["excl_steal"].is_null(), "{p}");
+        }
+    }
+    for e in r["summary"].as_array().unwrap() {
+        let m = &e["sender_preempt_off_p99_excl_steal"];
+        assert!(m.is_null() || m["n"] == 1, "{e}");
+        assert_eq!(
+            m.is_null(),
+            !tracked || e["sender_preempt_off_p99"].is_null(),
+            "{e}"
+        );
+    }
+    let warned = r["stats_warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w.as_str().unwrap().contains("steal time not available"))
+        .count();
+    assert_eq!(warned, usize::from(!tracked), "{r}");
+    assert!(
+        stdout.contains("preempt-off p99 excl. steal (us)"),
+        "the design table's row: {stdout}"
+    );
 }
 
 #[test]

@@ -302,6 +302,7 @@ fn test_series_scenario_runs_and_its_report_names_it() {
     }
     for e in r["summary"].as_array().unwrap() {
         assert!(e.get("sender_preempt_off_p99").is_some(), "{e}");
+        assert!(e.get("sender_preempt_off_p99_excl_steal").is_some(), "{e}");
     }
     let placed: Vec<_> = r["host"]["vcpus"]
         .as_array()

@@ -102,6 +102,7 @@ fn test_repeat_shuffles_the_design_order_seeded_and_summarises_over_n() {
         // 50 ms phases end before a 100 ms window does.
         assert!(e["preempt_off_p99"].is_null(), "{e}");
         assert!(e["sender_preempt_off_p99"].is_null(), "{e}");
+        assert!(e["sender_preempt_off_p99_excl_steal"].is_null(), "{e}");
         for m in ["probe_p99", "call_p99", "calls_per_s"] {
             let s = &e[m];
             assert_eq!(s["n"], 3, "{m}: {e}");

@@ -57,13 +57,14 @@ pub const PV_STATE_SIZE: u64 = 2 << 20;
 /// histogram of window maxima at 1% buckets, its section counts and
 /// causes; the BSP copies them into the results): vCPU `i`'s at
 /// [`preempt_off_addr`]. A reserved area rather than the image's .bss,
-/// where 1024 of them (17 MiB) pushed the boot stacks and everything
+/// where 1024 of them (34 MiB) pushed the boot stacks and everything
 /// above them up; the VMM only sizes guest RAM to cover it (zeroed, as
 /// all guest RAM starts).
 pub const PREEMPT_OFF_ADDR: u64 = CONSOLE_BUFFERS_ADDR + MAX_VCPUS as u64 * CONSOLE_BUFFER_SIZE;
-/// Room for one vCPU's preempt-off figures: a [`Histogram`] plus the
-/// guest's few counters beside it (the guest asserts its record fits).
-pub const PREEMPT_OFF_SIZE: u64 = 20 << 10;
+/// Room for one vCPU's preempt-off figures: two [`Histogram`]s (the
+/// window maxima as measured and less the host's steal time) plus the
+/// guest's few counters beside them (the guest asserts its record fits).
+pub const PREEMPT_OFF_SIZE: u64 = 40 << 10;
 /// First byte after the fixed layout: the guest heap starts here.
 pub const FREE_MEM_ADDR: u64 = PREEMPT_OFF_ADDR + MAX_VCPUS as u64 * PREEMPT_OFF_SIZE;
 /// Per-vCPU console buffers ([`Port::ConsoleBuffer`](crate::Port::ConsoleBuffer)).
@@ -81,9 +82,9 @@ pub const fn preempt_off_addr(index: u32) -> u64 {
     PREEMPT_OFF_ADDR + index as u64 * PREEMPT_OFF_SIZE
 }
 
-// The histogram and at least 1 KiB of counters fit one vCPU's slot, and
-// every slot is page-aligned.
-const _: () = assert!(size_of::<Histogram>() as u64 + 1024 <= PREEMPT_OFF_SIZE);
+// The two histograms and at least 1 KiB of counters fit one vCPU's slot,
+// and every slot is page-aligned.
+const _: () = assert!(2 * size_of::<Histogram>() as u64 + 1024 <= PREEMPT_OFF_SIZE);
 const _: () = assert!(PREEMPT_OFF_ADDR % 0x1000 == 0 && PREEMPT_OFF_SIZE % 0x1000 == 0);
 
 /// Guest-physical address of vCPU `index`'s PV state.

@@ -6,7 +6,10 @@
 //! off), keeps the longest one of every window (`Control::preempt_window_us`)
 //! and reports per CPU the median, P99 and maximum of those window maxima:
 //! the series' own figure ("the longest preemption-disabled section per
-//! window, per CPU"). Values are TSC cycles.
+//! window, per CPU"). Beside it, where KVM's steal time is registered, the
+//! same figures with each section shortened by the steal time accrued
+//! while it was open (the host not running the vCPU): what the guest's
+//! code held, apart from what the host took. Values are TSC cycles.
 
 use core::mem::size_of;
 
@@ -73,8 +76,10 @@ pub struct PreemptOffResults {
     /// Non-zero: the tracer ran (it is off only for the hidden measurement
     /// of its own cost).
     pub enabled: u32,
-    /// Padding; zero.
-    pub reserved: u32,
+    /// 1: the tracer also measured every section without the host's steal
+    /// time (KVM's steal-time area was registered on every vCPU), and the
+    /// `*_excl_steal` figures hold it; 0: they are all zero, unmeasured.
+    pub steal_tracked: u32,
     /// The window length (TSC cycles).
     pub window_cycles: u64,
     /// Sections that ended during the phase, all vCPUs.
@@ -88,6 +93,12 @@ pub struct PreemptOffResults {
     pub causes: [PreemptOffCause; cause::COUNT],
     /// Per vCPU (the first `nr_vcpus` entries).
     pub per_cpu: [PreemptOffCpu; MAX_VCPUS],
+    /// All vCPUs' window maxima of the sections less the steal time KVM
+    /// accrued while each was open (same windows as `window_max`).
+    pub window_max_excl_steal: Histogram,
+    /// Per vCPU, as `per_cpu` but less the steal time (each entry at
+    /// most its `per_cpu` twin).
+    pub per_cpu_excl_steal: [PreemptOffCpu; MAX_VCPUS],
 }
 
 /// The probe's lateness split at the timer interrupt (TSC cycles).
@@ -106,8 +117,8 @@ pub struct ProbeSplit {
 unsafe impl Pod for PreemptOffCpu {}
 // SAFETY: as above.
 unsafe impl Pod for PreemptOffCause {}
-// SAFETY: repr(C): two u32, three u64, a Pod histogram and Pod arrays of
-// u64-only structs; the size assert pins the layout without padding.
+// SAFETY: repr(C): two u32, three u64, two Pod histograms and Pod arrays
+// of u64-only structs; the size assert pins the layout without padding.
 unsafe impl Pod for PreemptOffResults {}
 // SAFETY: two Pod histograms, no padding.
 unsafe impl Pod for ProbeSplit {}
@@ -117,7 +128,8 @@ const _: () = assert!(
         == 8 + 3 * 8
             + size_of::<Histogram>()
             + cause::COUNT * 16
-            + MAX_VCPUS * size_of::<PreemptOffCpu>()
+            + 2 * MAX_VCPUS * size_of::<PreemptOffCpu>()
+            + size_of::<Histogram>()
 );
 const _: () = assert!(size_of::<ProbeSplit>() == 2 * size_of::<Histogram>());
 

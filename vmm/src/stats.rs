@@ -177,6 +177,14 @@ pub const METRICS: &[Metric] = &[
         value: |d| preempt_off_ns(d, |p| p.sender_p99_ns),
         samples: None,
     },
+    // The same with each section less the host's steal time: what the
+    // guest's code held, apart from the host not running the vCPU.
+    Metric {
+        name: "sender_preempt_off_p99_excl_steal",
+        label: "sender preempt-off P99 excl. host steal",
+        value: |d| preempt_off_ns(d, |p| p.excl_steal.as_ref()?.sender_p99_ns),
+        samples: None,
+    },
     // The same over every vCPU's windows (targets and bystanders too).
     Metric {
         name: "preempt_off_p99",
@@ -433,6 +441,15 @@ pub fn summarise(runs: &[&Report], designs: &[String]) -> Summary {
         s.warnings.push(format!(
             "the sender preempt-off P99 rests on as few as {w} windows of one vCPU (below {MIN_SAMPLES}, a P99 is the longest window or next to it): lengthen --duration or shorten --window"
         ));
+    }
+    // Once for the whole block: a traced phase without steal time.
+    let mut traced = runs
+        .iter()
+        .flat_map(|r| &r.designs)
+        .filter_map(|d| d.preempt_off.as_ref());
+    if traced.any(|p| p.excl_steal.is_none()) {
+        s.warnings
+            .push("steal time not available: excl-steal figures unmeasured".to_string());
     }
     for name in designs.iter().filter(|d| *d != BASELINE) {
         let first = runs

@@ -17,11 +17,21 @@
 //! The cause of a section is the tag that was current for most of its
 //! time; the layers above tag their regions with [`cause`] (only while
 //! pinned: the tag is per CPU). Per phase ([`begin_phase`]) each CPU keeps
-//! a histogram of its window maxima (in the reserved area
-//! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 17 KiB per possible
-//! vCPU); the BSP reads it with [`with_snapshot`] after [`end_phase`]. Windows are per CPU, starting at its first section
-//! end in the phase; a window is counted only if it ends by the phase's end;
-//! a window in which no section ended counts as 0, in no cause.
+//! histograms of its window maxima (in the reserved area
+//! [`abi::layout::PREEMPT_OFF_ADDR`], not in .bss: 34 KiB per possible
+//! vCPU); the BSP reads them with [`with_snapshot`] after [`end_phase`].
+//! Windows are per CPU, starting at its first section end in the phase; a
+//! window is counted only if it ends by the phase's end; a window in which
+//! no section ended counts as 0, in no cause.
+//!
+//! Where KVM's steal time is registered ([`pv::steal_registered`]), each
+//! section is also measured less the steal time accrued while it was open
+//! (the host not running this vCPU although it was runnable): read at the
+//! open and at the close (a versioned read of this vCPU's steal-time area:
+//! a few loads, no exit), converted to cycles and subtracted, saturating.
+//! Those lengths get their own window maximum over the same windows and a
+//! second histogram, `windows_excl_steal`, so the figure with steal is
+//! untouched; a window's steal-excluded maximum is at most its maximum.
 
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -29,7 +39,7 @@ use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use abi::preempt_off::cause as causes;
 use abi::{layout, Histogram, PreemptOffCause, MAX_VCPUS};
 
-use crate::kernel::{arch, percpu, sched};
+use crate::kernel::{arch, percpu, pv, sched};
 
 /// Whether the tracer runs (off before the first phase, and for the hidden
 /// measurement of its own cost).
@@ -51,6 +61,9 @@ pub struct Snapshot {
     pub unmatched: u64,
     /// The window maxima (TSC cycles).
     pub windows: Histogram,
+    /// The same windows' maxima of the sections less their steal time
+    /// (all zero where steal time is not registered).
+    pub windows_excl_steal: Histogram,
     /// Per cause: windows whose longest section it was, and the longest.
     pub causes: [PreemptOffCause; causes::COUNT],
 }
@@ -84,6 +97,10 @@ struct Cpu {
     win_end: Cell<u64>,
     win_max: Cell<u64>,
     win_cause: Cell<usize>,
+    /// This vCPU's steal time (ns) at the open section's start.
+    steal_start: Cell<u64>,
+    /// The window's longest section less its steal time.
+    win_max_excl: Cell<u64>,
     /// Odd while the owner writes its `data`.
     seq: AtomicU32,
 }
@@ -106,6 +123,8 @@ const CPU_INIT: Cpu = Cpu {
     win_end: Cell::new(0),
     win_max: Cell::new(0),
     win_cause: Cell::new(causes::OTHER),
+    steal_start: Cell::new(0),
+    win_max_excl: Cell::new(0),
     seq: AtomicU32::new(0),
 };
 
@@ -158,6 +177,7 @@ static READ_BUF: ReadBuf = ReadBuf(UnsafeCell::new(Snapshot {
     sections: 0,
     unmatched: 0,
     windows: ZERO_HIST,
+    windows_excl_steal: ZERO_HIST,
     causes: [ZERO_CAUSE; causes::COUNT],
 }));
 static READING: AtomicBool = AtomicBool::new(false);
@@ -233,6 +253,7 @@ fn open() {
         write_data(cpu, |d| d.unmatched += 1);
     }
     cpu.start.set(now.max(1));
+    cpu.steal_start.set(steal_now());
     cpu.cause.set(causes::OTHER);
     cpu.since.set(now);
     cpu.spent.set([0; causes::COUNT]);
@@ -255,7 +276,28 @@ fn close() {
             top = i;
         }
     }
-    account(cpu, now, now.saturating_sub(start), top);
+    let len = now.saturating_sub(start);
+    let stolen = steal_now().saturating_sub(cpu.steal_start.get());
+    account(cpu, now, len, len.saturating_sub(ns_to_cycles(stolen)), top);
+}
+
+/// This vCPU's steal time in ns (0 where it is not registered).
+#[inline]
+fn steal_now() -> u64 {
+    if pv::steal_registered() {
+        pv::steal_ns(percpu::cpu_id())
+    } else {
+        0
+    }
+}
+
+/// Steal time (ns) as TSC cycles, at the calibrated rate.
+fn ns_to_cycles(ns: u64) -> u64 {
+    if ns == 0 {
+        return 0;
+    }
+    let per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
+    (u128::from(ns) * u128::from(per_us) / 1000).min(u128::from(u64::MAX)) as u64
 }
 
 /// Adds `n` windows with no section (value 0).
@@ -268,9 +310,10 @@ fn record_zeros(h: &mut Histogram, n: u64) {
     h.min = 0;
 }
 
-/// Books a section of `len` cycles ending at `now`: closes the windows that
-/// ended before it, then makes it the window's maximum if it is.
-fn account(cpu: &Cpu, now: u64, len: u64, top: usize) {
+/// Books a section of `len` cycles (`excl` of them not stolen by the host)
+/// ending at `now`: closes the windows that ended before it, then makes it
+/// the window's maximum if it is (each of the two maxima on its own).
+fn account(cpu: &Cpu, now: u64, len: u64, excl: u64, top: usize) {
     let epoch = EPOCH.load(Ordering::Acquire);
     let window = WINDOW.load(Ordering::Relaxed);
     let phase_end = PHASE_END.load(Ordering::Acquire);
@@ -286,13 +329,20 @@ fn account(cpu: &Cpu, now: u64, len: u64, top: usize) {
             d.windows.min = u64::MAX;
             d.windows.max = 0;
             d.windows.buckets.fill(0);
+            d.windows_excl_steal.count = 0;
+            d.windows_excl_steal.sum = 0;
+            d.windows_excl_steal.min = u64::MAX;
+            d.windows_excl_steal.max = 0;
+            d.windows_excl_steal.buckets.fill(0);
             d.causes = [ZERO_CAUSE; causes::COUNT];
         });
         cpu.win_end.set(now.saturating_add(window));
         cpu.win_max.set(0);
+        cpu.win_max_excl.set(0);
     } else if now >= cpu.win_end.get() {
         let end = cpu.win_end.get();
         let (max, c) = (cpu.win_max.get(), cpu.win_cause.get());
+        let max_excl = cpu.win_max_excl.get();
         // Whole windows after `end` in which nothing ended, up to `now`
         // and within the phase.
         let elapsed = (now - end) / window;
@@ -310,11 +360,14 @@ fn account(cpu: &Cpu, now: u64, len: u64, top: usize) {
                     d.causes[c].max = d.causes[c].max.max(max);
                 }
                 record_zeros(&mut d.windows, counted);
+                d.windows_excl_steal.record(max_excl);
+                record_zeros(&mut d.windows_excl_steal, counted);
             });
         }
         cpu.win_end
             .set(end.saturating_add((elapsed + 1).saturating_mul(window)));
         cpu.win_max.set(0);
+        cpu.win_max_excl.set(0);
     }
     if now <= phase_end {
         write_data(cpu, |d| d.sections += 1);
@@ -322,6 +375,9 @@ fn account(cpu: &Cpu, now: u64, len: u64, top: usize) {
     if len > cpu.win_max.get() {
         cpu.win_max.set(len);
         cpu.win_cause.set(top);
+    }
+    if excl > cpu.win_max_excl.get() {
+        cpu.win_max_excl.set(excl);
     }
 }
 

@@ -499,17 +499,25 @@ fn write_design_results(
 fn write_preempt_off(p: &mut abi::PreemptOffResults, control: &Control) {
     let cycles_per_us = sched::PARAMS.cycles_per_us.load(Ordering::Relaxed);
     p.enabled = u32::from(trace::enabled());
-    p.reserved = 0;
+    p.steal_tracked = u32::from(trace::enabled() && crate::kernel::pv::steal_registered());
     p.window_cycles = u64::from(control.preempt_window_us()) * cycles_per_us;
     p.sections = 0;
     p.unmatched = 0;
     p.window_max.clear();
     p.causes = [abi::PreemptOffCause::default(); abi::preempt_off::cause::COUNT];
     p.per_cpu = [abi::PreemptOffCpu::default(); abi::MAX_VCPUS];
+    p.window_max_excl_steal.clear();
+    p.per_cpu_excl_steal = [abi::PreemptOffCpu::default(); abi::MAX_VCPUS];
+    let excl = p.steal_tracked != 0;
     for cpu in 0..control.nr_vcpus {
         trace::with_snapshot(cpu, |s| {
             p.window_max.merge(&s.windows);
             p.per_cpu[cpu as usize] = abi::PreemptOffCpu::from_histogram(&s.windows);
+            if excl {
+                p.window_max_excl_steal.merge(&s.windows_excl_steal);
+                p.per_cpu_excl_steal[cpu as usize] =
+                    abi::PreemptOffCpu::from_histogram(&s.windows_excl_steal);
+            }
             for (sum, c) in p.causes.iter_mut().zip(s.causes.iter()) {
                 sum.windows += c.windows;
                 sum.max = sum.max.max(c.max);

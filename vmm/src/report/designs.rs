@@ -104,6 +104,9 @@ fn rows(designs: &[DesignSummary], khz: u64) -> Vec<Row> {
     t.row("preempt-off p50 (us)", |d| poff(d, |p| p.p50_ns));
     t.row("preempt-off p99 (us)", |d| poff(d, |p| p.p99_ns));
     t.row("preempt-off max (us)", |d| poff(d, |p| p.max_ns));
+    t.row("preempt-off p99 excl. steal (us)", |d| {
+        poff(d, |p| p.excl_steal.as_ref()?.p99_ns)
+    });
     t.row("preempt-off longest in", |d| longest_cause(d).to_string());
     t.row("waits preempted", |d| d.waits_preempted.to_string());
     t.row("waits migrated", |d| d.waits_migrated.to_string());
@@ -249,6 +252,21 @@ fn preempt_off_table(out: &mut String, designs: &[DesignSummary]) {
         let _ = write!(out, " {}", cell(p.p50_ns, p.p99_ns));
     }
     let _ = writeln!(out);
+    // The sender figure less the host's steal time, where it was tracked.
+    if traced.iter().any(|(_, p)| p.excl_steal.is_some()) {
+        let figures: Vec<String> = traced
+            .iter()
+            .map(|(d, p)| {
+                let v = p.excl_steal.as_ref().and_then(|e| e.sender_p99_ns);
+                format!("{} {}", d.design, us3(v))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "sender P99 excl. host steal (us): {}",
+            figures.join(", ")
+        );
+    }
 }
 
 /// The side-by-side table of a per-design run, one column per design, and
@@ -265,8 +283,14 @@ pub fn designs_text(report: &Report) -> String {
     let widths: Vec<usize> = (0..designs.len())
         .map(|i| rows.iter().map(|r| r.1[i].len()).max().unwrap_or(0).max(8) + 2)
         .collect();
+    let label_width = rows
+        .iter()
+        .map(|r| r.0.len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(24);
     for (label, cells) in &rows {
-        let _ = write!(out, "{label:<24}");
+        let _ = write!(out, "{label:<label_width$}");
         for (c, w) in cells.iter().zip(&widths) {
             let _ = write!(out, "{c:>w$}");
         }
@@ -506,5 +530,35 @@ mod tests {
         assert_eq!(cells(&rows, "mask allocs/frees"), ["3/3", "3/3"]);
         assert_eq!(cells(&rows, "phase end"), ["-", "-"]);
         assert!(rows.iter().all(|r| !r.0.starts_with("pv ")), "no PV rows");
+        assert_eq!(cells(&rows, "preempt-off p99 excl. steal (us)"), ["-", "-"]);
+    }
+
+    #[test]
+    fn test_excl_steal_row_and_sender_line() {
+        let mut designs = [
+            summary("upstream", 100, 11_793_412),
+            summary("stack", 0, 6_198),
+        ];
+        let per_cpu = serde_json::json!([{"cpu": 0, "windows": 10, "p50_ns": 1000,
+                                          "p99_ns": 4_321, "max_ns": 4_321}]);
+        designs[1].preempt_off.as_mut().unwrap().excl_steal =
+            Some(crate::scenario::PreemptOffExclSteal {
+                p50_ns: Some(1000),
+                p99_ns: Some(4_321),
+                max_ns: Some(4_321),
+                sender_p99_ns: Some(4_321),
+                per_cpu: serde_json::from_value(per_cpu).unwrap(),
+            });
+        let rows = rows(&designs, 2_445_424);
+        assert_eq!(
+            cells(&rows, "preempt-off p99 excl. steal (us)"),
+            ["-", "4.32"]
+        );
+        let mut out = String::new();
+        preempt_off_table(&mut out, &designs);
+        assert!(
+            out.contains("sender P99 excl. host steal (us): upstream -, stack 4.32"),
+            "{out}"
+        );
     }
 }

@@ -134,6 +134,20 @@ pub struct PreemptOffReport {
     pub causes: [abi::PreemptOffCause; abi::preempt_off::cause::COUNT],
     /// Per vCPU, in vCPU order.
     pub per_cpu: Vec<abi::PreemptOffCpu>,
+    /// The same figures less the host's steal time (None: steal time was
+    /// not tracked, or the tracer was off).
+    pub excl_steal: Option<ExclSteal>,
+}
+
+/// The tracer's figures with each section shortened by the steal time KVM
+/// accrued while it was open (TSC cycles): same windows, each window's
+/// maximum at most its raw twin.
+#[derive(Debug, Clone, Default)]
+pub struct ExclSteal {
+    /// Every vCPU's steal-excluded window maxima.
+    pub window_max: Box<Histogram>,
+    /// Per vCPU, in vCPU order.
+    pub per_cpu: Vec<abi::PreemptOffCpu>,
 }
 
 impl PreemptOffReport {
@@ -142,6 +156,13 @@ impl PreemptOffReport {
     pub fn p99_ns(&self, tsc_khz: u64) -> Option<u64> {
         (self.enabled && self.window_max.count > 0)
             .then(|| crate::scenario::cycles_to_ns(self.window_max.quantile_ppm(990_000), tsc_khz))
+    }
+
+    /// As [`p99_ns`](Self::p99_ns), of the steal-excluded window maxima
+    /// (None: steal not tracked, or no window).
+    pub fn p99_excl_steal_ns(&self, tsc_khz: u64) -> Option<u64> {
+        let h = &self.excl_steal.as_ref()?.window_max;
+        (h.count > 0).then(|| crate::scenario::cycles_to_ns(h.quantile_ppm(990_000), tsc_khz))
     }
 }
 
@@ -197,6 +218,7 @@ fn preempt_off_report(
     if p.enabled == 1 && p.window_cycles == 0 {
         return Err(bad("designs[].preempt_off.window_cycles", 0, "above 0"));
     }
+    let excl_steal = excl_steal_report(p, &per_cpu)?;
     Ok(PreemptOffReport {
         enabled: p.enabled == 1,
         window_cycles: p.window_cycles,
@@ -205,7 +227,73 @@ fn preempt_off_report(
         window_max: Box::new(p.window_max),
         causes: p.causes,
         per_cpu,
+        excl_steal,
     })
+}
+
+/// Validates the steal-excluded figures against the raw ones (`raw`: the
+/// validated per-vCPU entries): all zero when steal was not tracked; else
+/// the same windows per vCPU, each figure at most its raw twin, and the
+/// histogram the per-vCPU windows merged.
+fn excl_steal_report(
+    p: &abi::PreemptOffResults,
+    raw: &[abi::PreemptOffCpu],
+) -> Result<Option<ExclSteal>, FieldError> {
+    let bad = |field, found: u64, expected| FieldError {
+        field,
+        found,
+        expected,
+    };
+    if p.steal_tracked > 1 || (p.steal_tracked == 1 && p.enabled == 0) {
+        return Err(bad(
+            "designs[].preempt_off.steal_tracked",
+            p.steal_tracked.into(),
+            "0, or 1 with the tracer on",
+        ));
+    }
+    let h = &p.window_max_excl_steal;
+    if p.steal_tracked == 0 {
+        let zero = abi::PreemptOffCpu::default();
+        if h.count != 0 || p.per_cpu_excl_steal.iter().any(|c| *c != zero) {
+            return Err(bad(
+                "designs[].preempt_off.excl_steal",
+                h.count,
+                "all zero when steal time was not tracked",
+            ));
+        }
+        return Ok(None);
+    }
+    h.validate("designs[].preempt_off.window_max_excl_steal")?;
+    let per_cpu = p.per_cpu_excl_steal[..raw.len()].to_vec();
+    let fits = |(e, r): (&abi::PreemptOffCpu, &abi::PreemptOffCpu)| {
+        e.is_consistent()
+            && e.windows == r.windows
+            && e.p50 <= r.p50
+            && e.p99 <= r.p99
+            && e.max <= r.max
+    };
+    if let Some(i) = per_cpu.iter().zip(raw).position(|x| !fits(x)) {
+        return Err(bad(
+            "designs[].preempt_off.per_cpu_excl_steal",
+            i as u64,
+            "ordered, the raw entry's windows, each figure at most the raw one",
+        ));
+    }
+    let windows: u64 = per_cpu
+        .iter()
+        .map(|c| c.windows)
+        .fold(0, u64::saturating_add);
+    if windows != h.count || h.max > p.window_max.max || per_cpu.iter().any(|c| c.max > h.max) {
+        return Err(bad(
+            "designs[].preempt_off.window_max_excl_steal",
+            h.count,
+            "the per-vCPU steal-excluded windows merged, at most the raw maximum",
+        ));
+    }
+    Ok(Some(ExclSteal {
+        window_max: Box::new(*h),
+        per_cpu,
+    }))
 }
 
 impl DesignReport {

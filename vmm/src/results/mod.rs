@@ -17,7 +17,7 @@ use std::time::Duration;
 use abi::{Design, FieldError, Pod, SharedPage, VcpuResults, VcpuStatus};
 
 pub use design::{
-    task_name, DesignReport, HotplugReport, PhaseEndReport, PreemptOffReport, PvCounts,
+    task_name, DesignReport, ExclSteal, HotplugReport, PhaseEndReport, PreemptOffReport, PvCounts,
     NR_CPUS_8192_MASK_BYTES,
 };
 pub use failure::{
@@ -273,6 +273,64 @@ mod tests {
         let mut d = traced_design();
         d.preempt_off.enabled = 0;
         assert_eq!(report(&d).unwrap().preempt_off.p99_ns(1000), None);
+    }
+
+    /// `traced_design` with the steal-excluded figures: each window less
+    /// some steal (vCPU 1's 4000-cycle window down to 1000).
+    fn steal_traced_design() -> DesignResults {
+        let mut d = traced_design();
+        let p = &mut d.preempt_off;
+        p.steal_tracked = 1;
+        p.window_max_excl_steal = Histogram::new();
+        for (cpu, values) in [[10u64, 20], [30, 1000]].iter().enumerate() {
+            let mut h = Histogram::new();
+            for &v in values {
+                h.record(v);
+                p.window_max_excl_steal.record(v);
+            }
+            p.per_cpu_excl_steal[cpu] = abi::PreemptOffCpu::from_histogram(&h);
+        }
+        d
+    }
+
+    #[test]
+    fn test_preempt_off_excl_steal_is_validated() {
+        let report = |d: &DesignResults| design_report(d, Design::Upstream, 0, 0, 2);
+        // Not tracked: None, and its fields must be zero.
+        assert!(report(&traced_design())
+            .unwrap()
+            .preempt_off
+            .excl_steal
+            .is_none());
+        let good = report(&steal_traced_design()).unwrap();
+        let e = good.preempt_off.excl_steal.as_ref().unwrap();
+        assert_eq!(e.per_cpu.len(), 2);
+        assert_eq!(good.preempt_off.p99_excl_steal_ns(1_000_000), Some(1000));
+        let field = |d: &DesignResults| report(d).unwrap_err().field;
+        let mut d = steal_traced_design();
+        d.preempt_off.steal_tracked = 2;
+        assert_eq!(field(&d), "designs[].preempt_off.steal_tracked");
+        let mut d = steal_traced_design();
+        d.preempt_off.enabled = 0; // tracked without the tracer
+        assert_eq!(field(&d), "designs[].preempt_off.steal_tracked");
+        let mut d = steal_traced_design();
+        d.preempt_off.steal_tracked = 0; // figures left behind
+        assert_eq!(field(&d), "designs[].preempt_off.excl_steal");
+        let mut d = steal_traced_design();
+        d.preempt_off.per_cpu_excl_steal[1].max = 5000; // above the raw max
+        assert_eq!(field(&d), "designs[].preempt_off.per_cpu_excl_steal");
+        let mut d = steal_traced_design();
+        d.preempt_off.per_cpu_excl_steal[0].windows = 3; // other windows
+        assert_eq!(field(&d), "designs[].preempt_off.per_cpu_excl_steal");
+        let mut d = steal_traced_design();
+        d.preempt_off.per_cpu_excl_steal[0].p99 = 5; // below its p50
+        assert_eq!(field(&d), "designs[].preempt_off.per_cpu_excl_steal");
+        let mut d = steal_traced_design();
+        d.preempt_off.window_max_excl_steal.count += 1; // buckets do not add up
+        assert_eq!(field(&d), "designs[].preempt_off.window_max_excl_steal");
+        let mut d = steal_traced_design();
+        d.preempt_off.window_max_excl_steal.record(10); // an extra window
+        assert_eq!(field(&d), "designs[].preempt_off.window_max_excl_steal");
     }
 
     #[test]

@@ -369,6 +369,28 @@ pub struct PreemptOff {
     /// What the window maxima were spent on: `other`, `sched`, `send`,
     /// `csd_lock`, `csd_lock_wait`, `test_hook`.
     pub causes: std::collections::BTreeMap<String, PreemptOffCause>,
+    /// The same figures with each section less the host's steal time
+    /// accrued while it was open (null: steal time not tracked; absent in
+    /// a report from before the field).
+    #[serde(default)]
+    pub excl_steal: Option<PreemptOffExclSteal>,
+}
+
+/// The preempt-off figures less the host's steal time
+/// (`designs[].preempt_off.excl_steal`): same windows as the raw figures,
+/// each at most its raw twin; null where no window was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptOffExclSteal {
+    /// Median of every vCPU's steal-excluded window maxima.
+    pub p50_ns: Option<u64>,
+    /// Their P99, all vCPUs.
+    pub p99_ns: Option<u64>,
+    /// The longest section less its steal time.
+    pub max_ns: Option<u64>,
+    /// The highest per-vCPU P99 among the raw figures' `sender_cpus`.
+    pub sender_p99_ns: Option<u64>,
+    /// Per vCPU.
+    pub per_cpu: Vec<PreemptOffCpu>,
 }
 
 /// One vCPU's window maxima.
@@ -413,12 +435,38 @@ impl PreemptOff {
             Some(set) => set.to_vec(),
             None => (0..p.per_cpu.len() as u32).collect(),
         };
-        let sender_p99_ns = sender_cpus
-            .iter()
-            .filter_map(|&c| p.per_cpu.get(c as usize))
-            .filter(|c| c.windows > 0)
-            .map(|c| ns(c.p99))
-            .max();
+        let sender_p99 = |per_cpu: &[abi::PreemptOffCpu]| {
+            sender_cpus
+                .iter()
+                .filter_map(|&c| per_cpu.get(c as usize))
+                .filter(|c| c.windows > 0)
+                .map(|c| ns(c.p99))
+                .max()
+        };
+        let rows = |per_cpu: &[abi::PreemptOffCpu]| {
+            per_cpu
+                .iter()
+                .enumerate()
+                .map(|(i, c)| PreemptOffCpu {
+                    cpu: i as u32,
+                    windows: c.windows,
+                    p50_ns: measured(c.windows, c.p50),
+                    p99_ns: measured(c.windows, c.p99),
+                    max_ns: measured(c.windows, c.max),
+                })
+                .collect()
+        };
+        let sender_p99_ns = sender_p99(&p.per_cpu);
+        let excl_steal = p.excl_steal.as_ref().map(|e| {
+            let h = &e.window_max;
+            PreemptOffExclSteal {
+                p50_ns: measured(h.count, h.quantile_ppm(500_000)),
+                p99_ns: measured(h.count, h.quantile_ppm(990_000)),
+                max_ns: measured(h.count, h.max),
+                sender_p99_ns: sender_p99(&e.per_cpu),
+                per_cpu: rows(&e.per_cpu),
+            }
+        });
         Some(PreemptOff {
             window_ms: ns(p.window_cycles) as f64 / 1e6,
             windows: h.count,
@@ -429,18 +477,7 @@ impl PreemptOff {
             max_ns: measured(h.count, h.max),
             sections: p.sections,
             unmatched: p.unmatched,
-            per_cpu: p
-                .per_cpu
-                .iter()
-                .enumerate()
-                .map(|(i, c)| PreemptOffCpu {
-                    cpu: i as u32,
-                    windows: c.windows,
-                    p50_ns: measured(c.windows, c.p50),
-                    p99_ns: measured(c.windows, c.p99),
-                    max_ns: measured(c.windows, c.max),
-                })
-                .collect(),
+            per_cpu: rows(&p.per_cpu),
             causes: abi::preempt_off::cause::NAMES
                 .iter()
                 .zip(p.causes.iter())
@@ -454,6 +491,7 @@ impl PreemptOff {
                     )
                 })
                 .collect(),
+            excl_steal,
         })
     }
 }

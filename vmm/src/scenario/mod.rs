@@ -53,7 +53,7 @@ pub use guest::{GuestInfo, GuestVcpu, Hog, TortureCount};
 pub use host::VcpuInfo;
 pub use json::{
     cycles_to_ns, HostInfo, HotplugInfo, Latency, Platform, PreemptInfo, PreemptOff,
-    PreemptOffCause, PreemptOffCpu, PvInfo, ScenarioInfo, ShapeInfo,
+    PreemptOffCause, PreemptOffCpu, PreemptOffExclSteal, PvInfo, ScenarioInfo, ShapeInfo,
 };
 pub use preset::{header as scenario_header, Preset, ScenarioName};
 pub use status::{FailedRun, Status};
