@@ -141,8 +141,11 @@ impl Spread {
 pub struct Metric {
     /// The JSON key in a [`SummaryEntry`].
     pub name: &'static str,
-    /// The text's name.
+    /// The text's name (the answer block's sentences).
     pub label: &'static str,
+    /// Its column head in the answer block's table (the label, shortened
+    /// where it would widen the table).
+    pub column: &'static str,
     /// The design's figure (None: not measured in that run).
     pub value: fn(&DesignSummary) -> Option<f64>,
     /// The histogram and quantile (ppm) the figure is read from, for the
@@ -174,6 +177,7 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "sender_preempt_off_p99",
         label: "sender preempt-off P99",
+        column: "sender preempt-off P99",
         value: |d| preempt_off_ns(d, |p| p.sender_p99_ns),
         samples: None,
     },
@@ -182,6 +186,7 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "sender_preempt_off_p99_excl_steal",
         label: "sender preempt-off P99 excl. host steal",
+        column: "sender excl. steal",
         value: |d| preempt_off_ns(d, |p| p.excl_steal.as_ref()?.sender_p99_ns),
         samples: None,
     },
@@ -189,24 +194,28 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "preempt_off_p99",
         label: "preempt-off P99",
+        column: "preempt-off P99",
         value: |d| preempt_off_ns(d, |p| p.p99_ns),
         samples: Some((|d| &d.preempt_off.window_max, 990_000)),
     },
     Metric {
         name: "probe_p99",
         label: "probe P99",
+        column: "probe P99",
         value: |d| p99(&d.sched_latency_ns),
         samples: Some((|d| &d.sched_latency, 990_000)),
     },
     Metric {
         name: "call_p99",
         label: "call P99",
+        column: "call P99",
         value: |d| p99(&d.call_latency_ns),
         samples: Some((|d| &d.call_latency, 990_000)),
     },
     Metric {
         name: "calls_per_s",
         label: "calls/s",
+        column: "calls/s",
         value: |d| (d.phase_ms > 0.0).then_some(d.calls_per_s),
         samples: None,
     },

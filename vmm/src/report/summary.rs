@@ -36,7 +36,7 @@ pub fn summary_text(report: &Report) -> String {
             "mask B/task".into(),
             "task field B".into(),
         ];
-        h.extend(METRICS.iter().map(|m| m.label.to_string()));
+        h.extend(METRICS.iter().map(|m| m.column.to_string()));
         h
     }];
     let dash = || "-".to_string();
