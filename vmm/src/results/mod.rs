@@ -222,8 +222,10 @@ mod tests {
     }
 
     /// A design slot with a consistent preempt-off record for 2 vCPUs.
-    fn traced_design() -> DesignResults {
-        let mut d = DesignResults::zeroed();
+    /// Boxed: a DesignResults is about 170 KiB, and a debug build keeps
+    /// every local copy on the 2 MiB test thread's stack.
+    fn traced_design() -> Box<DesignResults> {
+        let mut d = Box::new(DesignResults::zeroed());
         d.valid = 1;
         d.design = Design::Upstream as u32;
         let p = &mut d.preempt_off;
@@ -277,7 +279,7 @@ mod tests {
 
     /// `traced_design` with the steal-excluded figures: each window less
     /// some steal (vCPU 1's 4000-cycle window down to 1000).
-    fn steal_traced_design() -> DesignResults {
+    fn steal_traced_design() -> Box<DesignResults> {
         let mut d = traced_design();
         let p = &mut d.preempt_off;
         p.steal_tracked = 1;
