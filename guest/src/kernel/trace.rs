@@ -300,6 +300,16 @@ fn ns_to_cycles(ns: u64) -> u64 {
     (u128::from(ns) * u128::from(per_us) / 1000).min(u128::from(u64::MAX)) as u64
 }
 
+/// Empties `h` in place, whatever it held (the reserved area is not
+/// .bss: a phase's first section finds the last phase's figures there).
+fn empty(h: &mut Histogram) {
+    h.count = 0;
+    h.sum = 0;
+    h.min = u64::MAX;
+    h.max = 0;
+    h.buckets.fill(0);
+}
+
 /// Adds `n` windows with no section (value 0).
 fn record_zeros(h: &mut Histogram, n: u64) {
     if n == 0 {
@@ -324,16 +334,8 @@ fn account(cpu: &Cpu, now: u64, len: u64, excl: u64, top: usize) {
             d.epoch = epoch;
             d.sections = 0;
             d.unmatched = 0;
-            d.windows.count = 0;
-            d.windows.sum = 0;
-            d.windows.min = u64::MAX;
-            d.windows.max = 0;
-            d.windows.buckets.fill(0);
-            d.windows_excl_steal.count = 0;
-            d.windows_excl_steal.sum = 0;
-            d.windows_excl_steal.min = u64::MAX;
-            d.windows_excl_steal.max = 0;
-            d.windows_excl_steal.buckets.fill(0);
+            empty(&mut d.windows);
+            empty(&mut d.windows_excl_steal);
             d.causes = [ZERO_CAUSE; causes::COUNT];
         });
         cpu.win_end.set(now.saturating_add(window));
