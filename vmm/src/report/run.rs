@@ -102,19 +102,21 @@ fn platform_text(r: &Report, out: &mut String) {
         p.tick_hz,
         p.mode
     );
+    // Unmeasured is `-`, never 0 cycles.
+    let cycles = |c: Option<u64>| c.map_or_else(|| "-".to_string(), |c| c.to_string());
     if let Some(syscall) = p.syscall_cycles {
         let _ = writeln!(
             out,
             "platform costs: system call {syscall} cycles, ICR write {} cycles, EOI {} cycles",
-            p.icr_write_cycles.unwrap_or(0),
-            p.eoi_write_cycles.unwrap_or(0)
+            cycles(p.icr_write_cycles),
+            cycles(p.eoi_write_cycles)
         );
     }
     if let Some(traced) = p.preempt_pair_traced_cycles {
         let _ = writeln!(
             out,
             "preempt-off tracer: a preempt_disable/enable pair costs {traced} cycles traced, {} untraced",
-            p.preempt_pair_cycles.unwrap_or(0)
+            cycles(p.preempt_pair_cycles)
         );
     }
     if let Some(why) = &p.native_error {

@@ -434,14 +434,17 @@ impl Report {
                 syscall_ns: (g.trap_cycles != 0).then(|| cycles_to_ns(g.trap_cycles, khz)),
                 icr_write_ns: (g.icr_cycles != 0).then(|| cycles_to_ns(g.icr_cycles, khz)),
                 eoi_write_ns: (g.eoi_cycles != 0).then(|| cycles_to_ns(g.eoi_cycles, khz)),
-                preempt_pair_ns: (g.preempt_pair_cycles != 0)
+                // The untraced pair is measured with the traced one, and
+                // natively may round to 0 cycles: 0 there is a figure.
+                preempt_pair_ns: (g.preempt_pair_traced_cycles != 0)
                     .then(|| cycles_to_ns(g.preempt_pair_cycles, khz)),
                 preempt_pair_traced_ns: (g.preempt_pair_traced_cycles != 0)
                     .then(|| cycles_to_ns(g.preempt_pair_traced_cycles, khz)),
                 syscall_cycles: measured(g.trap_cycles),
                 icr_write_cycles: measured(g.icr_cycles),
                 eoi_write_cycles: measured(g.eoi_cycles),
-                preempt_pair_cycles: measured(g.preempt_pair_cycles),
+                preempt_pair_cycles: (g.preempt_pair_traced_cycles != 0)
+                    .then_some(g.preempt_pair_cycles),
                 preempt_pair_traced_cycles: measured(g.preempt_pair_traced_cycles),
             },
             host: HostInfo::new(
