@@ -106,13 +106,13 @@ fn test_second_signal_kills_at_once_in_run_and_sweep() {
         send_signal(pid, first);
         send_signal(pid, second);
         let (status, _, stderr) = finish(child);
-        let killed_by = match second {
-            "TERM" => libc_sig::TERM,
-            _ => libc_sig::INT,
-        };
-        assert_eq!(
-            status.signal(),
-            Some(killed_by),
+        // Killed by a signal's default action, not exited with a partial
+        // report. Usually the second one's; but the two may be delivered to
+        // two threads whose handlers run in the other order (the host is
+        // busy), and then the later handler sees the earlier signal's mark
+        // and the process dies of the first.
+        assert!(
+            matches!(status.signal(), Some(libc_sig::INT | libc_sig::TERM)),
             "{cmd} SIG{first} then SIG{second}: {status:?} {stderr}"
         );
     }
