@@ -279,11 +279,12 @@ fn excl_steal_report(
             "ordered, the raw entry's windows, each figure at most the raw one",
         ));
     }
-    let windows: u64 = per_cpu
-        .iter()
-        .map(|c| c.windows)
-        .fold(0, u64::saturating_add);
-    if windows != h.count || h.max > p.window_max.max || per_cpu.iter().any(|c| c.max > h.max) {
+    // Each vCPU has its raw entry's windows (above), whose sum is the raw
+    // histogram's count (checked before): so must this one's be.
+    if h.count != p.window_max.count
+        || h.max > p.window_max.max
+        || per_cpu.iter().any(|c| c.max > h.max)
+    {
         return Err(bad(
             "designs[].preempt_off.window_max_excl_steal",
             h.count,
