@@ -221,6 +221,20 @@ mod tests {
         assert_eq!((r.online, r.guest_boot_cycles), (4, 250));
     }
 
+    /// Two vCPUs' window maxima `values`: each vCPU's figures in `per_cpu`,
+    /// all of them merged in `merged`.
+    fn windows(merged: &mut Histogram, per_cpu: &mut [abi::PreemptOffCpu], values: [[u64; 2]; 2]) {
+        *merged = Histogram::new();
+        for (cpu, values) in values.iter().enumerate() {
+            let mut h = Histogram::new();
+            for &v in values {
+                h.record(v);
+                merged.record(v);
+            }
+            per_cpu[cpu] = abi::PreemptOffCpu::from_histogram(&h);
+        }
+    }
+
     /// A design slot with a consistent preempt-off record for 2 vCPUs.
     /// Boxed: a DesignResults is about 170 KiB, and a debug build keeps
     /// every local copy on the 2 MiB test thread's stack.
@@ -231,15 +245,7 @@ mod tests {
         let p = &mut d.preempt_off;
         p.enabled = 1;
         p.window_cycles = 100;
-        p.window_max = Histogram::new();
-        for (cpu, values) in [[10u64, 20], [30, 4000]].iter().enumerate() {
-            let mut h = Histogram::new();
-            for &v in values {
-                h.record(v);
-                p.window_max.record(v);
-            }
-            p.per_cpu[cpu] = abi::PreemptOffCpu::from_histogram(&h);
-        }
+        windows(&mut p.window_max, &mut p.per_cpu, [[10, 20], [30, 4000]]);
         p.causes[abi::preempt_off::cause::CSD_LOCK_WAIT] = abi::PreemptOffCause {
             windows: 2,
             max: 4000,
@@ -283,15 +289,11 @@ mod tests {
         let mut d = traced_design();
         let p = &mut d.preempt_off;
         p.steal_tracked = 1;
-        p.window_max_excl_steal = Histogram::new();
-        for (cpu, values) in [[10u64, 20], [30, 1000]].iter().enumerate() {
-            let mut h = Histogram::new();
-            for &v in values {
-                h.record(v);
-                p.window_max_excl_steal.record(v);
-            }
-            p.per_cpu_excl_steal[cpu] = abi::PreemptOffCpu::from_histogram(&h);
-        }
+        windows(
+            &mut p.window_max_excl_steal,
+            &mut p.per_cpu_excl_steal,
+            [[10, 20], [30, 1000]],
+        );
         d
     }
 
